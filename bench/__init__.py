@@ -1,0 +1,1 @@
+"""Throughput benchmarks (see bench/README.md). Not imported by emojax."""

@@ -1,0 +1,143 @@
+"""EmoShapes: a procedural world of coloured shapes whose emotion is defined by colour.
+
+An example is a size x size RGB image of 1-3 shapes, each inside its own cell of a 3x3 grid
+(so shapes never overlap and the image border is always background), on a plain
+background. Colours are drawn uniformly in HSV, so images cover the whole brightness x
+saturation square and all hues. Valence and arousal are the colour judge's scores of the
+image itself, the category is the nearest centroid in V-A space.
+
+`prompt` names the shapes and where they are; `emotional_prompt` adds colour adjectives
+measured on the pixels of each shape and of the background:
+
+  prompt:            "a circle at the top left and a star in the center"
+  emotional_prompt:  "a bright vivid warm circle at the top left and a dark grey star in
+                      the center, on a dim muted cool background"
+"""
+import colorsys
+import dataclasses
+import functools
+import operator
+
+import numpy as np
+
+from emojax.emotion.space import nearest_category
+from emojax.rewards.colour_judge import brightness_saturation_np, va_from_means
+
+SHAPES = ("circle", "square", "triangle", "star", "ring")
+PLACES = ("at the top left", "at the top", "at the top right", "on the left", "in the center",
+          "on the right", "at the bottom left", "at the bottom", "at the bottom right")
+BRIGHTNESS_WORDS = ("dark", "dim", "bright")  # mean HSV value in thirds of [0, 1]
+SATURATION_WORDS = ("muted", "soft", "vivid")  # mean HSV saturation in thirds of [0, 1]
+GREY_SATURATION = 0.1  # below this, hue is invisible: say "grey" and no warmth
+
+
+def colour_words(pixels):
+  """Adjectives for uint8 RGB pixels (..., 3), e.g. "bright vivid warm" or "dark grey"."""
+  pixels = np.asarray(pixels, np.uint8).reshape(-1, 3)
+  b, s = brightness_saturation_np(pixels)
+  return _words(b.mean(), s.mean(), pixels.mean(axis=0))
+
+
+def _words(brightness, saturation, mean_rgb):
+  words = [BRIGHTNESS_WORDS[min(int(brightness * 3), 2)]]
+  if saturation < GREY_SATURATION:
+    return " ".join(words + ["grey"])
+  hue = colorsys.rgb_to_hsv(*(mean_rgb / 255.0))[0] * 360
+  warm = hue < 75 or hue >= 300  # red, orange, yellow, magenta; green to violet is cool
+  return " ".join(words + [SATURATION_WORDS[min(int(saturation * 3), 2)], "warm" if warm else "cool"])
+
+
+def _polygon(y, x, vy, vx):
+  """Even-odd point-in-polygon test of pixel centres (y, x) against vertices (vy, vx)."""
+  inside = np.zeros(y.shape, bool)
+  for i in range(len(vy)):
+    y0, x0, y1, x1 = vy[i - 1], vx[i - 1], vy[i], vx[i]
+    crosses = (y0 > y) != (y1 > y)
+    x_cross = x0 + (y - y0) * (x1 - x0) / np.where(crosses, y1 - y0, 1.0)
+    inside ^= crosses & (x < x_cross)
+  return inside
+
+
+def _shape_mask(kind, y, x, r):
+  """Mask of a shape centred at the origin that fits in the square of half-side r."""
+  d2 = y * y + x * x
+  if kind == "circle":
+    return d2 <= r * r
+  if kind == "ring":
+    return (d2 <= r * r) & (d2 >= (0.55 * r) ** 2)
+  if kind == "square":
+    return np.maximum(np.abs(y), np.abs(x)) <= 0.8 * r
+  radius = np.full(3, r) if kind == "triangle" else np.tile([r, 0.45 * r], 5)  # star: 5 points
+  angle = -np.pi / 2 + 2 * np.pi * np.arange(len(radius)) / len(radius)
+  return _polygon(y, x, radius * np.sin(angle), radius * np.cos(angle))
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_centres(size):
+  return np.mgrid[:size, :size] + 0.5
+
+
+def _hsv_colour(rng):
+  return np.array(colorsys.hsv_to_rgb(*rng.uniform(size=3)))
+
+
+def _join(phrases):
+  return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def make_example(seed: int, index: int, size: int = 32) -> dict:
+  """The example at `index` of the world `seed`; a pure function of (seed, index, size)."""
+  rng = np.random.default_rng((seed, index))
+  cell = size / 3
+  max_r = 0.45 * cell - 0.5  # with the jitter below, shapes keep off the cell borders
+  background = _hsv_colour(rng)
+  colours = np.empty((size, size, 3))
+  colours[:] = background
+  regions = np.zeros((size, size), np.int32)  # 0 is background, k is the k-th shape
+  y, x = _pixel_centres(size)
+  names = []
+  for place in np.sort(rng.choice(9, rng.integers(1, 4), replace=False)):
+    kind = SHAPES[rng.integers(len(SHAPES))]
+    colour = _hsv_colour(rng)
+    while np.abs(colour - background).max() < 0.25:  # keep every shape visible
+      colour = _hsv_colour(rng)
+    cy, cx = (np.array(divmod(place, 3)) + 0.5 + rng.uniform(-0.05, 0.05, 2)) * cell
+    mask = _shape_mask(kind, y - cy, x - cx, rng.uniform(0.6, 1.0) * max_r)
+    colours[mask] = colour
+    names.append((kind, PLACES[place]))
+    regions[mask] = len(names)
+  image = np.round(colours * 255).astype(np.uint8)
+  b, s = brightness_saturation_np(image)
+  valence, arousal = va_from_means(b.mean(), s.mean())  # = colour_judge_np(image)
+  # Mean brightness, saturation and RGB of each region (background first) describe it.
+  labels, n = regions.ravel(), len(names) + 1
+  per_pixel = np.column_stack([b.ravel(), s.ravel(), image.reshape(-1, 3)])
+  sums = np.stack([np.bincount(labels, weights, n) for weights in per_pixel.T], axis=1)
+  means = sums / np.maximum(np.bincount(labels, None, n), 1)[:, None]
+  words = [_words(m[0], m[1], m[2:]) for m in means]
+  return dict(
+      image=image,
+      prompt=_join([f"a {kind} {place}" for kind, place in names]),
+      emotional_prompt=_join([f"a {w} {kind} {place}" for w, (kind, place) in zip(words[1:], names)])
+      + f", on a {words[0]} background",
+      valence=np.float32(valence),
+      arousal=np.float32(arousal),
+      category=np.int32(nearest_category(valence, arousal)),
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class EmoShapesSource:
+  """grain RandomAccessDataSource of `num_examples` EmoShapes examples of world `seed`."""
+  seed: int
+  num_examples: int
+  size: int = 32
+
+  def __len__(self):
+    return self.num_examples
+
+  def __getitem__(self, index):
+    index = operator.index(index)
+    if not 0 <= index < self.num_examples:
+      raise IndexError(f"index {index} out of range for {self.num_examples} examples")
+    return make_example(self.seed, index, self.size)

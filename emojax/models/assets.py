@@ -1,0 +1,65 @@
+"""Pretrained-weight directories: config.json + params.safetensors (flat '/'-joined names).
+
+The shipped tiny assets live in emojax/assets/<name>/; real weights come from directories the
+user names. Nothing here downloads anything.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+from flax import traverse_util
+from safetensors.numpy import load_file, save_file
+
+ASSET_ROOT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets")
+
+
+def asset_dir(name: str) -> str:
+  return os.path.join(ASSET_ROOT, name)
+
+
+def save(directory: str, params: Any, config: dict[str, Any], dtype=np.float32) -> None:
+  """Writes atomically: a temporary directory renamed over the target."""
+  tmp = directory.rstrip("/") + ".tmp"
+  os.makedirs(tmp, exist_ok=True)
+  flat = traverse_util.flatten_dict(params, sep="/")
+  save_file({k: np.asarray(v, dtype) for k, v in flat.items()}, os.path.join(tmp, "params.safetensors"))
+  with open(os.path.join(tmp, "config.json"), "w") as f:
+    json.dump(config, f, indent=1, sort_keys=True)
+  if os.path.exists(directory):
+    old = directory.rstrip("/") + ".old"
+    os.replace(directory, old)
+    os.replace(tmp, directory)
+    import shutil
+    shutil.rmtree(old)
+  else:
+    os.replace(tmp, directory)
+
+
+def load(directory: str, what: str, how_to_make: str) -> tuple[Any, dict[str, Any]]:
+  """Returns (params as nested dict of float32 numpy, config dict); one-line errors."""
+  cfg_path = os.path.join(directory, "config.json")
+  w_path = os.path.join(directory, "params.safetensors")
+  for p in (cfg_path, w_path):
+    if not os.path.isfile(p):
+      raise FileNotFoundError(f"{what}: missing {p}; {how_to_make}")
+  with open(cfg_path) as f:
+    config = json.load(f)
+  flat = {k: v.astype(np.float32) for k, v in load_file(w_path).items()}
+  return traverse_util.unflatten_dict(flat, sep="/"), config
+
+
+def check_tree_matches(loaded: Any, expected_shapes: Any, what: str) -> None:
+  """One-line error naming the first missing, unexpected or mis-shaped parameter."""
+  a = traverse_util.flatten_dict(loaded, sep="/")
+  b = traverse_util.flatten_dict(expected_shapes, sep="/")
+  missing, extra = sorted(set(b) - set(a)), sorted(set(a) - set(b))
+  if missing:
+    raise ValueError(f"{what}: weights lack {len(missing)} parameters, first {missing[0]!r} (config does not match the weights)")
+  if extra:
+    raise ValueError(f"{what}: weights have {len(extra)} unexpected parameters, first {extra[0]!r} (config does not match the weights)")
+  for k in sorted(b):
+    if tuple(a[k].shape) != tuple(b[k].shape):
+      raise ValueError(f"{what}: parameter {k!r} has shape {tuple(a[k].shape)}, config expects {tuple(b[k].shape)}")

@@ -1,0 +1,254 @@
+"""CLIP text transformer (the architecture of SD3's CLIP-L/G text towers) in Flax.
+
+Config fields and module names follow transformers' `CLIPTextConfig` /
+`CLIPTextModelWithProjection`, so real CLIP weights map onto it mechanically. The tiny world
+uses it with the byte-level tokenizer. With `merge_size` k > 1 (the tiny byte-level world), each run of k byte embeddings is
+concatenated and projected to one token (a strided patch embedding over text), so
+sequence length and MMDiT context shrink k-fold; k = 1 is exactly CLIP. Outputs follow SD3's use of the tower: per-token
+states from the layer `output_layer` (SD3 takes the penultimate, -2) and a pooled vector =
+text_projection(final_layer_norm(last state at the EOS position)).
+
+Pooling follows transformers' `CLIPTextTransformer` exactly: with `pooling="first_eos"` the
+pooled row is the first position whose id equals `eos_token_id`; `pooling="argmax_ids"` is
+transformers' legacy rule for configs with `eos_token_id == 2` (OpenAI CLIP-L, SD3's towers),
+which pools at argmax(input_ids) (the first occurrence of the largest id, i.e. CLIP's
+<|endoftext|> = 49407 with the real vocabulary). `TextEncoderConfig.from_hf_dict` picks the rule
+transformers would; the byte-level tiny world (EOS id 2, not the largest id) uses "first_eos".
+
+Real weights: `from_pretrained(dir)` reads a transformers CLIPTextModelWithProjection (or full
+CLIPModel) directory, config.json + model.safetensors; `load_hf_clip_text_params` maps a
+state dict. Parity with transformers is tested against goldens from
+tools/make_goldens_clip_text.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import re
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+
+# transformers' ACT2FN: "gelu" is the exact erf form; the tanh approximation is "gelu_new"/"gelu_pytorch_tanh".
+_ACT = {
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "gelu": functools.partial(nn.gelu, approximate=False),
+    "gelu_new": functools.partial(nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(nn.gelu, approximate=True),
+}
+
+# transformers' CLIPTextConfig defaults, for keys a config.json leaves out.
+_HF_TEXT_DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048, projection_dim=512,
+                         num_hidden_layers=12, num_attention_heads=8, max_position_embeddings=77,
+                         hidden_act="quick_gelu", layer_norm_eps=1e-5, eos_token_id=49407)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextEncoderConfig:
+  vocab_size: int = 259
+  hidden_size: int = 128
+  intermediate_size: int = 512
+  num_hidden_layers: int = 3
+  num_attention_heads: int = 4
+  max_position_embeddings: int = 64
+  hidden_act: str = "quick_gelu"
+  layer_norm_eps: float = 1e-5
+  projection_dim: int = 128
+  eos_token_id: int = 2
+  output_layer: int = -1  # which hidden state SD3 feeds the MMDiT: -1 last (normed), -2 penultimate
+  merge_size: int = 1  # >1: merge this many byte embeddings into one token before the layers
+  pooling: str = "first_eos"  # "first_eos" | "argmax_ids" (transformers' legacy rule when eos_token_id == 2)
+
+  def __post_init__(self):
+    if self.pooling not in ("first_eos", "argmax_ids"):
+      raise ValueError(f"TextEncoderConfig.pooling must be 'first_eos' or 'argmax_ids', got {self.pooling!r}")
+    if self.hidden_act not in _ACT:
+      raise ValueError(f"TextEncoderConfig.hidden_act {self.hidden_act!r} not supported; known: {sorted(_ACT)}")
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "TextEncoderConfig":
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(k for k in d if k not in names and not k.startswith("_"))
+    if unknown:
+      raise ValueError(f"unknown TextEncoderConfig fields {unknown}; known: {sorted(names)}")
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+  @classmethod
+  def from_hf_dict(cls, d: dict[str, Any], **overrides) -> "TextEncoderConfig":
+    """transformers CLIPTextConfig dict (or a full CLIPConfig dict with `text_config`) -> config.
+
+    Keys the dataclass does not have (architectures, torch_dtype, bos/pad ids, dropout...) are
+    ignored. Pooling is set as transformers' CLIPTextTransformer would pool for that eos id.
+    """
+    if "text_config" in d:
+      text = dict(d["text_config"] or {})
+      if "projection_dim" in d:  # CLIPModel's text_projection uses the top-level projection_dim
+        text["projection_dim"] = d["projection_dim"]
+      d = text
+    names = {f.name for f in dataclasses.fields(cls)} - {"output_layer", "merge_size", "pooling"}
+    kw = {**_HF_TEXT_DEFAULTS, **{k: v for k, v in d.items() if k in names}}
+    kw["pooling"] = "argmax_ids" if kw["eos_token_id"] == 2 else "first_eos"
+    kw.update(overrides)
+    return cls(**kw)
+
+
+PRESETS = {
+    # bytes merged 4 -> 1: a 176-byte prompt becomes 44 context tokens for the MMDiT
+    "tiny": TextEncoderConfig(max_position_embeddings=44, merge_size=4),
+}
+
+
+class _Attention(nn.Module):
+  cfg: TextEncoderConfig
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x, mask):
+    c = self.cfg
+    dense = lambda name: nn.Dense(c.hidden_size, dtype=self.dtype, name=name)
+    b, l, _ = x.shape
+    split = lambda t: t.reshape(b, l, c.num_attention_heads, -1)
+    q, k, v = (split(dense(n)(x)) for n in ("q_proj", "k_proj", "v_proj"))
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    return dense("out_proj")(out.reshape(b, l, c.hidden_size))
+
+
+class _Layer(nn.Module):
+  cfg: TextEncoderConfig
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x, mask):
+    c = self.cfg
+    ln = lambda name: nn.LayerNorm(c.layer_norm_eps, dtype=jnp.float32, name=name)
+    x = x + _Attention(c, self.dtype, name="self_attn")(ln("layer_norm1")(x), mask)
+    h = nn.Dense(c.intermediate_size, dtype=self.dtype, name="fc1")(ln("layer_norm2")(x))
+    return x + nn.Dense(c.hidden_size, dtype=self.dtype, name="fc2")(_ACT[c.hidden_act](h))
+
+
+class TextEncoder(nn.Module):
+  """input_ids (B, L) int32 -> (token_states (B, L, hidden), pooled (B, projection_dim))."""
+
+  config: TextEncoderConfig
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, input_ids):
+    c = self.config
+    b, n = input_ids.shape
+    k = c.merge_size
+    if n % k:
+      raise ValueError(f"text length {n} is not a multiple of merge_size={k}")
+    l = n // k
+    if l > c.max_position_embeddings:
+      raise ValueError(f"text of {n} ids ({l} tokens) exceeds max_position_embeddings={c.max_position_embeddings}")
+    x = nn.Embed(c.vocab_size, c.hidden_size, name="token_embedding")(input_ids)
+    if k > 1:
+      x = nn.Dense(c.hidden_size, dtype=self.dtype, name="merge")(x.reshape(b, l, k * c.hidden_size))
+    x = x + nn.Embed(c.max_position_embeddings, c.hidden_size, name="position_embedding")(jnp.arange(l))
+    mask = nn.make_causal_mask(jnp.zeros((b, l)), dtype=bool)
+    states = [x]
+    for i in range(c.num_hidden_layers):
+      x = _Layer(c, self.dtype, name=f"layers_{i}")(x, mask)
+      states.append(x)
+    final = nn.LayerNorm(c.layer_norm_eps, dtype=jnp.float32, name="final_layer_norm")(x)
+    tokens = final if c.output_layer == -1 else states[c.output_layer]
+    hit = input_ids if c.pooling == "argmax_ids" else input_ids == c.eos_token_id
+    eos_pos = jnp.argmax(hit, axis=-1) // k  # first maximum, as torch.argmax
+    pooled = final[jnp.arange(b), eos_pos]
+    pooled = nn.Dense(c.projection_dim, use_bias=False, dtype=self.dtype, name="text_projection")(pooled)
+    return tokens, pooled
+
+  @classmethod
+  def from_pretrained(cls, directory, dtype: Any = jnp.float32, **overrides):
+    return from_pretrained(directory, dtype=dtype, **overrides)
+
+
+# ----------------------------------------------------------------------------------------------
+# transformers weight import
+
+_IGNORED_HF_KEYS = ("text_model.embeddings.position_ids",)  # a buffer older checkpoints saved
+
+
+@functools.cache
+def param_shapes(config: TextEncoderConfig) -> dict:
+  """Abstract params pytree (ShapeDtypeStruct leaves) of TextEncoder(config)."""
+  ids = jnp.zeros((1, config.merge_size), jnp.int32)
+  return jax.eval_shape(TextEncoder(config).init, jax.random.key(0), ids)["params"]
+
+
+def _hf_key(path: tuple[str, ...]) -> str:
+  """('layers_3', 'fc1', 'kernel') -> 'text_model.encoder.layers.3.mlp.fc1.weight'."""
+  *mods, leaf = path
+  leaf = {"kernel": "weight", "scale": "weight", "embedding": "weight"}.get(leaf, leaf)
+  if mods == ["text_projection"]:
+    return f"text_projection.{leaf}"
+  if mods[0] in ("token_embedding", "position_embedding"):
+    return f"text_model.embeddings.{mods[0]}.{leaf}"
+  if mods[0] == "final_layer_norm":
+    return f"text_model.final_layer_norm.{leaf}"
+  m = re.fullmatch(r"layers_(\d+)", mods[0])
+  if m is None:
+    raise ValueError(f"no transformers CLIP key for emojax param {'/'.join(path)}")
+  rest = mods[1:]
+  if rest[0] in ("fc1", "fc2"):
+    rest = ["mlp"] + rest
+  return ".".join(["text_model.encoder.layers", m.group(1), *rest, leaf])
+
+
+def _head(keys: list[str], n: int = 5) -> str:
+  return ", ".join(keys[:n]) + (f", ... ({len(keys)} total)" if len(keys) > n else "")
+
+
+def load_hf_clip_text_params(state_dict: dict[str, np.ndarray], config: TextEncoderConfig,
+                             dtype: Any = np.float32) -> dict:
+  """transformers CLIPTextModelWithProjection state dict -> TextEncoder params (host numpy).
+
+  Linear weights (out, in) become Dense kernels (in, out); LayerNorm weight -> scale. Raises
+  ValueError naming missing/unexpected keys or mismatched shapes.
+  """
+  if config.merge_size != 1:
+    raise ValueError(f"transformers CLIP has no byte merge; load_hf_clip_text_params needs merge_size=1, got "
+                     f"{config.merge_size}")
+  shapes = traverse_util.flatten_dict(param_shapes(config))
+  keys = {_hf_key(path): path for path in shapes}
+  missing = sorted(k for k in keys if k not in state_dict)
+  unexpected = sorted(k for k in state_dict if k not in keys and k not in _IGNORED_HF_KEYS)
+  if missing or unexpected:
+    raise ValueError(f"CLIP text state dict does not match {config}: missing [{_head(missing)}], "
+                     f"unexpected [{_head(unexpected)}]")
+  params = {}
+  for key, path in keys.items():
+    w = np.asarray(state_dict[key])
+    w = w.T if path[-1] == "kernel" else w
+    if w.shape != shapes[path].shape:
+      raise ValueError(f"{key} has shape {tuple(state_dict[key].shape)} but the config implies "
+                       f"{shapes[path].shape[::-1] if path[-1] == 'kernel' else shapes[path].shape}")
+    params[path] = w.astype(dtype, copy=False) if dtype is not None else w
+  return traverse_util.unflatten_dict(params)
+
+
+def from_pretrained(directory, dtype: Any = jnp.float32, **overrides):
+  """transformers CLIPTextModelWithProjection / CLIPModel directory (config.json + model.safetensors)
+  -> (TextEncoder, params). `overrides` replace config fields, e.g. output_layer=-2 as SD3 uses."""
+  from safetensors.numpy import load_file
+
+  directory = os.fspath(directory)
+  config_path, weights_path = (os.path.join(directory, n) for n in ("config.json", "model.safetensors"))
+  for path in (config_path, weights_path):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{path} not found: expected a transformers CLIP text model directory")
+  with open(config_path) as f:
+    d = json.load(f)
+  config = TextEncoderConfig.from_hf_dict(d, **overrides)
+  state = load_file(weights_path)
+  if "text_config" in d:  # full CLIPModel: drop the vision tower and logit scale
+    state = {k: v for k, v in state.items() if k.startswith("text_model.") or k == "text_projection.weight"}
+  return TextEncoder(config, dtype=dtype), load_hf_clip_text_params(state, config)

@@ -1,0 +1,162 @@
+"""Device mesh, sharding rules, and abstract-first initialisation.
+
+Mesh axes are (data, fsdp, tensor). Parameters get logical axis names from regex rules on
+their path, and logical names map to mesh axes by a second rule table; both live in config.
+A dimension that a mesh axis does not divide stays replicated on that axis (noted once), so
+the same rules serve a tiny CPU model and a 7B one. Activations' batch dimension is sharded
+over (data, fsdp).
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# Default logical names for parameter paths (joined by "/"). First match wins.
+# Dense kernels are (in, out): column-parallel layers shard out over tensor, row-parallel in.
+DEFAULT_PARAM_RULES = (
+    (r".*(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj|q_proj|k_proj|v_proj|fc1|gate_proj|up_proj|net_0.*|proj_in|linear_1)/kernel$", ("embed", "mlp")),
+    (r".*(to_out.*|to_add_out|out_proj|o_proj|fc2|down_proj|net_2)/kernel$", ("mlp", "embed")),
+    (r".*(embedding|token_embedding|embed_tokens)$", ("vocab", "embed")),
+    (r".*/kernel$", ("embed", None)),
+    (r".*", None),  # everything else (norms, biases, small tensors): replicated
+)
+DEFAULT_LOGICAL_RULES = (
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("batch", BATCH_AXES),
+)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """Mesh of shape (data, fsdp, tensor); one entry may be -1 to take the remaining devices."""
+  devices = list(devices if devices is not None else jax.devices())
+  shape = [data, fsdp, tensor]
+  if shape.count(-1) > 1:
+    raise ValueError(f"mesh: at most one axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if len(devices) % known:
+      raise ValueError(f"mesh: {len(devices)} devices are not divisible by fixed axes product {known} (data={data} fsdp={fsdp} tensor={tensor})")
+    shape[shape.index(-1)] = len(devices) // known
+  if math.prod(shape) != len(devices):
+    raise ValueError(f"mesh: data*fsdp*tensor = {math.prod(shape)} but {len(devices)} devices are present; set config.mesh so the product matches (or use -1)")
+  return jax.make_mesh(tuple(shape), AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def mesh_from_config(cfg) -> Mesh:
+  n = cfg.get("num_devices", -1)
+  devices = jax.devices() if n == -1 else jax.devices()[:n]
+  if n != -1 and len(devices) < n:
+    raise ValueError(f"mesh.num_devices={n} but only {len(devices)} devices are present")
+  return make_mesh(cfg.data, cfg.fsdp, cfg.tensor, devices=devices)
+
+
+def batch_size_divisor(mesh: Mesh) -> int:
+  return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def check_batch(batch_size: int, mesh: Mesh, what: str = "batch") -> None:
+  div = batch_size_divisor(mesh)
+  if batch_size % div:
+    raise ValueError(f"{what} of {batch_size} is not divisible by mesh data*fsdp = {div}; change the batch size or config.mesh")
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def _path_str(path) -> str:
+  parts = []
+  for k in path:
+    parts.append(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))))
+  return "/".join(parts)
+
+
+def _logical_names(name: str, ndim: int, compiled) -> tuple:
+  for rx, names in compiled:
+    if rx.fullmatch(name):
+      if names is None or ndim == 0:
+        return (None,) * ndim
+      names = tuple(names)
+      # a rule written for another rank: align on trailing dims, extra leading dims unsharded
+      return ((None,) * max(0, ndim - len(names)) + names)[-ndim:]
+  return (None,) * ndim
+
+
+def logical_axes(tree, param_rules=DEFAULT_PARAM_RULES):
+  """Pytree of tuples of logical names (or None) per leaf, from the first matching regex."""
+  compiled = [(re.compile(rx), names) for rx, names in param_rules]
+  return jax.tree_util.tree_map_with_path(lambda p, x: _logical_names(_path_str(p), len(x.shape), compiled), tree)
+
+
+def _spec_for(shape, names, mesh: Mesh, logical_rules) -> P:
+  table = dict(logical_rules)
+  used: set[str] = set()
+  spec = []
+  for dim, name in zip(shape, names):
+    axes = table.get(name) if name else None
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    axes = tuple(a for a in axes if a not in used and mesh.shape[a] > 1)
+    size = math.prod(mesh.shape[a] for a in axes)
+    if not axes or dim % size:
+      spec.append(None)
+      continue
+    used.update(axes)
+    spec.append(axes[0] if len(axes) == 1 else axes)
+  return P(*spec)
+
+
+def param_shardings(abstract_tree, mesh: Mesh, param_rules=DEFAULT_PARAM_RULES, logical_rules=DEFAULT_LOGICAL_RULES):
+  compiled = [(re.compile(rx), names) for rx, names in param_rules]
+
+  def one(path, leaf):
+    names = _logical_names(_path_str(path), len(leaf.shape), compiled)
+    return NamedSharding(mesh, _spec_for(leaf.shape, names, mesh, logical_rules))
+
+  return jax.tree_util.tree_map_with_path(one, abstract_tree)
+
+
+def state_shardings(abstract_state, mesh: Mesh, param_rules=DEFAULT_PARAM_RULES, logical_rules=DEFAULT_LOGICAL_RULES):
+  """Shardings for a whole train state: optimizer moments mirror their parameters' shapes,
+  so the same path rules apply (optax keeps parameter names in its state paths)."""
+  return param_shardings(abstract_state, mesh, param_rules, logical_rules)
+
+
+def init_sharded(init_fn: Callable[..., Any], mesh: Mesh, *args, param_rules=DEFAULT_PARAM_RULES,
+                 logical_rules=DEFAULT_LOGICAL_RULES):
+  """eval_shape -> shardings -> jit(init, out_shardings): nothing materialises unsharded."""
+  abstract = jax.eval_shape(init_fn, *args)
+  shardings = param_shardings(abstract, mesh, param_rules, logical_rules)
+  return jax.jit(init_fn, out_shardings=shardings)(*args), shardings
+
+
+def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Host-local numpy batch -> global arrays sharded over (data, fsdp)."""
+  sharding = batch_sharding(mesh)
+  if jax.process_count() == 1:
+    return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def initialize_distributed() -> None:
+  """Multi-host init on TPU VMs and SLURM; a no-op on a single process."""
+  import os
+  if any(k in os.environ for k in ("SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS")):
+    if int(os.environ.get("SLURM_NTASKS", "2")) > 1:
+      jax.distributed.initialize()
+      logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())

@@ -1,0 +1,1 @@
+from emojax.rewards.registry import combine, get, names, register  # noqa: F401

@@ -1,0 +1,93 @@
+"""Pieces both generator jobs share: model from config, tokenisation, fixed evaluation set."""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from emojax import sampling
+from emojax.data import emoshapes
+from emojax.models import assets
+from emojax.models import generator as gen_lib
+from emojax.models.tokenizers import ByteTokenizer
+from emojax.rewards.colour_judge import colour_judge
+
+SHIPPED_GENERATOR = "generator_tiny"
+PRETRAIN_HINT = ("make it with `python -m emojax.train --config=configs/pretrain_generator.py --workdir=DIR` "
+                 "and point config.model.pretrained at DIR/export")
+
+
+def pretrained_dir(path: str) -> str:
+  return path or assets.asset_dir(SHIPPED_GENERATOR)
+
+
+def load_generator(path: str):
+  """-> (Generator, GeneratorConfig, params numpy tree) from a pretrained directory."""
+  directory = pretrained_dir(path)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"pretrained generator directory {directory} does not exist; {PRETRAIN_HINT}")
+  params, cfg_dict = assets.load(directory, "pretrained generator", PRETRAIN_HINT)
+  gcfg = gen_lib.GeneratorConfig.from_dict(cfg_dict)
+  gen = gen_lib.Generator(gcfg)
+  expected = jax.eval_shape(lambda: gen_lib.init_params(gen, jax.random.key(0)))
+  assets.check_tree_matches(params, expected, f"pretrained generator {directory}")
+  return gen, gcfg, params
+
+
+def tokenizer_for(gcfg: gen_lib.GeneratorConfig) -> ByteTokenizer:
+  return ByteTokenizer(gcfg.max_text_length)
+
+
+def trainable_mask(params, frozen: tuple[str, ...]):
+  return {k: jax.tree.map(lambda _: k not in frozen, v) for k, v in params.items()}
+
+
+def masked_optimizer(tx: optax.GradientTransformation, params, frozen: tuple[str, ...]):
+  """Applies tx to every top-level module except `frozen`, whose updates are zero."""
+  labels = {k: ("frozen" if k in frozen else "train") for k in params}
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+class EvalSet:
+  """A fixed set of prompts and V-A targets, sampled with the ODE from fixed noise.
+
+  Measures what the colour judge (trained by nobody) says of the generator's images against
+  the requested emotion, so runs are comparable before and after training.
+  source="grid": neutral prompts x a grid of V-A targets (emotion must come from V-A input);
+  source="emotional": held-out emotional prompts, each with its own image's V-A (emotion
+  must come from the words).
+  """
+
+  def __init__(self, gen, gcfg, *, num_prompts: int, seed: int, num_steps: int, shift: float, cfg_scale: float,
+               source: str = "grid", targets_per_axis: int = 3):
+    tok = tokenizer_for(gcfg)
+    examples = [emoshapes.make_example(seed, i, gcfg.mmdit.sample_size) for i in range(num_prompts)]
+    if source == "grid":
+      grid = np.linspace(-2.4, 2.4, targets_per_axis, dtype=np.float32)
+      va = np.array([(v, a) for v in grid for a in grid], np.float32)
+      self.ncol = len(va)
+      self.prompts = [e["prompt"] for e in examples for _ in va]
+      self.va = np.tile(va, (num_prompts, 1))
+    elif source == "emotional":
+      self.ncol = 8
+      self.prompts = [e["emotional_prompt"] for e in examples]
+      self.va = np.array([(e["valence"], e["arousal"]) for e in examples], np.float32)
+    else:
+      raise ValueError(f"unknown eval source {source!r}; use 'grid' or 'emotional'")
+    self.ids = tok(self.prompts)
+    self.uncond = tok([""] * len(self.prompts))
+    self.gen, self.kw = gen, dict(num_steps=num_steps, shift=shift, cfg_scale=cfg_scale, method="ode")
+    self.key = jax.random.key(seed)
+
+  def __call__(self, params, png_path: str | None = None) -> dict[str, float]:
+    images = sampling.generate(self.gen, params, self.ids, self.uncond, jnp.asarray(self.va), self.key, **self.kw)
+    v, a = jax.device_get(colour_judge(images))
+    if png_path:
+      sampling.save_grid(images, png_path, self.ncol)
+    return {"eval/v_abs_err": float(np.abs(v - self.va[:, 0]).mean()),
+            "eval/a_abs_err": float(np.abs(a - self.va[:, 1]).mean()),
+            "eval/v_corr": float(np.corrcoef(v, self.va[:, 0])[0, 1]),
+            "eval/a_corr": float(np.corrcoef(a, self.va[:, 1])[0, 1])}

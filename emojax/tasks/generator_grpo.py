@@ -1,0 +1,96 @@
+"""Generator GRPO (the main job): wires the pretrained generator, EmoShapes prompts, rewards
+and the pure step of emojax.rl.generator_step into the shared trainer."""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from emojax import config_utils
+from emojax.data import emoshapes, pipeline
+from emojax.diffusion import schedule
+from emojax.emotion.space import check_va
+from emojax.rl import generator_step
+from emojax import sampling
+from emojax.tasks import generator_common as common
+
+
+class GeneratorGRPO:
+  progress_keys = ("reward_mean", "judge/v_abs_err", "judge/a_abs_err")
+
+  def __init__(self, config):
+    self.config = c = config
+    self.gen, self.gcfg, self._pretrained = common.load_generator(c.model.pretrained)
+    self.tok = common.tokenizer_for(self.gcfg)
+    r = c.rl
+    self.global_batch_size = r.prompts_per_step * r.group_size
+    if self.global_batch_size % r.grad_accum:
+      raise ValueError(f"batch {self.global_batch_size} (prompts_per_step*group_size) is not divisible by rl.grad_accum={r.grad_accum}")
+    weights = tuple(sorted((k, float(v)) for k, v in c.rewards.weights.items()))
+    mm = self.gcfg.mmdit
+    self.hp = generator_step.GRPOHyper(
+        group_size=r.group_size, num_steps=r.num_steps, sigmas=tuple(float(s) for s in schedule.sd3_sigmas(r.num_steps, r.shift)),
+        noise_level=r.noise_level, cfg_scale=r.cfg_scale, clip_eps=r.clip_eps, kl_beta=r.kl_beta, adv_clip=r.adv_clip,
+        adv_eps=r.adv_eps, timestep_fraction=r.timestep_fraction, grad_accum=r.grad_accum, inner_epochs=r.inner_epochs,
+        reward_weights=weights, reward_zscore=c.rewards.zscore, image_shape=(mm.sample_size, mm.sample_size, mm.in_channels))
+    frozen = tuple(c.model.frozen)
+    self.tx = common.masked_optimizer(config_utils.make_optimizer(c.optim), self._pretrained, frozen)
+    self._step, _ = generator_step.make_train_step(
+        apply_velocity=lambda p, x, s, cond: sampling.apply_velocity(self.gen, p, x, s, cond),
+        encode=lambda p, ids, va, m: sampling.encode(self.gen, p, ids, va, m),
+        optimizer=self.tx, hp=self.hp)
+    self.eval_set = common.EvalSet(self.gen, self.gcfg, num_prompts=c.eval.num_prompts, seed=c.eval.seed,
+                                   num_steps=c.eval.num_steps, shift=r.shift, cfg_scale=r.cfg_scale, source="grid")
+    self._uncond = self.tok([""])[0]
+
+  def make_loader(self, shard_index, shard_count):
+    c = self.config
+    source = emoshapes.EmoShapesSource(c.data.seed, c.data.num_examples, size=self.gcfg.mmdit.sample_size)
+    return pipeline.grpo_prompt_loader(source, prompts_per_step=c.rl.prompts_per_step // shard_count,
+                                       group_size=c.rl.group_size, seed=c.seed, shard_index=shard_index,
+                                       shard_count=shard_count, target_mode=c.data.target_mode)
+
+  def host_batch(self, raw):
+    v, a = np.asarray(raw["valence"], np.float32), np.asarray(raw["arousal"], np.float32)
+    check_va(v, a)
+    prompts = [p.decode() if isinstance(p, bytes) else str(p) for p in raw[self.config.data.prompt_field]]
+    ids = self.tok(prompts)
+    return {"input_ids": ids, "uncond_ids": np.broadcast_to(self._uncond, ids.shape).copy(), "valence": v, "arousal": a}
+
+  def initial_state(self, rng, shardings):
+    params = jax.device_put(jax.tree.map(jnp.asarray, self._pretrained), shardings["params"])
+    opt_state = jax.jit(self.tx.init, out_shardings=shardings["opt_state"])(params)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
+
+  def init_state(self, rng):  # shapes only: the trainer calls it under eval_shape
+    params = jax.tree.map(jnp.asarray, self._pretrained)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params)}
+
+  def constants(self):
+    return {"ref_params": jax.tree.map(jnp.asarray, self._pretrained)}
+
+  def train_step(self, state, batch, rng, constants):
+    state, metrics = self._step(state, batch, rng, constants)
+    return state, metrics
+
+  def on_step_end(self, step, state, metrics, workdir):
+    c = self.config
+    out = {}
+    if metrics.get("ratio_dev_first", 0.0) > c.rl.ratio_tolerance:
+      from absl import logging
+      logging.warning("step %d: on-policy ratio deviates from 1 by %.3g (> %.0e): log-prob recomputation is not "
+                      "identical to the rollout", step, metrics["ratio_dev_first"], c.rl.ratio_tolerance)
+    first = step == 1 and c.eval.at_start
+    if first:  # the pretrained model's numbers, for the before/after comparison
+      out.update({f"{k}_start": v for k, v in self.eval_set(self._pretrained, self._png(workdir, 0)).items()})
+    if step % c.eval_every == 0 or step == c.total_steps:
+      out.update(self.eval_set(state["params"], self._png(workdir, step)))
+    return out
+
+  @staticmethod
+  def _png(workdir, step):
+    path = os.path.join(workdir, "samples", f"step_{step:06d}.png")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path

@@ -1,0 +1,107 @@
+"""Flow-matching pretraining of the tiny generator (text encoder + MMDiT) on EmoShapes.
+
+Captions mix the neutral prompt, the emotional prompt (colour adjectives) and the empty
+prompt (for classifier-free guidance), so text steers colour. The emotion tokens stay at
+their zero initialisation (frozen): emotion control is what GRPO teaches later.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from emojax import config_utils
+from emojax.data import emoshapes, pipeline
+from emojax.models import assets
+from emojax.models import generator as gen_lib
+from emojax.tasks import generator_common as common
+
+FROZEN = ("emotion",)
+
+
+class PretrainGenerator:
+  progress_keys = ("loss",)
+
+  def __init__(self, config):
+    self.config = c = config
+    gcfg = gen_lib.preset(c.model.preset)
+    self.gcfg = gen_lib.GeneratorConfig(mmdit=gcfg.mmdit, text=gcfg.text, num_emotion_tokens=c.model.num_emotion_tokens,
+                                        max_text_length=c.model.max_text_length)
+    self.gen = gen_lib.Generator(self.gcfg)
+    self.tok = common.tokenizer_for(self.gcfg)
+    self.global_batch_size = c.batch_size
+    self._empty = self.tok([""])[0]
+    self.tx = None
+    self.eval_set = common.EvalSet(self.gen, self.gcfg, num_prompts=c.eval.num_prompts, seed=c.eval.seed,
+                                   num_steps=c.eval.num_steps, shift=c.eval.shift, cfg_scale=c.eval.cfg_scale,
+                                   source="emotional")
+
+  def make_loader(self, shard_index, shard_count):
+    d = self.config.data
+    source = emoshapes.EmoShapesSource(d.seed, d.num_examples, size=self.gcfg.mmdit.sample_size)
+    return pipeline.pretrain_loader(source, batch_size=self.global_batch_size // shard_count, seed=self.config.seed,
+                                    shard_index=shard_index, shard_count=shard_count)
+
+  def host_batch(self, raw):
+    return {"image": np.asarray(raw["image"], np.float32),
+            "neutral_ids": self.tok(list(raw["prompt"])), "emotional_ids": self.tok(list(raw["emotional_prompt"])),
+            "valence": np.asarray(raw["valence"], np.float32), "arousal": np.asarray(raw["arousal"], np.float32)}
+
+  def _optimizer(self, params):
+    return common.masked_optimizer(config_utils.make_optimizer(self.config.optim), params, FROZEN)
+
+  def init_state(self, rng):
+    params = gen_lib.init_params(self.gen, rng)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "ema": params,
+            "opt_state": self._optimizer(params).init(params)}
+
+  def constants(self):
+    return {}
+
+  def train_step(self, state, batch, rng, constants):
+    c = self.config
+    params = state["params"]
+    tx = self._optimizer(params)
+    x0 = batch["image"]
+    b = x0.shape[0]
+    k_cap, k_sig, k_noise = jax.random.split(rng, 3)
+    u = jax.random.uniform(k_cap, (b, 1))
+    ids = jnp.where(u < c.caption.p_empty, jnp.asarray(self._empty)[None],
+                    jnp.where(u < c.caption.p_empty + c.caption.p_neutral, batch["neutral_ids"], batch["emotional_ids"]))
+    # SD3's logit-normal timestep density
+    sigma = jax.nn.sigmoid(c.logit_mean + c.logit_std * jax.random.normal(k_sig, (b,)))
+    noise = jax.random.normal(k_noise, x0.shape)
+    s = sigma[:, None, None, None]
+    x_t = (1.0 - s) * x0 + s * noise
+    va = jnp.stack([batch["valence"], batch["arousal"]], -1)
+
+    def loss_fn(p):
+      v = self.gen.apply({"params": p}, x_t, sigma, ids, va)
+      return jnp.mean((v - (noise - x0)) ** 2)
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    params = jax.tree.map(lambda p, u_: p + u_, params, updates)
+    # warmed-up EMA: forgets the random init quickly, then settles at ema_decay
+    step = state["step"].astype(jnp.float32)
+    decay = jnp.minimum(c.ema_decay, (1.0 + step) / (10.0 + step))
+    ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state["ema"], params)
+    gnorm = jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads)))
+    return ({"step": state["step"] + 1, "params": params, "ema": ema, "opt_state": opt_state},
+            {"loss": loss, "grad_norm": gnorm})
+
+  def on_step_end(self, step, state, metrics, workdir):
+    c = self.config
+    out = {}
+    if step % c.eval_every == 0 or step == c.total_steps:
+      png = os.path.join(workdir, "samples", f"step_{step:06d}.png")
+      os.makedirs(os.path.dirname(png), exist_ok=True)
+      out = self.eval_set(state["ema"], png)
+    return out
+
+  def on_finish(self, state, workdir):
+    """Exports the EMA weights as a pretrained-generator directory (the shipped asset's layout)."""
+    params = jax.device_get(state["ema"])
+    assets.save(os.path.join(workdir, "export"), params, self.gcfg.to_dict(), dtype=np.dtype(self.config.export_dtype))

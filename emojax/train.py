@@ -1,0 +1,58 @@
+"""python -m emojax.train --config=configs/<job>.py[:preset] --workdir=DIR [--config.field=value ...]
+
+Resumes automatically from DIR's latest checkpoint; SIGTERM saves and exits cleanly.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file (path[:arg]).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+
+def make_task(config):
+  task = config.get("task")
+  if task == "generator_grpo":
+    from emojax.tasks.generator_grpo import GeneratorGRPO
+    return GeneratorGRPO(config)
+  if task == "pretrain_generator":
+    from emojax.tasks.pretrain_generator import PretrainGenerator
+    return PretrainGenerator(config)
+  raise ValueError(f"unknown config.task {task!r}; known: generator_grpo, pretrain_generator")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; config fields are set as --config.field=value")
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config=configs/<job>.py is required")
+  workdir = _WORKDIR.value or os.path.join("workdirs", config.task)
+  from emojax import parallel, trainer
+  parallel.initialize_distributed()
+  result = trainer.run(config, workdir, make_task(config), progress=_PROGRESS.value)
+  logging.info("finished at step %d (preempted=%s); outputs in %s", result.step, result.preempted, workdir)
+
+
+def _parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:  # e.g. --config.no_such_field=1
+    raise app.UsageError(f"bad flag or config override: {e} (fields are listed in the config file)") from None
+
+
+def cli():
+  try:
+    app.run(main, flags_parser=_parse_flags)
+  except (ValueError, FileNotFoundError, FloatingPointError, app.UsageError) as e:  # bad input: one actionable line
+    print(f"emojax.train: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  cli()

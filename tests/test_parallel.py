@@ -1,0 +1,85 @@
+"""Mesh construction, rule-based parameter shardings and sharded init (8 simulated CPU devices)."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from emojax import parallel
+
+
+def mesh_cfg(data=-1, fsdp=1, tensor=1, num_devices=-1):
+  return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor, num_devices=num_devices))
+
+
+def test_make_mesh():
+  assert jax.device_count() == 8
+  assert dict(parallel.make_mesh(-1, 2, 1).shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+  assert dict(parallel.make_mesh(2, -1, 2).shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert parallel.make_mesh(1, 1, -1).axis_names == ("data", "fsdp", "tensor")
+  assert dict(parallel.mesh_from_config(mesh_cfg(-1, 1, 2, num_devices=4)).shape) == {"data": 2, "fsdp": 1, "tensor": 2}
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(data=-1, fsdp=-1), "at most one axis may be -1"),
+    (dict(data=2, fsdp=2, tensor=1), "data\\*fsdp\\*tensor = 4 but 8 devices"),
+    (dict(data=-1, fsdp=3), "not divisible by fixed axes product 3"),
+])
+def test_make_mesh_errors(kw, match):
+  with pytest.raises(ValueError, match=match):
+    parallel.make_mesh(**kw)
+
+
+def test_mesh_from_config_too_many_devices():
+  with pytest.raises(ValueError, match="mesh.num_devices=16 but only 8 devices"):
+    parallel.mesh_from_config(mesh_cfg(num_devices=16))
+
+
+def abstract_params():
+  s = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  return {
+      "layers_0": {"self_attn": {"q_proj": {"kernel": s(8, 16), "bias": s(16)},
+                                 "out_proj": {"kernel": s(16, 8), "bias": s(8)}},
+                   "fc1": {"kernel": s(7, 6)},  # 7 not divisible by fsdp=2, 6 not by tensor=4
+                   "layer_norm1": {"scale": s(8), "bias": s(8)}},
+      "token_embedding": {"embedding": s(10, 8)},
+      "proj": {"kernel": s(8, 4)},
+  }
+
+
+def test_param_shardings():
+  mesh = parallel.make_mesh(2, 2, 2)
+  spec = jax.tree.map(lambda s: s.spec, parallel.param_shardings(abstract_params(), mesh))
+  assert spec["layers_0"]["self_attn"]["q_proj"] == {"kernel": P("fsdp", "tensor"), "bias": P(None)}
+  assert spec["layers_0"]["self_attn"]["out_proj"]["kernel"] == P("tensor", "fsdp")
+  assert spec["layers_0"]["fc1"]["kernel"] == P(None, "tensor")  # 7 % fsdp: replicated on that axis
+  assert spec["layers_0"]["layer_norm1"] == {"scale": P(None), "bias": P(None)}
+  assert spec["token_embedding"]["embedding"] == P("tensor", "fsdp")
+  assert spec["proj"]["kernel"] == P("fsdp", None)
+  # tensor=4 divides neither 6 nor 7: fc1 fully replicated; size-1 axes never appear in specs.
+  spec = jax.tree.map(lambda s: s.spec, parallel.param_shardings(abstract_params(), parallel.make_mesh(1, 2, 4)))
+  assert spec["layers_0"]["fc1"]["kernel"] == P(None, None)
+  assert spec["layers_0"]["self_attn"]["q_proj"]["kernel"] == P("fsdp", "tensor")
+  spec = jax.tree.map(lambda s: s.spec, parallel.param_shardings(abstract_params(), parallel.make_mesh(8, 1, 1)))
+  assert all(s == P(*(None,) * len(s)) for s in jax.tree.leaves(spec, is_leaf=lambda x: isinstance(x, P)))
+
+
+def test_check_batch():
+  mesh = parallel.make_mesh(2, 2, 2)
+  parallel.check_batch(12, mesh)
+  with pytest.raises(ValueError, match="eval batch of 6 is not divisible by mesh data\\*fsdp = 4"):
+    parallel.check_batch(6, mesh, what="eval batch")
+
+
+def test_init_sharded_and_put_batch():
+  mesh = parallel.make_mesh(2, 2, 2)
+  init = lambda key: {"q_proj": {"kernel": jax.random.normal(key, (8, 16)), "bias": jnp.zeros(16)},
+                      "fc2": {"kernel": jax.random.normal(key, (16, 8))}}
+  params, shardings = parallel.init_sharded(init, mesh, jax.random.key(0))
+  assert shardings["q_proj"]["kernel"] == NamedSharding(mesh, P("fsdp", "tensor"))
+  jax.tree.map(lambda x, s: (x.sharding == s) or pytest.fail(f"{x.sharding} != {s}"), params, shardings)
+  assert params["q_proj"]["kernel"].addressable_shards[0].data.shape == (4, 8)
+  np.testing.assert_array_equal(params["q_proj"]["kernel"], init(jax.random.key(0))["q_proj"]["kernel"])
+  batch = parallel.put_batch({"x": np.arange(8 * 3).reshape(8, 3)}, mesh)
+  assert batch["x"].sharding == parallel.batch_sharding(mesh) and batch["x"].addressable_shards[0].data.shape == (2, 3)

@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+
+from emojax.data.emoshapes import EmoShapesSource
+from emojax.data.pipeline import grpo_prompt_loader, pretrain_loader
+from emojax.emotion.space import nearest_category
+
+SOURCE = EmoShapesSource(seed=0, num_examples=40)
+
+
+class IndexedSource:
+  """Records whose prompt names their index."""
+
+  def __init__(self, n):
+    self.n = n
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    return dict(prompt=f"p{i}", emotional_prompt=f"e{i}", valence=np.float32(i / self.n),
+                arousal=np.float32(0), category=np.int32(0), image=np.zeros((2, 2, 3), np.uint8))
+
+
+def grpo(source=SOURCE, **kw):
+  kw = dict(prompts_per_step=4, group_size=3, seed=7, shard_index=0, shard_count=1) | kw
+  return grpo_prompt_loader(source, **kw)
+
+
+def take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def test_batches_hold_contiguous_groups():
+  batch = next(iter(grpo()))
+  assert set(batch) == {"prompt", "emotional_prompt", "valence", "arousal", "category"}
+  for k, v in batch.items():
+    assert v.shape == (12,), k
+    groups = v.reshape(4, 3)
+    assert np.all(groups == groups[:, :1]), k
+  assert len(set(batch["valence"].tolist())) == 4
+  assert batch["prompt"].dtype == object and isinstance(batch["prompt"][0], str)
+  assert batch["valence"].dtype == np.float32 and batch["category"].dtype == np.int32
+  image = next(iter(grpo(keep_images=True)))["image"]
+  assert image.shape == (12, 32, 32, 3) and image.dtype == np.uint8
+
+
+def test_target_modes():
+  data = {SOURCE[i]["emotional_prompt"]: (SOURCE[i]["valence"], SOURCE[i]["arousal"]) for i in range(40)}
+  for batch in take(iter(grpo(target_mode="data")), 3):
+    for p, v, a in zip(batch["emotional_prompt"], batch["valence"], batch["arousal"]):
+      assert (v, a) == data[p]
+  batches = take(iter(grpo()), 20)  # uniform by default
+  v, a, c = (np.concatenate([b[k] for b in batches]) for k in ("valence", "arousal", "category"))
+  assert np.all(np.abs(v) <= 3) and np.all(np.abs(a) <= 3)
+  assert v.min() < -2 and v.max() > 2 and a.min() < -2 and a.max() > 2
+  np.testing.assert_array_equal(c, nearest_category(v, a))
+  again = take(iter(grpo()), 20)
+  np.testing.assert_array_equal(np.concatenate([b["valence"] for b in again]), v)
+  with pytest.raises(ValueError, match="target_mode"):
+    grpo(target_mode="nope")
+
+
+def test_shards_are_disjoint():
+  source = IndexedSource(11)
+  seen = []
+  for shard in range(2):
+    loader = grpo(source, prompts_per_step=1, group_size=1, shard_index=shard, shard_count=2,
+                  num_epochs=1, target_mode="data")
+    seen.append({p for b in loader for p in b["prompt"]})
+  assert len(seen[0]) == len(seen[1]) == 5 and not seen[0] & seen[1]
+
+
+def test_iterator_state_restores_the_stream():
+  loader = grpo()
+  iterator = iter(loader)
+  take(iterator, 4)
+  state = iterator.get_state()
+  assert isinstance(state, bytes)
+  expected = take(iterator, 13)  # crosses the epoch boundary (40 records, 4 per step)
+  restored = iter(loader)
+  restored.set_state(state)
+  for want, got in zip(expected, take(restored, 13)):
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_pretrain_batches_are_endless_unit_range_images():
+  iterator = iter(pretrain_loader(SOURCE, batch_size=16, seed=0, shard_index=0, shard_count=1))
+  batches = take(iterator, 6)  # 2.4 epochs
+  image = batches[0]["image"]
+  assert image.shape == (16, 32, 32, 3) and image.dtype == np.float32
+  assert -1 <= image.min() < image.max() <= 1
+  assert {"prompt", "emotional_prompt", "valence", "arousal"} <= set(batches[0])
+  expected = SOURCE[0]["image"].astype(np.float32) / 127.5 - 1
+  assert any(np.allclose(expected, im) for b in batches for im in b["image"])
