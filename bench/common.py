@@ -151,6 +151,22 @@ def time_calls(call, warmup: int, repeats: int) -> dict:
   return {"median_s": statistics.median(times), "times_s": [round(t, 4) for t in times]}
 
 
+def time_interleaved(calls: dict, warmup: int, repeats: int) -> dict:
+  """time_calls for several callables, round-robin (one timed call of each per round), so that all
+  see the same background load; {name: {"median_s", "best_s", "times_s"}}."""
+  for _ in range(warmup):
+    for call in calls.values():
+      call()
+  times = {name: [] for name in calls}
+  for _ in range(repeats):
+    for name, call in calls.items():
+      t0 = time.perf_counter()
+      call()
+      times[name].append(time.perf_counter() - t0)
+  return {name: {"median_s": statistics.median(t), "best_s": min(t), "times_s": [round(x, 4) for x in t]}
+          for name, t in times.items()}
+
+
 def time_jax(compiled, *args, warmup=1, repeats=3) -> dict:
   return time_calls(lambda: block(compiled(*args)), warmup, repeats)
 

@@ -32,16 +32,14 @@ def make_rollout(model, sigmas, method, with_logprob, noise_level):
   return fn
 
 
-def torch_rollout(config, params, x_init, ctx, pooled, sigmas, noise_level, dtype_name, threads, warmup,
-                  repeats):
-  """Same SDE rollout (with log-prob) in diffusers/PyTorch; returns the timing dict."""
+def make_torch_rollout(config, params, x_init, ctx, pooled, sigmas, noise_level, dtype_name):
+  """The same SDE rollout (with log-prob) with diffusers/PyTorch, as a no-argument callable."""
   import torch
   from diffusers import SD3Transformer2DModel
   from diffusers.utils import logging as diffusers_logging
 
   diffusers_logging.set_verbosity_error()
 
-  torch.set_num_threads(threads)
   tdt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
   model = SD3Transformer2DModel(**config.to_dict())
   state = {k: torch.from_numpy(np.array(v)) for k, v in mmdit.to_diffusers_state_dict(
@@ -72,7 +70,7 @@ def torch_rollout(config, params, x_init, ctx, pooled, sigmas, noise_level, dtyp
         x = x_next
     return x, torch.stack(xs), torch.stack(x_nexts), torch.stack(lps)
 
-  return common.time_calls(run, warmup, repeats)
+  return run
 
 
 def main():
@@ -82,7 +80,12 @@ def main():
   p.add_argument("--noise_level", type=float, default=0.7)
   p.add_argument("--modes", default=",".join(MODES), help="subset of " + ",".join(MODES))
   p.add_argument("--torch", action="store_true", help="also time diffusers' PyTorch model")
-  p.add_argument("--torch_threads", type=int, default=2, help="torch.set_num_threads (XLA uses all cores)")
+  p.add_argument("--torch_steps", type=int, default=0,
+                 help="time torch on only the first N steps (0: all); for torch's very slow CPU bf16")
+  p.add_argument("--torch_threads", default="2",
+                 help="comma list of torch.set_num_threads values; 2 = the cores XLA uses (unsuffixed keys), "
+                      "others get a _<n>thr suffix")
+  p.add_argument("--torch_repeats", type=int, default=0, help="timed torch runs (0: --repeats)")
   a = p.parse_args()
 
   config = common.get_config(a.config)
@@ -99,33 +102,38 @@ def main():
   rec = {"bench": "rollout", "config": a.config, "dtype": a.dtype, "batch": a.batch, "steps": a.steps,
          "context_len": a.context_len, "params_m": common.num_params(params) / 1e6,
          "gflop_per_forward": flops_fwd / 1e9}
-  sps, compile_s, gflops = {}, {}, {}
+  compiled, compile_s = {}, {}
   args = (params, x_init, ctx, pooled, k_roll)
   for mode in a.modes.split(","):
-    method, with_logprob = MODES[mode]
-    compiled, compile_s[mode] = common.compile_jax(
-        make_rollout(model, sigmas, method, with_logprob, a.noise_level), *args)
-    if mode == "sde_logprob":
-      xf = common.xla_flops(compiled)  # XLA's cost analysis counts the scan body once: one step
-      rec["xla_gflop_per_step"] = None if xf is None else xf / 1e9
-    t = common.time_jax(compiled, *args, warmup=a.warmup, repeats=a.repeats)
-    sps[mode] = samples_steps / t["median_s"]
-    gflops[mode] = flops_fwd * a.steps / t["median_s"] / 1e9
-    del compiled
+    compiled[mode], compile_s[mode] = common.compile_jax(
+        make_rollout(model, sigmas, *MODES[mode], a.noise_level), *args)
+  if "sde_logprob" in compiled:
+    xf = common.xla_flops(compiled["sde_logprob"])  # XLA's cost analysis counts the scan body once
+    rec["xla_gflop_per_step"] = None if xf is None else xf / 1e9
+  # Modes are timed round-robin so that they share the same background load.
+  timing = common.time_interleaved({m: (lambda c=c: common.block(c(*args))) for m, c in compiled.items()},
+                                   a.warmup, a.repeats)
+  sps = {m: samples_steps / t["median_s"] for m, t in timing.items()}
   rec["samples_steps_per_s"] = sps
+  rec["samples_steps_per_s_best"] = {m: samples_steps / t["best_s"] for m, t in timing.items()}
   rec["compile_s"] = compile_s
-  rec["gflop_per_s"] = gflops
+  rec["gflop_per_s"] = {m: flops_fwd * a.steps / t["median_s"] / 1e9 for m, t in timing.items()}
   if "sde" in sps and "sde_logprob" in sps:
     rec["logprob_overhead_pct"] = (sps["sde"] / sps["sde_logprob"] - 1) * 100
 
   if a.torch:
-    t = torch_rollout(config, params, x_init, ctx, pooled, sigmas, a.noise_level, a.dtype, a.torch_threads,
-                      a.warmup, a.repeats)
-    rec["torch_samples_steps_per_s"] = samples_steps / t["median_s"]
-    rec["torch_gflop_per_s"] = flops_fwd * a.steps / t["median_s"] / 1e9
-    ref = sps.get("sde_logprob")
-    rec["ratio_vs_torch"] = None if ref is None else ref / rec["torch_samples_steps_per_s"]
-    rec["torch_threads"] = a.torch_threads
+    import torch
+    t_steps = a.torch_steps or a.steps
+    rec["torch_steps"] = t_steps
+    run = make_torch_rollout(config, params, x_init, ctx, pooled, sigmas[:t_steps + 1], a.noise_level, a.dtype)
+    for threads in [int(n) for n in a.torch_threads.split(",")]:
+      torch.set_num_threads(threads)
+      t = common.time_calls(run, min(a.warmup, 1), a.torch_repeats or a.repeats)
+      tag = "" if threads == 2 else f"_{threads}thr"
+      rec["torch_samples_steps_per_s" + tag] = a.batch * t_steps / t["median_s"]
+      rec["torch_gflop_per_s" + tag] = flops_fwd * t_steps / t["median_s"] / 1e9
+      if "sde_logprob" in sps:
+        rec["ratio_vs_torch" + tag] = sps["sde_logprob"] / rec["torch_samples_steps_per_s" + tag]
   rec.update(common.env_info())
   common.emit(rec)
 

@@ -13,10 +13,10 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.task = "generator_grpo"  # which job emojax.train runs
   c.seed = 0  # seeds rollouts, timestep choice and data order
-  c.total_steps = 60  # GRPO steps (one rollout batch + one optimizer update each)
-  c.checkpoint_every = 20  # steps between checkpoints
+  c.total_steps = 80  # GRPO steps (one rollout batch + one optimizer update each)
+  c.checkpoint_every = 40  # steps between checkpoints
   c.keep_checkpoints = 2  # newest checkpoints kept
-  c.eval_every = 20  # steps between fixed-set ODE evaluations (PNG grid + colour-judge errors)
+  c.eval_every = 40  # steps between fixed-set ODE evaluations (PNG grid + colour-judge errors)
 
   c.model = ml_collections.ConfigDict()
   c.model.pretrained = ""  # pretrained generator directory; "" = the shipped tiny asset
@@ -29,9 +29,9 @@ def get_config(arg=None):
   c.data.prompt_field = "prompt"  # "prompt" (neutral, emotion from V-A) or "emotional_prompt"
 
   c.rl = ml_collections.ConfigDict()
-  c.rl.prompts_per_step = 8  # distinct (prompt, V, A) per step
+  c.rl.prompts_per_step = 4  # distinct (prompt, V, A) per step
   c.rl.group_size = 8  # samples per prompt (the GRPO group)
-  c.rl.num_steps = 10  # SDE sampling steps
+  c.rl.num_steps = 8  # SDE sampling steps
   c.rl.shift = 3.0  # SD3 sigma-schedule shift
   c.rl.noise_level = 0.7  # SDE noise level a
   c.rl.cfg_scale = 1.0  # classifier-free guidance in rollouts and training (1 = off)
@@ -39,7 +39,7 @@ def get_config(arg=None):
   c.rl.kl_beta = 0.004  # weight of the Flow-GRPO KL to the reference generator
   c.rl.adv_clip = 5.0  # advantages clipped to +-adv_clip
   c.rl.adv_eps = 1e-4  # std floor in group advantages
-  c.rl.timestep_fraction = 0.6  # fraction of sampling steps trained per sample
+  c.rl.timestep_fraction = 0.5  # fraction of sampling steps trained per sample
   c.rl.grad_accum = 2  # micro-batches per optimizer update
   c.rl.inner_epochs = 1  # optimizer updates per rollout batch
   c.rl.ratio_tolerance = 1e-5  # warn when the first-epoch ratio deviates from 1 by more
@@ -51,10 +51,10 @@ def get_config(arg=None):
   c.eval = ml_collections.ConfigDict()
   c.eval.seed = 12345  # held-out EmoShapes seed for eval prompts and noise
   c.eval.num_prompts = 4  # neutral prompts, each sampled at a 3x3 grid of V-A targets
-  c.eval.num_steps = 10  # ODE steps
+  c.eval.num_steps = 8  # ODE steps
   c.eval.at_start = True  # also evaluate the pretrained generator at step 1 (the "before")
 
-  c.optim = config_utils.optimizer(lr=3e-4, grad_clip=1.0)
+  c.optim = config_utils.optimizer(lr=2e-3, grad_clip=1.0)
   c.mesh = config_utils.mesh()
   c.sharding = config_utils.sharding()
 

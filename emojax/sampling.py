@@ -20,6 +20,14 @@ def encode(gen: gen_lib.Generator, params, input_ids, va, emotion_mask=None):
   return gen.apply({"params": params}, input_ids, va, emotion_mask, method=gen_lib.Generator.encode)
 
 
+def encode_text(gen: gen_lib.Generator, params, input_ids):
+  return gen.apply({"params": params}, input_ids, method=gen_lib.Generator.encode_text)
+
+
+def add_emotion(gen: gen_lib.Generator, params, text, va, emotion_mask=None):
+  return gen.apply({"params": params}, text, va, emotion_mask, method=gen_lib.Generator.add_emotion)
+
+
 @functools.partial(jax.jit, static_argnames=("gen", "num_steps", "shift", "cfg_scale", "method", "noise_level"))
 def generate(gen: gen_lib.Generator, params, input_ids, uncond_ids, va, key, *, num_steps: int, shift: float,
              cfg_scale: float, method: str = "ode", noise_level: float = 0.7):

@@ -33,6 +33,10 @@ def main(argv):
   if config is None:
     raise app.UsageError("--config=configs/<job>.py is required")
   workdir = _WORKDIR.value or os.path.join("workdirs", config.task)
+  import jax
+  jax.config.update("jax_compilation_cache_dir", os.environ.get(
+      "EMOJAX_COMPILATION_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "emojax", "jax")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
   from emojax import parallel, trainer
   parallel.initialize_distributed()
   result = trainer.run(config, workdir, make_task(config), progress=_PROGRESS.value)
@@ -43,7 +47,9 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:  # e.g. --config.no_such_field=1
-    raise app.UsageError(f"bad flag or config override: {e} (fields are listed in the config file)") from None
+    lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
+    cause = lines[-1] if lines else type(e).__name__  # config-file errors arrive wrapped with a traceback
+    raise app.UsageError(f"bad flag or config: {cause} (config fields are listed in the config file)") from None
 
 
 def cli():

@@ -109,7 +109,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task, *, progress
   else:
     start = 0
     if hasattr(task, "initial_state"):  # e.g. pretrained weights placed shard by shard
-      state = task.initial_state(init_rng, shardings)
+      # (device_put again so every leaf carries exactly the step's input sharding: a leaf left
+      # uncommitted would change the jit cache key after the first step and recompile)
+      state = jax.device_put(task.initial_state(init_rng, shardings), shardings)
     else:
       state = jax.jit(task.init_state, out_shardings=shardings)(init_rng)
   constants = task.constants()

@@ -102,13 +102,20 @@ class Generator(nn.Module):
 
   def encode(self, input_ids, va, emotion_mask=None):
     """Text ids (B, L) and V-A (B, 2) -> conditioning {context (B, L+n, D), pooled (B, P)}."""
+    return self.add_emotion(self.encode_text(input_ids), va, emotion_mask)
+
+  def encode_text(self, input_ids):
     tokens, pooled = self.text(input_ids)
+    return {"context": tokens, "pooled": pooled}
+
+  def add_emotion(self, text, va, emotion_mask=None):
+    """Appends the V-A tokens to encoded text; emotion_mask (B,) = 0 gives the emotion-free branch."""
     emo_tokens, emo_pooled = self.emotion(va)
     if emotion_mask is not None:
       m = emotion_mask.astype(emo_tokens.dtype)
       emo_tokens, emo_pooled = emo_tokens * m[:, None, None], emo_pooled * m[:, None]
-    context = jnp.concatenate([tokens, emo_tokens.astype(tokens.dtype)], axis=1)
-    return {"context": context, "pooled": pooled + emo_pooled.astype(pooled.dtype)}
+    context = jnp.concatenate([text["context"], emo_tokens.astype(text["context"].dtype)], axis=1)
+    return {"context": context, "pooled": text["pooled"] + emo_pooled.astype(text["pooled"].dtype)}
 
   def velocity(self, x, sigma, cond):
     """x (B, H, W, C) at noise level sigma (B,) -> velocity; timestep convention sigma * 1000."""

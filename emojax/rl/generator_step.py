@@ -38,29 +38,38 @@ class GRPOHyper:
   reward_weights: tuple  # ((name, weight), ...)
   reward_zscore: bool
   image_shape: tuple  # (H, W, C)
+  text_frozen: bool = True
 
   @property
   def train_timesteps(self) -> int:
     return max(1, int(round(self.timestep_fraction * self.num_steps)))
 
 
-def make_train_step(*, apply_velocity: Callable, encode: Callable, optimizer: optax.GradientTransformation,
-                    hp: GRPOHyper):
+def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emotion: Callable,
+                    optimizer: optax.GradientTransformation, hp: GRPOHyper):
   """Builds train_step(state, batch, rng, constants) -> (state, metrics); constants["ref_params"]
   is the frozen reference generator of the KL term.
 
-  apply_velocity(params, x, sigma (B,), cond) -> v;  encode(params, input_ids, va, emotion_mask) -> cond.
+  apply_velocity(params, x, sigma (B,), cond) -> v;  encode_text(params, input_ids) -> text;
+  add_emotion(params, text, va, emotion_mask) -> cond.
   batch: input_ids (B, L), uncond_ids (B, L), valence (B,), arousal (B,); groups contiguous.
+  With hp.text_frozen the text is encoded once per step outside the gradient (the reference
+  model shares the frozen text encoder, so its text is the same).
   """
   sigmas = jnp.asarray(hp.sigmas, jnp.float32)
   t_total, k_train = hp.num_steps, hp.train_timesteps
 
+  def text_of(params, batch):
+    if "text" in batch:  # precomputed (frozen text encoder)
+      return batch["text"], batch.get("text_uncond")
+    text = encode_text(params, batch["input_ids"])
+    return text, (encode_text(params, batch["uncond_ids"]) if hp.cfg_scale != 1.0 else None)
+
   def conditioning(params, batch):
+    text, text_uncond = text_of(params, batch)
     va = jnp.stack([batch["valence"], batch["arousal"]], -1)
-    cond = encode(params, batch["input_ids"], va, None)
-    uncond = None
-    if hp.cfg_scale != 1.0:
-      uncond = encode(params, batch["uncond_ids"], va, jnp.zeros_like(batch["valence"]))
+    cond = add_emotion(params, text, va, None)
+    uncond = None if text_uncond is None else add_emotion(params, text_uncond, va, jnp.zeros_like(batch["valence"]))
     return cond, uncond
 
   def velocity(params, x, sigma, cond, uncond):
@@ -72,7 +81,7 @@ def make_train_step(*, apply_velocity: Callable, encode: Callable, optimizer: op
     b = batch["valence"].shape[0]
     k_init, k_roll = jax.random.split(rng)
     x_init = jax.random.normal(k_init, (b, *hp.image_shape), jnp.float32)
-    fn = cfg_velocity(lambda x_, s_, c_: apply_velocity(params, x_, s_, c_), cond, uncond, hp.cfg_scale)
+    fn = lambda x, s: velocity(params, x, s, cond, uncond)
     return rollout(fn, x_init, sigmas, k_roll, noise_level=hp.noise_level, method="sde")
 
   def micro_loss(params, ref_params, mb):
@@ -128,6 +137,9 @@ def make_train_step(*, apply_velocity: Callable, encode: Callable, optimizer: op
   def train_step(state, batch, rng, constants):
     params, opt_state = state["params"], state["opt_state"]
     k_roll, k_time = jax.random.split(rng)
+    if hp.text_frozen:
+      text, text_uncond = jax.lax.stop_gradient(text_of(params, batch))
+      batch = {**batch, "text": text, **({"text_uncond": text_uncond} if text_uncond is not None else {})}
     x0, traj = sample(jax.lax.stop_gradient(params), batch, k_roll)
     images = jnp.clip(x0, -1.0, 1.0)
     reward, reward_logs = rewards.combine(images, batch, dict(hp.reward_weights), hp.reward_zscore)
@@ -142,6 +154,7 @@ def make_train_step(*, apply_velocity: Callable, encode: Callable, optimizer: op
         "sigma": sigmas[order], "sigma_next": sigmas[order + 1],
         "advantages": adv, "input_ids": batch["input_ids"], "uncond_ids": batch["uncond_ids"],
         "valence": batch["valence"], "arousal": batch["arousal"],
+        **{k: batch[k] for k in ("text", "text_uncond") if k in batch},
     }
     train_batch = {k: (jnp.swapaxes(v, 0, 1) if k in _TIME_MAJOR else v) for k, v in train_batch.items()}
 

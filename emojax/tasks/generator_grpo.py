@@ -34,12 +34,17 @@ class GeneratorGRPO:
         group_size=r.group_size, num_steps=r.num_steps, sigmas=tuple(float(s) for s in schedule.sd3_sigmas(r.num_steps, r.shift)),
         noise_level=r.noise_level, cfg_scale=r.cfg_scale, clip_eps=r.clip_eps, kl_beta=r.kl_beta, adv_clip=r.adv_clip,
         adv_eps=r.adv_eps, timestep_fraction=r.timestep_fraction, grad_accum=r.grad_accum, inner_epochs=r.inner_epochs,
-        reward_weights=weights, reward_zscore=c.rewards.zscore, image_shape=(mm.sample_size, mm.sample_size, mm.in_channels))
+        reward_weights=weights, reward_zscore=c.rewards.zscore, image_shape=(mm.sample_size, mm.sample_size, mm.in_channels),
+        text_frozen="text" in tuple(c.model.frozen))
     frozen = tuple(c.model.frozen)
+    unknown = sorted(set(frozen) - set(self._pretrained))
+    if unknown:
+      raise ValueError(f"model.frozen names {unknown}, not parameter groups of the generator {sorted(self._pretrained)}")
     self.tx = common.masked_optimizer(config_utils.make_optimizer(c.optim), self._pretrained, frozen)
     self._step, _ = generator_step.make_train_step(
         apply_velocity=lambda p, x, s, cond: sampling.apply_velocity(self.gen, p, x, s, cond),
-        encode=lambda p, ids, va, m: sampling.encode(self.gen, p, ids, va, m),
+        encode_text=lambda p, ids: sampling.encode_text(self.gen, p, ids),
+        add_emotion=lambda p, text, va, m: sampling.add_emotion(self.gen, p, text, va, m),
         optimizer=self.tx, hp=self.hp)
     self.eval_set = common.EvalSet(self.gen, self.gcfg, num_prompts=c.eval.num_prompts, seed=c.eval.seed,
                                    num_steps=c.eval.num_steps, shift=r.shift, cfg_scale=r.cfg_scale, source="grid")
