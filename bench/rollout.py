@@ -58,7 +58,7 @@ def make_torch_rollout(config, params, x_init, ctx, pooled, sigmas, noise_level,
     x = x0
     with torch.inference_mode():
       for s, s1 in zip(sig[:-1], sig[1:]):
-        t = torch.full((x.shape[0],), s * 1000.0, dtype=tdt)
+        t = torch.full((x.shape[0],), s * 1000.0)  # fp32, as emojax
         v = model(x.to(tdt), ctx_t, pooled_t, t, return_dict=False)[0].float()
         sigma_t = noise_level * math.sqrt(s / (1 - (s1 if s == 1 else s)))
         dt = s1 - s
@@ -66,7 +66,9 @@ def make_torch_rollout(config, params, x_init, ctx, pooled, sigmas, noise_level,
         std = sigma_t * math.sqrt(-dt)
         x_next = mean + std * torch.randn(mean.shape, generator=gen)
         lp = (-(x_next - mean) ** 2 / (2 * std**2) - math.log(std) - log_sqrt_2pi).mean(dim=(1, 2, 3))
-        xs.append(x), x_nexts.append(x_next), lps.append(lp)
+        xs.append(x)
+        x_nexts.append(x_next)
+        lps.append(lp)
         x = x_next
     return x, torch.stack(xs), torch.stack(x_nexts), torch.stack(lps)
 

@@ -36,7 +36,7 @@ def get_config(arg=None):
   c.rl.noise_level = 0.7  # SDE noise level a
   c.rl.cfg_scale = 1.0  # classifier-free guidance in rollouts and training (1 = off)
   c.rl.clip_eps = 1e-4  # PPO clip range (log-probs are per-dimension means)
-  c.rl.kl_beta = 0.004  # weight of the Flow-GRPO KL to the reference generator
+  c.rl.kl_beta = 0.01  # weight of the Flow-GRPO KL to the reference generator
   c.rl.adv_clip = 5.0  # advantages clipped to +-adv_clip
   c.rl.adv_eps = 1e-4  # std floor in group advantages
   c.rl.timestep_fraction = 0.5  # fraction of sampling steps trained per sample
@@ -54,7 +54,7 @@ def get_config(arg=None):
   c.eval.num_steps = 8  # ODE steps
   c.eval.at_start = True  # also evaluate the pretrained generator at step 1 (the "before")
 
-  c.optim = config_utils.optimizer(lr=2e-3, grad_clip=1.0)
+  c.optim = config_utils.optimizer(lr=1e-4, grad_clip=1.0)
   c.mesh = config_utils.mesh()
   c.sharding = config_utils.sharding()
 

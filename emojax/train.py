@@ -4,6 +4,7 @@ Resumes automatically from DIR's latest checkpoint; SIGTERM saves and exits clea
 """
 from __future__ import annotations
 
+import logging as logging_std
 import os
 import sys
 
@@ -26,7 +27,15 @@ def make_task(config):
   raise ValueError(f"unknown config.task {task!r}; known: generator_grpo, pretrain_generator")
 
 
+class _QuietLibraries(logging_std.Filter):
+  """Drops orbax's per-save INFO chatter; its warnings and errors still show."""
+
+  def filter(self, record):
+    return record.levelno >= logging_std.WARNING or "orbax" not in record.pathname
+
+
 def main(argv):
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; config fields are set as --config.field=value")
   config = _CONFIG.value
