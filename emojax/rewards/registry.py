@@ -58,3 +58,20 @@ def colour_emotion(images, batch):
   v_hat, a_hat = colour_judge(images)
   r = emotion_reward(v_hat, a_hat, batch["valence"], batch["arousal"])
   return r, {"v_abs_err": jnp.abs(v_hat - batch["valence"]), "a_abs_err": jnp.abs(a_hat - batch["arousal"])}
+
+
+def _block_mean(images, k: int):
+  b, h, w, c = images.shape
+  return images.reshape(b, h // k, k, w // k, k, c).mean(axis=(2, 4))
+
+
+@register("colour_emotion_smooth")
+def colour_emotion_smooth(images, batch, block: int = 4):
+  """The colour-judge emotion reward on block-averaged (4x4) images.
+
+  Per-pixel HSV saturation rewards high-frequency colour noise (it raises mean saturation,
+  hence arousal) and GRPO finds that texture within tens of steps; averaging blocks first
+  turns such noise back to grey, so only region-level colour earns reward. The per-pixel
+  judge stays the evaluator.
+  """
+  return colour_emotion(_block_mean(images, block), batch)

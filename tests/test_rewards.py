@@ -1,0 +1,44 @@
+"""Reward registry: lookup errors, weighted combination, and the noise-robust judge reward."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from emojax.rewards import registry
+
+
+def _batch(v, a):
+  return {"valence": jnp.asarray(v, jnp.float32), "arousal": jnp.asarray(a, jnp.float32)}
+
+
+def test_unknown_reward_names_the_registered_ones():
+  with pytest.raises(ValueError, match="unknown reward 'nope'; registered: .*colour_emotion"):
+    registry.get("nope")
+
+
+def test_combine_is_the_weighted_sum_and_zscore_normalises():
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.uniform(-1, 1, (6, 8, 8, 3)), jnp.float32)
+  batch = _batch(rng.uniform(-3, 3, 6), rng.uniform(-3, 3, 6))
+  r, _ = registry.get("colour_emotion")(images, batch)
+  total, logs = registry.combine(images, batch, {"colour_emotion": 2.0})
+  np.testing.assert_allclose(total, 2.0 * r, rtol=1e-6)
+  z, _ = registry.combine(images, batch, {"colour_emotion": 1.0}, normalize=True)
+  np.testing.assert_allclose([z.mean(), z.std()], [0.0, 1.0], atol=1e-4)
+  assert set(logs) >= {"reward/colour_emotion", "colour_emotion/v_abs_err", "colour_emotion/a_abs_err"}
+  with pytest.raises(ValueError, match="no rewards configured"):
+    registry.combine(images, batch, {})
+
+
+def test_smooth_reward_does_not_pay_for_pixel_noise():
+  """A red/cyan checkerboard is maximally saturated per pixel but grey once averaged: the
+  per-pixel judge calls it high-arousal, the block-averaged reward does not."""
+  board = np.indices((16, 16)).sum(0) % 2
+  img = np.where(board[..., None], [1.0, -1.0, -1.0], [-1.0, 1.0, 1.0])[None].astype(np.float32)
+  grey = np.zeros_like(img)
+  target = _batch([0.0], [3.0])
+  per_pixel, px = registry.get("colour_emotion")(jnp.asarray(img), target)
+  smooth, sm = registry.get("colour_emotion_smooth")(jnp.asarray(img), target)
+  smooth_grey, _ = registry.get("colour_emotion_smooth")(jnp.asarray(grey), target)
+  assert float(px["a_abs_err"][0]) + 2.0 < float(sm["a_abs_err"][0])  # per pixel: "aroused"; smooth: grey
+  assert float(per_pixel[0]) > float(smooth[0])
+  np.testing.assert_allclose(smooth, smooth_grey, atol=1e-5)
