@@ -18,117 +18,117 @@ NAMES = ("plain", "dual_qknorm")
 
 @functools.cache
 def golden(name):
-    z = np.load(GOLDENS / f"mmdit_{name}.npz")
-    state = {k.removeprefix("weights/"): z[k] for k in z.files if k.startswith("weights/")}
-    inputs = tuple(z[k] for k in ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep"))
-    return str(z["config"]), state, inputs, z["output"]
+  z = np.load(GOLDENS / f"mmdit_{name}.npz")
+  state = {k.removeprefix("weights/"): z[k] for k in z.files if k.startswith("weights/")}
+  inputs = tuple(z[k] for k in ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep"))
+  return str(z["config"]), state, inputs, z["output"]
 
 
 @functools.cache
 def forward(module):
-    return jax.jit(lambda params, *inputs: module.apply({"params": params}, *inputs))
+  return jax.jit(lambda params, *inputs: module.apply({"params": params}, *inputs))
 
 
 def max_error(module, params, name):
-    _, _, inputs, want = golden(name)
-    return float(np.abs(np.asarray(forward(module)(params, *inputs)) - want).max())
+  _, _, inputs, want = golden(name)
+  return float(np.abs(np.asarray(forward(module)(params, *inputs)) - want).max())
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_diffusers(name):
-    config_json, state, _, _ = golden(name)
-    config = mmdit.MMDiTConfig.from_dict(json.loads(config_json))
-    params = mmdit.load_diffusers_params(state, config)
-    err = max_error(mmdit.MMDiT(config), params, name)
-    print(f"{name}: max abs error {err:.2e}")
-    assert err <= 1e-4
+  config_json, state, _, _ = golden(name)
+  config = mmdit.MMDiTConfig.from_dict(json.loads(config_json))
+  params = mmdit.load_diffusers_params(state, config)
+  err = max_error(mmdit.MMDiT(config), params, name)
+  print(f"{name}: max abs error {err:.2e}")
+  assert err <= 1e-4
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_round_trip(name):
-    config_json, state, _, _ = golden(name)
-    config = mmdit.MMDiTConfig.from_dict(json.loads(config_json))
-    back = mmdit.to_diffusers_state_dict(mmdit.load_diffusers_params(state, config))
-    assert back.keys() == state.keys()
-    for k, v in state.items():
-        np.testing.assert_array_equal(back[k], v, err_msg=k)
-    # The table our init writes is diffusers' own init formula.
-    np.testing.assert_allclose(mmdit.sincos_pos_embed_table(config), state["pos_embed.pos_embed"], atol=1e-5)
+  config_json, state, _, _ = golden(name)
+  config = mmdit.MMDiTConfig.from_dict(json.loads(config_json))
+  back = mmdit.to_diffusers_state_dict(mmdit.load_diffusers_params(state, config))
+  assert back.keys() == state.keys()
+  for k, v in state.items():
+    np.testing.assert_array_equal(back[k], v, err_msg=k)
+  # The table our init writes is diffusers' own init formula.
+  np.testing.assert_allclose(mmdit.sincos_pos_embed_table(config), state["pos_embed.pos_embed"], atol=1e-5)
 
 
 def write_pretrained(directory, config_json, state, shards=1):
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(config_json)
-    if shards == 1:
-        save_file(state, str(directory / "diffusion_pytorch_model.safetensors"))
-        return
-    keys, weight_map = sorted(state), {}
-    for i in range(shards):
-        file = f"diffusion_pytorch_model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        part = {k: state[k] for k in keys[i::shards]}
-        save_file(part, str(directory / file))
-        weight_map.update(dict.fromkeys(part, file))
-    index = {"metadata": {}, "weight_map": weight_map}
-    (directory / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / "config.json").write_text(config_json)
+  if shards == 1:
+    save_file(state, str(directory / "diffusion_pytorch_model.safetensors"))
+    return
+  keys, weight_map = sorted(state), {}
+  for i in range(shards):
+    file = f"diffusion_pytorch_model-{i + 1:05d}-of-{shards:05d}.safetensors"
+    part = {k: state[k] for k in keys[i::shards]}
+    save_file(part, str(directory / file))
+    weight_map.update(dict.fromkeys(part, file))
+  index = {"metadata": {}, "weight_map": weight_map}
+  (directory / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
 
 
 @pytest.mark.parametrize("shards", [1, 2])
 def test_from_pretrained(tmp_path, shards):
-    config_json, state, _, _ = golden("dual_qknorm")
-    write_pretrained(tmp_path / "transformer", config_json, state, shards)
-    module, params = mmdit.MMDiT.from_pretrained(tmp_path / "transformer")
-    assert module.config == mmdit.MMDiTConfig(**{k: v for k, v in json.loads(config_json).items() if k[0] != "_"})
-    assert max_error(module, params, "dual_qknorm") <= 1e-4
+  config_json, state, _, _ = golden("dual_qknorm")
+  write_pretrained(tmp_path / "transformer", config_json, state, shards)
+  module, params = mmdit.MMDiT.from_pretrained(tmp_path / "transformer")
+  assert module.config == mmdit.MMDiTConfig(**{k: v for k, v in json.loads(config_json).items() if k[0] != "_"})
+  assert max_error(module, params, "dual_qknorm") <= 1e-4
 
 
 def test_from_pretrained_bf16(tmp_path):
-    config_json, state, _, _ = golden("plain")
-    write_pretrained(tmp_path, config_json, {k: v.astype(jnp.bfloat16) for k, v in state.items()})
-    module, params = mmdit.from_pretrained(tmp_path, dtype=jnp.bfloat16)
-    assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
-    assert max_error(module, params, "plain") <= 0.1  # bf16 weights and compute
+  config_json, state, _, _ = golden("plain")
+  write_pretrained(tmp_path, config_json, {k: v.astype(jnp.bfloat16) for k, v in state.items()})
+  module, params = mmdit.from_pretrained(tmp_path, dtype=jnp.bfloat16)
+  assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+  assert max_error(module, params, "plain") <= 0.1  # bf16 weights and compute
 
 
 def test_unknown_config_key():
-    with pytest.raises(ValueError, match="num_blocks"):
-        mmdit.MMDiTConfig.from_dict({"_class_name": "SD3Transformer2DModel", "num_layers": 2, "num_blocks": 2})
+  with pytest.raises(ValueError, match="num_blocks"):
+    mmdit.MMDiTConfig.from_dict({"_class_name": "SD3Transformer2DModel", "num_layers": 2, "num_blocks": 2})
 
 
 def test_missing_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere"):
-        mmdit.from_pretrained(tmp_path / "nowhere")
-    (tmp_path / "config.json").write_text(golden("plain")[0])
-    with pytest.raises(FileNotFoundError, match="diffusion_pytorch_model.safetensors"):
-        mmdit.from_pretrained(tmp_path)
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    mmdit.from_pretrained(tmp_path / "nowhere")
+  (tmp_path / "config.json").write_text(golden("plain")[0])
+  with pytest.raises(FileNotFoundError, match="diffusion_pytorch_model.safetensors"):
+    mmdit.from_pretrained(tmp_path)
 
 
 def test_config_weight_mismatch(tmp_path):
-    config_json, state, _, _ = golden("plain")
-    config = json.loads(config_json)
-    write_pretrained(tmp_path, json.dumps(dict(config, joint_attention_dim=48)), state)
-    with pytest.raises(ValueError, match=r"context_embedder\.weight"):
-        mmdit.from_pretrained(tmp_path)
-    config = mmdit.MMDiTConfig.from_dict(config)
-    with pytest.raises(ValueError, match=r"transformer_blocks\.0\.attn2"):
-        mmdit.load_diffusers_params(state, dataclasses.replace(config, dual_attention_layers=(0,)))
+  config_json, state, _, _ = golden("plain")
+  config = json.loads(config_json)
+  write_pretrained(tmp_path, json.dumps(dict(config, joint_attention_dim=48)), state)
+  with pytest.raises(ValueError, match=r"context_embedder\.weight"):
+    mmdit.from_pretrained(tmp_path)
+  config = mmdit.MMDiTConfig.from_dict(config)
+  with pytest.raises(ValueError, match=r"transformer_blocks\.0\.attn2"):
+    mmdit.load_diffusers_params(state, dataclasses.replace(config, dual_attention_layers=(0,)))
 
 
 def test_sd35m_parameter_count():
-    want = json.loads((GOLDENS / "mmdit_sd35m.json").read_text())
-    assert mmdit.PRESETS["sd35m"] == mmdit.MMDiTConfig.from_dict(want["config"])
-    count = sum(x.size for x in jax.tree.leaves(mmdit.param_shapes(mmdit.PRESETS["sd35m"])))
-    assert count == want["num_state_dict_elements"]  # diffusers' parameters + the pos_embed buffer
-    assert want["num_parameters"] == 2_243_171_520
+  want = json.loads((GOLDENS / "mmdit_sd35m.json").read_text())
+  assert mmdit.PRESETS["sd35m"] == mmdit.MMDiTConfig.from_dict(want["config"])
+  count = sum(x.size for x in jax.tree.leaves(mmdit.param_shapes(mmdit.PRESETS["sd35m"])))
+  assert count == want["num_state_dict_elements"]  # diffusers' parameters + the pos_embed buffer
+  assert want["num_parameters"] == 2_243_171_520
 
 
 def test_tiny_forward():
-    config = mmdit.PRESETS["tiny"]
-    module = mmdit.MMDiT(config)
-    inputs = mmdit.dummy_inputs(config, batch_size=2, context_len=7)
-    # Random params from the abstract tree: module.init compiles for ~20 s on a 2-core CPU.
-    rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda s: rng.normal(0, 0.05, s.shape).astype(s.dtype), mmdit.param_shapes(config))
-    x = jax.random.normal(jax.random.key(1), inputs[0].shape)
-    out = forward(module)(params, x, *inputs[1:3], jnp.array([900.0, 10.0]))
-    assert out.shape == (2, 32, 32, 3)
-    assert bool(jnp.isfinite(out).all())
+  config = mmdit.PRESETS["tiny"]
+  module = mmdit.MMDiT(config)
+  inputs = mmdit.dummy_inputs(config, batch_size=2, context_len=7)
+  # Random params from the abstract tree: module.init compiles for ~20 s on a 2-core CPU.
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: rng.normal(0, 0.05, s.shape).astype(s.dtype), mmdit.param_shapes(config))
+  x = jax.random.normal(jax.random.key(1), inputs[0].shape)
+  out = forward(module)(params, x, *inputs[1:3], jnp.array([900.0, 10.0]))
+  assert out.shape == (2, 32, 32, 3)
+  assert bool(jnp.isfinite(out).all())
