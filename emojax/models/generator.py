@@ -19,6 +19,7 @@ import numpy as np
 from emojax.emotion.space import VA_MAX
 from emojax.models import mmdit as mmdit_lib
 from emojax.models import text_encoder as text_lib
+from emojax.models.config_fields import known_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,11 +46,7 @@ class GeneratorConfig:
     d = dict(d)
     mm = mmdit_lib.MMDiTConfig.from_dict(d.pop("mmdit"))
     tx = text_lib.TextEncoderConfig.from_dict(d.pop("text"))
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise ValueError(f"unknown GeneratorConfig fields {unknown}")
-    return cls(mmdit=mm, text=tx, **d)
+    return cls(mmdit=mm, text=tx, **known_fields(cls, d))
 
 
 def preset(name: str, **mmdit_overrides) -> GeneratorConfig:

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from emojax.models.config_fields import known_fields
+
 Dtype = Any
 
 
@@ -64,11 +66,7 @@ class MMDiTConfig:
   @classmethod
   def from_dict(cls, d: dict) -> "MMDiTConfig":
     """Keys starting with "_" (diffusers' `_class_name`, `_diffusers_version`, ...) are ignored."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(k for k in d if not k.startswith("_") and k not in names)
-    if unknown:
-      raise ValueError(f"unknown MMDiTConfig keys {unknown}; expected a subset of {sorted(names)}")
-    return cls(**{k: v for k, v in d.items() if k in names})
+    return cls(**known_fields(cls, d))
 
   @classmethod
   def from_json(cls, path: str | os.PathLike) -> "MMDiTConfig":

@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from emojax.models.config_fields import known_fields
+
 
 # transformers' ACT2FN: "gelu" is the exact erf form; the tanh approximation is "gelu_new"/"gelu_pytorch_tanh".
 _ACT = {
@@ -74,11 +76,7 @@ class TextEncoderConfig:
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "TextEncoderConfig":
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(k for k in d if k not in names and not k.startswith("_"))
-    if unknown:
-      raise ValueError(f"unknown TextEncoderConfig fields {unknown}; known: {sorted(names)}")
-    return cls(**{k: v for k, v in d.items() if k in names})
+    return cls(**known_fields(cls, d))
 
   @classmethod
   def from_hf_dict(cls, d: dict[str, Any], **overrides) -> "TextEncoderConfig":

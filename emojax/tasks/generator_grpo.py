@@ -77,8 +77,7 @@ class GeneratorGRPO:
     return {"ref_params": jax.tree.map(jnp.asarray, self._pretrained)}
 
   def train_step(self, state, batch, rng, constants):
-    state, metrics = self._step(state, batch, rng, constants)
-    return state, metrics
+    return self._step(state, batch, rng, constants)
 
   def on_step_end(self, step, state, metrics, workdir):
     c = self.config
