@@ -24,7 +24,10 @@ def make_task(config):
   if task == "pretrain_generator":
     from emojax.tasks.pretrain_generator import PretrainGenerator
     return PretrainGenerator(config)
-  raise ValueError(f"unknown config.task {task!r}; known: generator_grpo, pretrain_generator")
+  if task == "sft_lvlm":
+    from emojax.tasks.sft_lvlm import SFTLVLM
+    return SFTLVLM(config)
+  raise ValueError(f"unknown config.task {task!r}; known: generator_grpo, pretrain_generator, sft_lvlm")
 
 
 class _QuietLibraries(logging_std.Filter):

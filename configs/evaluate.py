@@ -1,0 +1,23 @@
+"""Greedy judging of an LVLM on an EmoShapes split (emojax/evaluate.py).
+
+  python -m emojax.evaluate --config=configs/evaluate.py --config.lvlm=/tmp/sft_lvlm/export \
+      --config.data.seed=12345 --config.data.num_examples=256
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+  if arg:
+    raise ValueError(f"configs/evaluate.py takes no preset (got {arg!r}); set fields with --config.field=value")
+  c = ml_collections.ConfigDict()
+  c.lvlm = ""  # LVLM export directory (<sft workdir>/export) or a transformers Qwen2.5-VL directory
+  c.batch_size = 64  # images per jitted greedy-decoding batch (the last batch is padded)
+  c.max_prompt_len = 120  # prompt tokens, left-padded; must hold the judge prompt and the image tokens
+  c.max_new_tokens = 152  # answer tokens decoded at most (SFT's target_len: the longest SFT answer fits)
+  c.short_prompt = True  # the tiny world's short judge question (what SFT teaches); False: the full one
+
+  c.data = ml_collections.ConfigDict()
+  c.data.seed = 12345  # EmoShapes world seed (SFT trains on world 1 and evaluates on 12345)
+  c.data.num_examples = 256  # examples 0..n-1 of that world are judged
+  c.data.image_size = 32  # EmoShapes image side in pixels
+  return c

@@ -1,0 +1,159 @@
+"""LVLM SFT: targets, loss masks, a smoke run that overfits a fixed batch and exports, the
+evaluate CLI on that export, and the scoring rules on hand-made cases."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import sft_lvlm as sft_config
+from emojax import trainer
+from emojax.data import emoshapes
+from emojax.emotion.answer import format_answer, parse_answer
+from emojax.emotion.space import CATEGORIES
+from emojax.lvlm import sampling
+from emojax.tasks import lvlm_common as common
+from emojax.tasks.sft_lvlm import SFTLVLM
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _raw(n, seed=1):
+  ex = [emoshapes.make_example(seed, i) for i in range(n)]
+  return {k: np.stack([e[k] for e in ex]) if k != "emotional_prompt" else np.array([e[k] for e in ex], object)
+          for k in ("image", "emotional_prompt", "valence", "arousal", "category")}
+
+
+def test_targets_are_grounded_and_fit():
+  config = sft_config.get_config()
+  task = SFTLVLM(config)
+  ex = emoshapes.make_example(1, 3)
+  text = common.target_text(ex["image"], ex["emotional_prompt"], ex["valence"], ex["arousal"], ex["category"])
+  ans = parse_answer(text)
+  assert ans.well_formed and ans.emotion == CATEGORIES[ex["category"]]
+  assert (ans.valence, ans.arousal) == (round(float(ex["valence"]), 1), round(float(ex["arousal"]), 1))
+  bg = ex["emotional_prompt"].rsplit(", on a ", 1)[1]
+  assert ans.reasoning == f"{bg}, {emoshapes.colour_words(ex['image'])} overall"
+  assert common.max_target_tokens(task.processor) <= config.target_len
+  batch = task.host_batch(_raw(64))
+  longest = batch["target_mask"].sum(1).max()
+  assert longest <= common.max_target_tokens(task.processor)
+  assert batch["attention_mask"].sum(1).max() <= config.max_prompt_len
+  # right padding: each target row is real tokens, then padding; the end of turn closes it
+  for ids, m in zip(batch["target_ids"], batch["target_mask"]):
+    n = m.sum()
+    assert m[:n].all() and not m[n:].any() and ids[n - 1] == task.processor.eos_ids[0]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  """The smoke preset on a 4-example world at batch 4: every step is the same fixed batch."""
+  workdir = tmp_path_factory.mktemp("sft")
+  config = sft_config.get_config("smoke")
+  config.unlock()
+  config.mesh.num_devices = 1
+  config.total_steps, config.eval_every, config.checkpoint_every, config.data.num_examples = 8, 8, 8, 4
+  config.optim.learning_rate = 3e-3
+  result = trainer.run(config, str(workdir), SFTLVLM(config), progress=False)
+  return config, workdir, result
+
+
+def test_smoke_run_overfits_and_exports(smoke_run):
+  config, workdir, result = smoke_run
+  losses = [m["loss"] for m in result.metrics]
+  print("sft smoke losses", np.round(losses, 3), "step times", np.round([m["step_time_s"] for m in result.metrics], 2))
+  assert result.step == 8 and all(np.isfinite(losses))
+  assert abs(losses[0] - np.log(264)) < 0.3  # the transformers-style init starts near uniform over the vocabulary
+  assert losses[-1] < losses[0] - 1.0  # a fixed batch: the loss must fall
+  last = result.metrics[-1]
+  for k in ("token_acc", "grad_norm", "eval/valence_mae", "eval/arousal_mae", "eval/category_acc", "eval/format_rate",
+            "eval/baseline_valence_mae"):
+    assert k in last
+  model, cfg, params, _ = common.load_lvlm(str(workdir / "export"))
+  assert cfg == common.make_model(config.model)[1]
+  jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(result.state["params"]))
+
+
+def test_evaluate_cli_prints_one_json_line(smoke_run, tmp_path):
+  config, workdir, _ = smoke_run
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
+         "EMOJAX_COMPILATION_CACHE": jax.config.jax_compilation_cache_dir or ""}
+  cmd = [sys.executable, "-m", "emojax.evaluate", "--config=configs/evaluate.py", f"--config.lvlm={workdir}/export",
+         "--config.data.seed=5", "--config.data.num_examples=5", "--config.batch_size=4"]
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.strip().splitlines()
+  assert len(lines) == 1
+  out = json.loads(lines[0])
+  for k in ("valence_mae", "arousal_mae", "valence_mae_parsed", "arousal_mae_parsed", "category_acc", "format_rate",
+            "parse_rate", "baseline_valence_mae", "baseline_arousal_mae", "baseline_category_acc"):
+    assert k in out
+  assert out["n"] == 5
+  split = common.eval_split(5, 5)  # 5 images at batch 4: the padded last batch's extra answers are dropped
+  base = common.mean_baseline(split["valence"], split["arousal"], split["category"])
+  assert out["baseline_valence_mae"] == pytest.approx(base["baseline_valence_mae"])
+  bad = subprocess.run(cmd[:4] + [f"--config.lvlm={tmp_path}/nothing"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=120, stdin=subprocess.DEVNULL)
+  errors = [l for l in bad.stderr.splitlines() if l.startswith("emojax.evaluate: error:")]
+  assert bad.returncode == 2 and len(errors) == 1 and "does not exist" in errors[0], bad.stderr[-2000:]
+
+
+def test_loss_masks_and_sampler_positions(smoke_run):
+  """Prompt padding and target padding do not move the loss; an answer token does. And the
+  teacher-forced log-probs equal the sampler's scorer on the same tokens (same positions)."""
+  config, _, result = smoke_run
+  task = SFTLVLM(config)
+  params = jax.device_get(result.state["params"])  # trained a little: not a symmetric random model
+  batch = task.host_batch(_raw(2))
+  grid = common.image_grid(task.processor, 32, 2)
+
+  @jax.jit
+  def fn(b):
+    logits = common.target_logits(task.model, params, b, grid)
+    loss, _ = common.sft_loss(logits, b["target_ids"], b["target_mask"])
+    lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), b["target_ids"][..., None], -1)[..., 0]
+    ref = sampling.completion_logprobs(task.model, params, b["input_ids"], b["attention_mask"],
+                                       b["pixel_values"].reshape(-1, b["pixel_values"].shape[-1]),
+                                       b["target_ids"], b["target_mask"], grid)
+    return loss, jnp.where(b["target_mask"] > 0, lp, 0.0), ref
+
+  loss, lp, ref = fn(batch)
+  np.testing.assert_allclose(lp, ref, atol=1e-5)
+  assert np.isfinite(loss)
+
+  def changed(key, where):
+    b = {k: v.copy() for k, v in batch.items()}
+    b[key][where] = 100  # an ordinary byte token
+    return float(fn(b)[0])
+
+  prompt_pad = np.nonzero(batch["attention_mask"] == 0)
+  target_pad = np.nonzero(batch["target_mask"] == 0)
+  assert len(prompt_pad[0]) and len(target_pad[0])
+  assert changed("input_ids", prompt_pad) == pytest.approx(float(loss), abs=1e-6)
+  assert changed("target_ids", target_pad) == pytest.approx(float(loss), abs=1e-6)
+  assert abs(changed("target_ids", (np.array([0]), np.array([10]))) - float(loss)) > 1e-3
+
+
+def test_mean_baseline_hand_case():
+  # V mean 0.5, |dev| 1.5, 0.5, 0.5, 1.5 -> 1.0; A mean -1, |dev| 1 each -> 1.0; contentment 2 of 4
+  out = common.mean_baseline([-1.0, 0.0, 1.0, 2.0], [0.0, -2.0, 0.0, -2.0], [2, 7, 2, 0])
+  assert out["baseline_valence"] == pytest.approx(0.5) and out["baseline_arousal"] == pytest.approx(-1.0)
+  assert out["baseline_valence_mae"] == pytest.approx(1.0) and out["baseline_arousal_mae"] == pytest.approx(1.0)
+  assert out["baseline_category"] == "contentment" and out["baseline_category_acc"] == pytest.approx(0.5)
+
+
+def test_answer_metrics_hand_case():
+  texts = [format_answer(1.0, -1.0, "contentment", "x"),  # V err 0.5, A err 1.0, category right
+           '<answer>{"valence": 0, "arousal": 0}</answer>',  # parses (not well formed): no emotion
+           "no answer at all"]  # unparsable: worst in-range error 3 + |target|
+  out = common.answer_metrics(texts, [1.5, -2.0, 1.0], [0.0, 1.0, -2.5], [2, 7, 7])
+  assert out["n"] == 3 and out["parse_rate"] == pytest.approx(2 / 3) and out["format_rate"] == pytest.approx(1 / 3)
+  assert out["valence_mae"] == pytest.approx((0.5 + 2.0 + 4.0) / 3)
+  assert out["arousal_mae"] == pytest.approx((1.0 + 1.0 + 5.5) / 3)
+  assert out["valence_mae_parsed"] == pytest.approx(1.25) and out["arousal_mae_parsed"] == pytest.approx(1.0)
+  assert out["category_acc"] == pytest.approx(1 / 3)
+  assert common.answer_metrics(["?"], [0.0], [0.0], [0])["valence_mae_parsed"] is None
