@@ -153,6 +153,15 @@ def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
+def host_rows(batch: dict[str, jax.Array], mesh: Mesh) -> dict[str, np.ndarray]:
+  """Global batch-sharded arrays -> this host's rows as numpy (the inverse of put_batch)."""
+  if jax.process_count() == 1:
+    return jax.device_get(batch)
+  from jax.experimental import multihost_utils
+  spec = batch_sharding(mesh).spec
+  return jax.device_get(multihost_utils.global_array_to_host_local_array(batch, mesh, spec))
+
+
 def initialize_distributed() -> None:
   """Multi-host init on TPU VMs and SLURM; a no-op on a single process."""
   import os

@@ -36,6 +36,10 @@ class Task(Protocol):
   def train_step(self, state: dict, batch: dict, rng: jax.Array, constants: Any) -> tuple[dict, dict]: ...
   def on_step_end(self, step: int, state: dict, metrics: dict, workdir: str) -> dict: ...  # host hook; extra metrics
   # optional: on_finish(state, workdir), called once total_steps is reached (also on a resume there)
+  # optional, for rewards that need the host (parsing an LVLM's text answers): the step becomes
+  #   experience(state, batch, rng, constants) -> dict    (jitted; rows sharded like the batch)
+  #   score(experience_rows, raw_batch) -> dict of numpy   (host, on this host's rows only)
+  #   train_step(state, batch | experience | scores, rng, constants)
 
 
 class _Preemption:
@@ -122,6 +126,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task, *, progress
   repl = parallel.replicated(mesh)
   step_fn = jax.jit(task.train_step, in_shardings=(shardings, batch_sharding, repl, const_shardings),
                     out_shardings=(shardings, repl), donate_argnums=(0,))
+  experience_fn = None
+  if hasattr(task, "experience"):
+    experience_fn = jax.jit(task.experience, in_shardings=(shardings, batch_sharding, repl, const_shardings),
+                            out_shardings=batch_sharding)
 
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
   bar = _progress(config.total_steps, start, progress and is_main)
@@ -137,7 +145,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task, *, progress
         batch = parallel.put_batch(task.host_batch(raw), mesh)
         if jax.tree.leaves(batch)[0].shape[0] != task.global_batch_size:
           raise ValueError(f"loader gave a batch of {jax.tree.leaves(batch)[0].shape[0]} rows, expected {task.global_batch_size}")
-        new_state, metrics = step_fn(state, batch, jax.random.fold_in(step_rng, step), constants)
+        rng = jax.random.fold_in(step_rng, step)
+        if experience_fn is not None:
+          experience = experience_fn(state, batch, rng, constants)
+          scores = task.score(parallel.host_rows(experience, mesh), raw)
+          batch = {**batch, **experience, **parallel.put_batch(scores, mesh)}
+        new_state, metrics = step_fn(state, batch, rng, constants)
         metrics = jax.device_get(metrics)
         loss = float(metrics["loss"])
         if not np.isfinite(loss):
