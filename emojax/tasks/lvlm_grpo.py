@@ -1,0 +1,167 @@
+"""LVLM GRPO: the SFT judge sharpened by multi-task rewards (format, valence, arousal, category).
+
+The trainer's three-stage step (emojax.trainer):
+  experience (jitted): G answers per EmoShapes image, sampled with the KV cache at the configured
+    temperature / top_p, with their temperature-1 per-token log-probs (the old policy's);
+  score (host): answers decoded to text and parsed; `multitask_reward` against the image's own V, A
+    and category (the colour judge's labels), per-component rewards kept for the metrics;
+  train_step (jitted): group advantages, token-level clipped loss + β·k3 KL to the SFT judge
+    (emojax.rl.lvlm_step), one optax update per inner epoch.
+The batch has one row per image (B = images_per_step); experience and scores have B·G rows, sample g
+of image b at row b·G + g, so a device holds its images' samples under the same batch sharding.
+
+Old log-probs are the sampler's own, not a recomputation: the first inner iteration's ratio then
+measures how far the cached sampler and the uncached training scorer disagree (ratio_dev_first; 1e-5
+is their tested agreement), which is the numerics bug DESIGN.md §9 warns of.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from emojax import config_utils
+from emojax.data import emoshapes, pipeline
+from emojax.lvlm import sampling
+from emojax.models import assets
+from emojax.rewards import lvlm as lvlm_rewards
+from emojax.rl import lvlm_step
+from emojax.tasks import lvlm_common as common
+from emojax.tasks.generator_common import masked_optimizer
+
+
+class LVLMGRPO:
+  progress_keys = ("reward_mean", "reward/valence", "reward/format", "eval/valence_mae")
+
+  def __init__(self, config):
+    self.config = c = config
+    if not c.model.pretrained:
+      raise ValueError(f"lvlm_grpo starts from the SFT judge: set --config.model.pretrained; {common.SFT_HINT}")
+    self.model, self.qcfg, self._pretrained, self.processor = common.load_lvlm(c.model.pretrained)
+    self.global_batch_size = c.images_per_step
+    need = common.max_target_tokens(self.processor)
+    if c.max_new_tokens < need:  # fine for smoke runs; a real run could never earn the format reward
+      logging.warning("max_new_tokens=%d is below the longest SFT answer (%d tokens): full answers get truncated",
+                      c.max_new_tokens, need)
+    if c.images_per_step % c.grad_accum:
+      raise ValueError(f"images_per_step={c.images_per_step} is not divisible by grad_accum={c.grad_accum}")
+    frozen = tuple(c.model.frozen)
+    unknown = sorted(set(frozen) - set(self._pretrained))
+    if unknown:
+      raise ValueError(f"model.frozen names {unknown}, not parameter groups of the LVLM {sorted(self._pretrained)}")
+    self.weights = {k: float(v) for k, v in c.rewards.weights.items()}
+    lvlm_rewards.multitask_reward([], [], [], [], self.weights, c.rewards.eps)  # unknown names / bad eps fail here
+    self.hp = lvlm_step.LVLMHyper(
+        group_size=c.group_size, clip_eps=c.clip_eps, kl_beta=c.kl_beta, aggregation=c.aggregation,
+        grad_accum=c.grad_accum, inner_epochs=c.inner_epochs, adv_eps=c.adv_eps, adv_clip=c.adv_clip, frozen=frozen)
+    self.tx = masked_optimizer(config_utils.make_optimizer(c.optim), self._pretrained, frozen)
+    self._grid = common.image_grid(self.processor, c.data.image_size, 1)[0]  # every image has this (t, h, w)
+    self._step = lvlm_step.make_train_step(logprob_fn=self.logprobs, optimizer=self.tx, hp=self.hp)
+    self.eval_split = common.eval_split(c.eval.seed, c.eval.num_examples, c.data.image_size)
+    self.last_texts: list[str] = []
+
+  # ------------------------------------------------------------------------------------------ data
+
+  def make_loader(self, shard_index, shard_count):
+    c = self.config
+    source = emoshapes.EmoShapesSource(c.data.seed, c.data.num_examples, size=c.data.image_size)
+    return pipeline.grpo_prompt_loader(source, prompts_per_step=c.images_per_step // shard_count, group_size=1,
+                                       seed=c.seed, shard_index=shard_index, shard_count=shard_count,
+                                       target_mode="data", keep_images=True)
+
+  def host_batch(self, raw):
+    """The judge question per image; pixel_values (B, patches, dim) so each image's patches shard with it."""
+    images = np.asarray(raw["image"])
+    p = common.judge_batch(self.processor, images, self.config.max_prompt_len)
+    return {"input_ids": p["input_ids"], "attention_mask": p["attention_mask"],
+            "pixel_values": p["pixel_values"].reshape(len(images), -1, p["pixel_values"].shape[-1])}
+
+  # ----------------------------------------------------------------------------------------- state
+
+  def init_state(self, rng):  # shapes only: the trainer calls it under eval_shape
+    params = jax.tree.map(jnp.asarray, self._pretrained)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params)}
+
+  def initial_state(self, rng, shardings):
+    params = jax.device_put(jax.tree.map(jnp.asarray, self._pretrained), shardings["params"])
+    opt_state = jax.jit(self.tx.init, out_shardings=shardings["opt_state"])(params)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
+
+  def constants(self):
+    if self.config.kl_beta <= 0:  # no reference forward: do not hold a second copy of the model
+      return {}
+    return {"ref_params": jax.tree.map(jnp.asarray, self._pretrained)}
+
+  # ------------------------------------------------------------------------------------------ step
+
+  def _prompts(self, batch):
+    px = batch["pixel_values"]
+    return dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                pixel_values=px.reshape(-1, px.shape[-1]), image_grid_thw=(self._grid,) * px.shape[0])
+
+  def logprobs(self, params, prompts, tokens, mask):
+    """Per-token log-probs of completions (rows b·G + g) for a (micro-)batch of prompts; traceable."""
+    p = self._prompts(prompts)
+    return sampling.completion_logprobs(self.model, params, p["input_ids"], p["attention_mask"], p["pixel_values"],
+                                        tokens, mask, p["image_grid_thw"])
+
+  def experience(self, state, batch, rng, constants):
+    """G sampled answers per image. `sampling.sample` is itself a jit with static model/grid/sizes; called
+    here under the trainer's jit it is traced inline (jit of jit), the static arguments being Python
+    values the task holds, so nothing about the trace depends on data."""
+    c = self.config
+    out = sampling.sample(self.model, state["params"], self._prompts(batch), rng, max_new_tokens=c.max_new_tokens,
+                          eos_ids=self.processor.eos_ids, pad_id=self.processor.pad_id, num_samples=c.group_size,
+                          temperature=c.temperature, top_p=c.top_p)
+    return {"tokens": out["tokens"], "old_logprobs": out["logprobs"], "completion_mask": out["mask"],
+            "finished": out["finished"]}
+
+  def score(self, rows, raw):
+    """Host: decode this host's B·G answers, parse once, reward against each image's own labels."""
+    g = self.config.group_size
+    texts = [self.processor.decode(t[m > 0], skip_special_tokens=True)
+             for t, m in zip(np.asarray(rows["tokens"]), np.asarray(rows["completion_mask"]))]
+    answers = lvlm_rewards.parse_all(texts)
+    rep = lambda k: np.repeat(np.asarray(raw[k]), g, axis=0)
+    total, parts = lvlm_rewards.multitask_reward(answers, rep("valence"), rep("arousal"), rep("category"),
+                                                 self.weights, self.config.rewards.eps)
+    self.last_texts = texts
+    out = {"rewards": total.astype(np.float32), "reward/parsed": np.array([a is not None for a in answers], np.float32)}
+    return out | {f"reward/{k}": v.astype(np.float32) for k, v in parts.items()}
+
+  def train_step(self, state, batch, rng, constants):
+    state, metrics = self._step(state, batch, rng, constants)
+    metrics.update({k: batch[k].mean() for k in batch if k.startswith("reward/")})
+    metrics["completion_len"] = batch["completion_mask"].sum(1).mean()
+    metrics["truncated_frac"] = 1.0 - batch["finished"].astype(jnp.float32).mean()
+    return state, metrics
+
+  # ----------------------------------------------------------------------------------------- hooks
+
+  def evaluate(self, params) -> dict[str, float]:
+    c = self.config
+    m = common.evaluate(self.model, params, self.processor, self.eval_split, batch_size=c.eval.batch_size,
+                        max_prompt_len=c.max_prompt_len, max_new_tokens=c.max_new_tokens)
+    return {f"eval/{k}": v for k, v in m.items() if isinstance(v, float)}
+
+  def on_step_end(self, step, state, metrics, workdir):
+    c = self.config
+    out = {}
+    if metrics.get("ratio_dev_first", 0.0) > c.ratio_tolerance:
+      logging.warning("step %d: on-policy ratio deviates from 1 by %.3g (> %.0e): the sampler's log-probs and the "
+                      "training scorer disagree", step, metrics["ratio_dev_first"], c.ratio_tolerance)
+    if step == 1 and c.eval.at_start:  # the SFT judge's numbers, for the before/after comparison
+      out.update({f"{k}_start": v for k, v in self.evaluate(self._pretrained).items()})
+    if step % c.eval_every == 0 or step == c.total_steps:
+      out.update(self.evaluate(state["params"]))
+      if self.last_texts:
+        logging.info("step %d: a sampled answer: %r", step, self.last_texts[0])
+    return out
+
+  def on_finish(self, state, workdir):
+    """Exports params + model config to <workdir>/export, the layout SFT writes and load_lvlm reads."""
+    params = jax.device_get(state["params"])
+    assets.save(os.path.join(workdir, "export"), params, self.qcfg.to_dict(), dtype=np.dtype(self.config.export_dtype))
