@@ -27,7 +27,10 @@ def make_task(config):
   if task == "sft_lvlm":
     from emojax.tasks.sft_lvlm import SFTLVLM
     return SFTLVLM(config)
-  raise ValueError(f"unknown config.task {task!r}; known: generator_grpo, pretrain_generator, sft_lvlm")
+  if task == "lvlm_grpo":
+    from emojax.tasks.lvlm_grpo import LVLMGRPO
+    return LVLMGRPO(config)
+  raise ValueError(f"unknown config.task {task!r}; known: generator_grpo, lvlm_grpo, pretrain_generator, sft_lvlm")
 
 
 class _QuietLibraries(logging_std.Filter):
@@ -61,6 +64,11 @@ def _parse_flags(argv):
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:  # e.g. --config.no_such_field=1
     lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
     cause = lines[-1] if lines else type(e).__name__  # config-file errors arrive wrapped with a traceback
+    name = cause.strip("\"'")
+    culprits = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and name in a.split("=")[0].split(".")]
+    if culprits:  # ml_collections reports only the leaf name: say which override it was
+      raise app.UsageError(f"unknown config field {culprits[0].removeprefix('--config.')} "
+                           "(config fields are listed in the config file)") from None
     raise app.UsageError(f"bad flag or config: {cause} (config fields are listed in the config file)") from None
 
 

@@ -15,7 +15,7 @@ def _train(*args, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--config=configs/generator.py", "--config.rl.no_such_field=1"], "no_such_field"),
+    (["--config=configs/generator.py", "--config.rl.no_such_field=1"], "unknown config field rl.no_such_field"),
     (["--config=configs/generator.py:bogus"], "unknown preset 'bogus'"),
     (["--config=configs/generator.py", "--config.model.pretrained=/nonexistent/gen"], "/nonexistent/gen does not exist"),
 ])

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from emojax.models import weights
 from emojax.models.config_fields import known_fields
 
 Dtype = Any
@@ -388,29 +389,6 @@ def to_diffusers_state_dict(params) -> dict[str, np.ndarray]:
   return {_torch_key(path): np.ascontiguousarray(_to_torch(path[-1], np.asarray(w))) for path, w in flat.items()}
 
 
-def _read_safetensors(directory: str, stem: str = "diffusion_pytorch_model") -> dict[str, np.ndarray]:
-  from safetensors import safe_open  # numpy backend; bf16 arrives as ml_dtypes.bfloat16
-
-  single = os.path.join(directory, f"{stem}.safetensors")
-  index = f"{single}.index.json"
-  if os.path.isfile(single):
-    files = [single]
-  elif os.path.isfile(index):
-    with open(index) as f:
-      files = [os.path.join(directory, n) for n in sorted(set(json.load(f)["weight_map"].values()))]
-  else:
-    raise FileNotFoundError(f"no {stem}.safetensors (or sharded {stem}-0000x-of-0000y.safetensors with "
-                f"{os.path.basename(index)}) in {directory}: put the SD3 transformer weights there")
-  state = {}
-  for path in files:
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"{path} is listed in {index} but missing: copy the shard into {directory}")
-    with safe_open(path, framework="np") as f:
-      for k in f.keys():
-        state[k] = f.get_tensor(k)
-  return state
-
-
 def from_pretrained(directory, dtype: Dtype = jnp.float32, param_dtype: Dtype | None = None):
   """Load a diffusers SD3 transformer directory (config.json + diffusion_pytorch_model*.safetensors), e.g. the
   `transformer/` folder of stabilityai/stable-diffusion-3.5-medium. Returns (MMDiT module, host params)."""
@@ -422,5 +400,6 @@ def from_pretrained(directory, dtype: Dtype = jnp.float32, param_dtype: Dtype | 
                 f"{directory}")
   config = MMDiTConfig.from_json(config_path)
   param_dtype = param_dtype or dtype
-  params = load_diffusers_params(_read_safetensors(directory), config, dtype=param_dtype)
+  state = weights.read_safetensors(directory, "diffusion_pytorch_model", "the SD3 transformer weights")
+  params = load_diffusers_params(state, config, dtype=param_dtype)
   return MMDiT(config, dtype=dtype, param_dtype=param_dtype), params

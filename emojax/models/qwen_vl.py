@@ -57,6 +57,7 @@ import numpy as np
 from flax import traverse_util
 
 from emojax.models import tokenizers
+from emojax.models import weights
 from emojax.models.config_fields import known_fields
 
 Dtype = Any
@@ -684,29 +685,6 @@ def load_hf_qwen_vl_params(state_dict: dict[str, np.ndarray], config: QwenVLConf
   return traverse_util.unflatten_dict(params)
 
 
-def _read_safetensors(directory: str) -> dict[str, np.ndarray]:
-  from safetensors import safe_open  # numpy backend; bf16 arrives as ml_dtypes.bfloat16
-
-  single = os.path.join(directory, "model.safetensors")
-  index = f"{single}.index.json"
-  if os.path.isfile(single):
-    files = [single]
-  elif os.path.isfile(index):
-    with open(index) as f:
-      files = [os.path.join(directory, n) for n in sorted(set(json.load(f)["weight_map"].values()))]
-  else:
-    raise FileNotFoundError(f"no model.safetensors (or sharded model-0000x-of-0000y.safetensors with "
-                            f"model.safetensors.index.json) in {directory}: put the Qwen2.5-VL weights there")
-  state = {}
-  for path in files:
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"{path} is listed in {index} but missing: copy the shard into {directory}")
-    with safe_open(path, framework="np") as f:
-      for k in f.keys():
-        state[k] = f.get_tensor(k)
-  return state
-
-
 def from_pretrained(directory, dtype: Dtype = jnp.float32, param_dtype: Dtype | None = None):
   """transformers Qwen2.5-VL directory (config.json + model*.safetensors, e.g. Qwen/Qwen2.5-VL-7B-Instruct)
   -> (QwenVL module, host params)."""
@@ -720,5 +698,6 @@ def from_pretrained(directory, dtype: Dtype = jnp.float32, param_dtype: Dtype | 
   with open(config_path) as f:
     config = QwenVLConfig.from_hf_dict(json.load(f))
   param_dtype = param_dtype or dtype
-  params = load_hf_qwen_vl_params(_read_safetensors(directory), config, dtype=param_dtype)
+  state = weights.read_safetensors(directory, "model", "the Qwen2.5-VL weights")
+  params = load_hf_qwen_vl_params(state, config, dtype=param_dtype)
   return QwenVL(config, dtype=dtype, param_dtype=param_dtype), params
