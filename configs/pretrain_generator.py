@@ -20,13 +20,13 @@ def get_config(arg=None):
   c.eval_every = 400  # steps between sample grids and colour-judge eval
   c.ema_decay = 0.999  # EMA decay cap (warmed up as (1+t)/(10+t)); the EMA is exported
   c.export_dtype = "float16"  # dtype of the exported params.safetensors
-  c.logit_mean = 0.0  # SD3 logit-normal sigma density: mean
+  c.logit_mean = 1.0986  # SD3 logit-normal sigma density: mean; ln(3) = the sampling schedule's shift 3
   c.logit_std = 1.0  # SD3 logit-normal sigma density: std
 
   c.model = ml_collections.ConfigDict()
   c.model.preset = "tiny"  # MMDiT / text encoder preset
   c.model.num_emotion_tokens = 4  # V-A tokens appended to the text context (zero, frozen here)
-  c.model.max_text_length = 176  # byte ids per prompt incl. BOS/EOS (a multiple of the text merge size)
+  c.model.max_text_length = 176  # byte ids per prompt incl. BOS/EOS (at most 44 words)
 
   c.caption = ml_collections.ConfigDict()
   c.caption.p_empty = 0.1  # caption dropout for classifier-free guidance

@@ -120,7 +120,7 @@ def test_byte_tokenizer():
 
 
 def test_merge_size_path():
-  c = dataclasses.replace(te.PRESETS["tiny"], hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+  c = dataclasses.replace(te.PRESETS["tiny"], word_merge=0, merge_size=4, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                           projection_dim=8, max_position_embeddings=6)
   ids = tokenizers.ByteTokenizer(24)(["calm", "furious anger"])
   params = jax.eval_shape(te.TextEncoder(c).init, jax.random.key(0), ids)["params"]
@@ -131,3 +131,29 @@ def test_merge_size_path():
     jax.eval_shape(forward(c), params, ids[:, :22])
   with pytest.raises(ValueError, match="exceeds max_position_embeddings"):
     jax.eval_shape(forward(c), params, np.zeros((1, 28), np.int32))
+
+
+def test_word_merge_tokens_are_words():
+  """One token per word: extra spaces change nothing, a word's token does not depend on where its
+  bytes sit, bytes past word_merge are dropped, and the pooled row is the EOS word's."""
+  c = dataclasses.replace(te.PRESETS["tiny"], hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                          projection_dim=8, max_position_embeddings=8, word_merge=4)
+  tok = tokenizers.ByteTokenizer(40)
+  ids = tok(["a red  star", "a red star", " a   red star ", "a redX starY", "a redish star", "a red star on",
+              "a rediXX star", "a rediYY star"])
+  slot, offset = te.word_slots(jnp.asarray(ids), 4)
+  assert np.asarray(slot)[0, :13].tolist() == [0, 1, 1, 2, 2, 2, 2, 2, 3, 3, 3, 3, 4]  # BOS a _ red __ star EOS
+  params = te.TextEncoder(c).init(jax.random.key(0), jnp.asarray(ids))["params"]
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape), params)
+  tokens, pooled = forward(c)(params, ids)
+  tokens, pooled = np.asarray(tokens), np.asarray(pooled)
+  for same in (1, 2):  # spacing is not content
+    np.testing.assert_allclose(tokens[same], tokens[0], atol=1e-6)
+    np.testing.assert_allclose(pooled[same], pooled[0], atol=1e-6)
+  assert np.abs(pooled[3] - pooled[0]).max() > 1e-3  # "redX" is not "red" (4 bytes kept) ...
+  np.testing.assert_allclose(tokens[4][:2], tokens[0][:2], atol=1e-6)  # ... causal: BOS, "a" unchanged
+  assert np.abs(tokens[4][2] - tokens[0][2]).max() > 1e-3  # "redi" differs from "red"
+  np.testing.assert_allclose(pooled[6], pooled[7], atol=1e-6)  # bytes past word_merge=4 are dropped
+  # the pooled vector is read at the EOS word: appending a word moves it and changes it
+  assert np.abs(pooled[5] - pooled[0]).max() > 1e-3
+  np.testing.assert_allclose(tokens[5][:4], tokens[0][:4], atol=1e-6)

@@ -2,9 +2,13 @@
 
 Config fields and module names follow transformers' `CLIPTextConfig` /
 `CLIPTextModelWithProjection`, so real CLIP weights map onto it mechanically. The tiny world
-uses it with the byte-level tokenizer. With `merge_size` k > 1 (the tiny byte-level world), each run of k byte embeddings is
-concatenated and projected to one token (a strided patch embedding over text), so
-sequence length and MMDiT context shrink k-fold; k = 1 is exactly CLIP. Outputs follow SD3's use of the tower: per-token
+uses it with the byte-level tokenizer and merges bytes into tokens before the layers, so the
+MMDiT context stays short: `word_merge` k > 0 gives one token per space-separated word (the
+first k byte embeddings of the word, concatenated and projected), which is what CLIP's BPE
+roughly gives a real tower; a word is then the same token wherever it sits in the prompt. The
+fixed `merge_size` k > 1 (every run of k bytes -> one token) cuts words at arbitrary places
+and trained far worse: the tiny generator learnt to ignore its text. Neither merge (k = 1,
+word_merge = 0) is exactly CLIP. Outputs follow SD3's use of the tower: per-token
 states from the layer `output_layer` (SD3 takes the penultimate, -2) and a pooled vector =
 text_projection(final_layer_norm(last state at the EOS position)).
 
@@ -36,6 +40,7 @@ import numpy as np
 from flax import traverse_util
 
 from emojax.models.config_fields import known_fields
+from emojax.models.tokenizers import BOS_ID, EOS_ID, PAD_ID, byte_id
 
 
 # transformers' ACT2FN: "gelu" is the exact erf form; the tanh approximation is "gelu_new"/"gelu_pytorch_tanh".
@@ -66,6 +71,7 @@ class TextEncoderConfig:
   eos_token_id: int = 2
   output_layer: int = -1  # which hidden state SD3 feeds the MMDiT: -1 last (normed), -2 penultimate
   merge_size: int = 1  # >1: merge this many byte embeddings into one token before the layers
+  word_merge: int = 0  # >0: one token per space-separated word of byte ids, keeping its first this-many bytes
   pooling: str = "first_eos"  # "first_eos" | "argmax_ids" (transformers' legacy rule when eos_token_id == 2)
 
   def __post_init__(self):
@@ -90,7 +96,7 @@ class TextEncoderConfig:
       if "projection_dim" in d:  # CLIPModel's text_projection uses the top-level projection_dim
         text["projection_dim"] = d["projection_dim"]
       d = text
-    names = {f.name for f in dataclasses.fields(cls)} - {"output_layer", "merge_size", "pooling"}
+    names = {f.name for f in dataclasses.fields(cls)} - {"output_layer", "merge_size", "word_merge", "pooling"}
     kw = {**_HF_TEXT_DEFAULTS, **{k: v for k, v in d.items() if k in names}}
     kw["pooling"] = "argmax_ids" if kw["eos_token_id"] == 2 else "first_eos"
     kw.update(overrides)
@@ -98,9 +104,29 @@ class TextEncoderConfig:
 
 
 PRESETS = {
-    # bytes merged 4 -> 1: a 176-byte prompt becomes 44 context tokens for the MMDiT
-    "tiny": TextEncoderConfig(max_position_embeddings=44, merge_size=4),
+    # one token per word (as CLIP's BPE roughly gives): a 176-byte prompt becomes <= 44 context tokens
+    "tiny": TextEncoderConfig(max_position_embeddings=44, word_merge=12),
 }
+
+
+def word_slots(input_ids, max_bytes: int):
+  """Byte ids (B, n) -> (word index, place in word) per byte, for the tiny world's word merge.
+
+  BOS and EOS are words of their own, spaces separate words and belong to none; spaces,
+  padding and bytes past `max_bytes` of a word get an out-of-range place, so they are dropped.
+  Words past the token slots are dropped too (the scatter's mode="drop").
+  """
+  space = input_ids == byte_id(" ")
+  special = (input_ids == BOS_ID) | (input_ids == EOS_ID)
+  prev = jnp.pad(input_ids, ((0, 0), (1, 0)), constant_values=byte_id(" "))[:, :-1]
+  prev_breaks = (prev == byte_id(" ")) | (prev == BOS_ID)
+  start = ~space & (input_ids != PAD_ID) & (special | prev_breaks)
+  slot = jnp.cumsum(start, axis=1) - 1
+  pos = jnp.arange(input_ids.shape[1])
+  first = jax.lax.cummax(jnp.where(start, pos, 0), axis=1)
+  offset = pos - first
+  keep = ~space & (input_ids != PAD_ID) & (offset < max_bytes)
+  return slot, jnp.where(keep, offset, max_bytes)
 
 
 class _Attention(nn.Module):
@@ -142,12 +168,19 @@ class TextEncoder(nn.Module):
     c = self.config
     b, n = input_ids.shape
     k = c.merge_size
-    if n % k:
-      raise ValueError(f"text length {n} is not a multiple of merge_size={k}")
-    l = n // k
-    if l > c.max_position_embeddings:
-      raise ValueError(f"text of {n} ids ({l} tokens) exceeds max_position_embeddings={c.max_position_embeddings}")
+    if c.word_merge:
+      l, k = c.max_position_embeddings, c.word_merge
+      slot, offset = word_slots(input_ids, k)
+    else:
+      if n % k:
+        raise ValueError(f"text length {n} is not a multiple of merge_size={k}")
+      l = n // k
+      if l > c.max_position_embeddings:
+        raise ValueError(f"text of {n} ids ({l} tokens) exceeds max_position_embeddings={c.max_position_embeddings}")
     x = nn.Embed(c.vocab_size, c.hidden_size, name="token_embedding")(input_ids)
+    if c.word_merge:  # scatter each kept byte to (its word, its place in the word); the rest are dropped
+      rows = jnp.broadcast_to(jnp.arange(b)[:, None], (b, n))
+      x = jnp.zeros((b, l, k, c.hidden_size), x.dtype).at[rows, slot, offset].set(x, mode="drop")
     if k > 1:
       x = nn.Dense(c.hidden_size, dtype=self.dtype, name="merge")(x.reshape(b, l, k * c.hidden_size))
     x = x + nn.Embed(c.max_position_embeddings, c.hidden_size, name="position_embedding")(jnp.arange(l))
@@ -159,7 +192,8 @@ class TextEncoder(nn.Module):
     final = nn.LayerNorm(c.layer_norm_eps, dtype=jnp.float32, name="final_layer_norm")(x)
     tokens = final if c.output_layer == -1 else states[c.output_layer]
     hit = input_ids if c.pooling == "argmax_ids" else input_ids == c.eos_token_id
-    eos_pos = jnp.argmax(hit, axis=-1) // k  # first maximum, as torch.argmax
+    eos_pos = jnp.argmax(hit, axis=-1)  # first maximum, as torch.argmax
+    eos_pos = word_slots(input_ids, k)[0][jnp.arange(b), eos_pos] if c.word_merge else eos_pos // k
     pooled = final[jnp.arange(b), eos_pos]
     pooled = nn.Dense(c.projection_dim, use_bias=False, dtype=self.dtype, name="text_projection")(pooled)
     return tokens, pooled
@@ -178,7 +212,7 @@ _IGNORED_HF_KEYS = ("text_model.embeddings.position_ids",)  # a buffer older che
 @functools.cache
 def param_shapes(config: TextEncoderConfig) -> dict:
   """Abstract params pytree (ShapeDtypeStruct leaves) of TextEncoder(config)."""
-  ids = jnp.zeros((1, config.merge_size), jnp.int32)
+  ids = jnp.zeros((1, config.word_merge or config.merge_size), jnp.int32)
   return jax.eval_shape(TextEncoder(config).init, jax.random.key(0), ids)["params"]
 
 
@@ -212,7 +246,7 @@ def load_hf_clip_text_params(state_dict: dict[str, np.ndarray], config: TextEnco
   Linear weights (out, in) become Dense kernels (in, out); LayerNorm weight -> scale. Raises
   ValueError naming missing/unexpected keys or mismatched shapes.
   """
-  if config.merge_size != 1:
+  if config.merge_size != 1 or config.word_merge:
     raise ValueError(f"transformers CLIP has no byte merge; load_hf_clip_text_params needs merge_size=1, got "
                      f"{config.merge_size}")
   shapes = traverse_util.flatten_dict(param_shapes(config))

@@ -10,6 +10,11 @@ _OFFSET = 3  # byte b has id b + 3
 VOCAB_SIZE = 256 + _OFFSET
 
 
+def byte_id(char: str) -> int:
+  """The id of a one-byte character, e.g. byte_id(" ") == 35."""
+  return ord(char.encode("utf-8")) + _OFFSET
+
+
 class ByteTokenizer:
   """Encodes strings as [BOS, bytes..., EOS, PAD...] of a fixed length.
 
