@@ -38,6 +38,7 @@ def make_config(asset, **over):
   c = generator_config.get_config("smoke")
   c.unlock()
   c.model.pretrained = asset
+  c.model.frozen = ("text",)  # the MMDiT trains too, so sharded gradients of every kind are compared
   c.eval.at_start = False
   c.eval_every = 1000
   c.total_steps = 4
