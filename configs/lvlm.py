@@ -1,6 +1,7 @@
 """LVLM GRPO: the SFT tiny judge sharpened by multi-task rewards on EmoShapes (DESIGN.md §1, job 2).
 
-  python -m emojax.train --config=configs/sft_lvlm.py --workdir=/tmp/sft_lvlm                       # first
+  python -m emojax.train --config=configs/sft_lvlm.py --workdir=/tmp/sft_lvlm                       # first (or use
+                                                           # the shipped SFT judge: emojax/assets/lvlm_tiny_sft)
   python -m emojax.train --config=configs/lvlm.py --workdir=/tmp/lvlm_grpo \\
       --config.model.pretrained=/tmp/sft_lvlm/export                                                   # ~20 min
   python -m emojax.train --config=configs/lvlm.py:smoke --workdir=/tmp/x --config.model.pretrained=DIR  # seconds
@@ -37,7 +38,7 @@ def get_config(arg=None):
   c.ratio_tolerance = 1e-5  # warn when the first-iteration ratio deviates from 1 by more
 
   c.model = ml_collections.ConfigDict()
-  c.model.pretrained = ""  # the SFT judge's export (required): DIR/export of configs/sft_lvlm.py
+  c.model.pretrained = ""  # the SFT judge (required): DIR/export of configs/sft_lvlm.py or emojax/assets/lvlm_tiny_sft
   c.model.frozen = ("visual",)  # top-level parameter groups left untouched (vision tower: SFT taught it colour)
 
   c.data = ml_collections.ConfigDict()
