@@ -32,6 +32,7 @@ def get_config(arg=None):
   c.kl_beta = 0.04  # weight of the k3 KL to the SFT judge (0 = no reference model)
   c.aggregation = "sequence_mean"  # "sequence_mean" (GRPO) or "token_mean" (DAPO) over answer tokens
   c.inner_epochs = 1  # optimizer updates per sampled batch
+  c.rescore_old = True  # re-score sampled answers with the training scorer for the ratio's old log-probs
   c.grad_accum = 1  # micro-batches per update (images_per_step must divide by it)
   c.adv_eps = 1e-4  # std floor in group advantages
   c.adv_clip = 5.0  # advantages clipped to +-adv_clip

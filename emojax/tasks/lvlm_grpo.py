@@ -56,7 +56,8 @@ class LVLMGRPO:
     lvlm_rewards.multitask_reward([], [], [], [], self.weights, c.rewards.eps)  # unknown names / bad eps fail here
     self.hp = lvlm_step.LVLMHyper(
         group_size=c.group_size, clip_eps=c.clip_eps, kl_beta=c.kl_beta, aggregation=c.aggregation,
-        grad_accum=c.grad_accum, inner_epochs=c.inner_epochs, adv_eps=c.adv_eps, adv_clip=c.adv_clip, frozen=frozen)
+        grad_accum=c.grad_accum, inner_epochs=c.inner_epochs, adv_eps=c.adv_eps, adv_clip=c.adv_clip, frozen=frozen,
+        rescore_old=c.rescore_old)
     self.tx = masked_optimizer(config_utils.make_optimizer(c.optim), self._pretrained, frozen)
     self._grid = common.image_grid(self.processor, c.data.image_size, 1)[0]  # every image has this (t, h, w)
     self._step = lvlm_step.make_train_step(logprob_fn=self.logprobs, optimizer=self.tx, hp=self.hp)
