@@ -56,3 +56,10 @@ def make_optimizer(c):
     sched = optax.join_schedules([sched, optax.constant_schedule(c.learning_rate)], [c.warmup_steps])
   return optax.chain(optax.clip_by_global_norm(c.grad_clip),
                      optax.adamw(sched, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay))
+
+
+def masked_optimizer(tx, params, frozen: tuple[str, ...]):
+  """Applies optax transformation tx to every top-level module except `frozen`, whose updates are zero."""
+  import optax
+  labels = {k: ("frozen" if k in frozen else "train") for k in params}
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

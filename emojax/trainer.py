@@ -42,6 +42,17 @@ class Task(Protocol):
   #   train_step(state, batch | experience | scores, rng, constants)
 
 
+def pretrained_state(params, tx, shardings=None) -> dict:
+  """A fine-tuning task's train state starting at pretrained host params. Without shardings it is the
+  `init_state` the trainer evaluates for shapes; with them, the `initial_state` placed shard by shard."""
+  if shardings is None:
+    params = jax.tree.map(jnp.asarray, params)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+  params = jax.device_put(jax.tree.map(jnp.asarray, params), shardings["params"])
+  opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"])(params)
+  return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
+
+
 class _Preemption:
   """Turns SIGTERM into a flag the loop checks after each step (TPU/SLURM preemption)."""
 

@@ -58,11 +58,8 @@ def image_features(model: qv.QwenVL, params, pixel_values, grid):
 def prompt_inputs(m: qv.QwenVL, ids, mask, feats, grid):
   """Prompt embeddings with `feats` spliced in at the image tokens in order (as QwenVL.embed), M-RoPE
   positions and rope deltas. A method: call it inside model.apply(method=...)."""
-  x = m.language_model.embed(ids)
-  is_img = ids == m.config.image_token_id
-  row = jnp.clip(jnp.cumsum(is_img.reshape(-1)) - 1, 0, feats.shape[0] - 1).reshape(is_img.shape)
   pos, deltas = qv.rope_index(m.config, ids, mask, grid)
-  return jnp.where(is_img[..., None], feats[row].astype(x.dtype), x), pos, deltas
+  return qv.splice_images(m.config, m.language_model.embed(ids), ids, feats), pos, deltas
 
 
 def _gen_positions(prompt_mask, gen_mask, deltas):

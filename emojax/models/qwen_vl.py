@@ -593,9 +593,7 @@ class QwenVL(nn.Module):
       if n != feats.shape[0]:
         raise ValueError(f"{n} image tokens in input_ids but the images give {feats.shape[0]} features "
                          f"(image_grid_thw {static_grid(image_grid_thw)})")
-    is_img = input_ids == self.config.image_token_id
-    row = jnp.clip(jnp.cumsum(is_img.reshape(-1)) - 1, 0, feats.shape[0] - 1).reshape(is_img.shape)
-    return jnp.where(is_img[..., None], feats[row], x)
+    return splice_images(self.config, x, input_ids, feats)
 
   def decode(self, inputs_embeds, position_ids, attention_mask, cache=None, cache_index=0):
     """Decoder + lm_head on inputs_embeds (B, T, D) at position_ids (3, B, T) -> (logits, cache).
@@ -611,6 +609,14 @@ class QwenVL(nn.Module):
   @classmethod
   def from_pretrained(cls, directory, dtype: Dtype = jnp.float32, param_dtype: Dtype | None = None):
     return from_pretrained(directory, dtype=dtype, param_dtype=param_dtype)
+
+
+def splice_images(config: QwenVLConfig, embeds, input_ids, feats):
+  """embeds (B, L, D) with the rows of feats (N, D) put at the image_token_id positions, in order over
+  the batch (row-major), as transformers' masked_scatter does."""
+  is_img = input_ids == config.image_token_id
+  row = jnp.clip(jnp.cumsum(is_img.reshape(-1)) - 1, 0, feats.shape[0] - 1).reshape(is_img.shape)
+  return jnp.where(is_img[..., None], feats[row].astype(embeds.dtype), embeds)
 
 
 def dummy_inputs(config: QwenVLConfig):

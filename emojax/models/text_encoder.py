@@ -193,7 +193,7 @@ class TextEncoder(nn.Module):
     tokens = final if c.output_layer == -1 else states[c.output_layer]
     hit = input_ids if c.pooling == "argmax_ids" else input_ids == c.eos_token_id
     eos_pos = jnp.argmax(hit, axis=-1)  # first maximum, as torch.argmax
-    eos_pos = word_slots(input_ids, k)[0][jnp.arange(b), eos_pos] if c.word_merge else eos_pos // k
+    eos_pos = slot[jnp.arange(b), eos_pos] if c.word_merge else eos_pos // k
     pooled = final[jnp.arange(b), eos_pos]
     pooled = nn.Dense(c.projection_dim, use_bias=False, dtype=self.dtype, name="text_projection")(pooled)
     return tokens, pooled

@@ -118,7 +118,7 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
     """One optimizer update from `grad_accum` micro-batches (a scan, gradients averaged)."""
     n = hp.grad_accum
     micro = jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), train_batch)
-    # time-major fields were flattened batch-major for the split; restore (K, b, ...)
+    # the loss scans over timesteps: per-timestep fields become time-major (K, b, ...)
     micro = {k: (jnp.swapaxes(v, 1, 2) if k in _TIME_MAJOR else v) for k, v in micro.items()}
 
     def acc(carry, mb):
@@ -146,17 +146,16 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
     adv, adv_stats = grpo.group_advantages(reward, hp.group_size, hp.adv_eps, hp.adv_clip)
 
     b = reward.shape[0]
-    # each sample trains on its own random subset of k_train timesteps
-    order = jnp.argsort(jax.random.uniform(k_time, (b, t_total)), axis=1)[:, :k_train].T  # (K, B)
-    cols = jnp.arange(b)[None, :]
+    # each sample trains on its own random subset of k_train timesteps; gathered batch-major (B, K, ...)
+    order = jnp.argsort(jax.random.uniform(k_time, (b, t_total)), axis=1)[:, :k_train]  # (B, K)
+    rows = jnp.arange(b)[:, None]
     train_batch = {
-        "x": traj.x[order, cols], "x_next": traj.x_next[order, cols], "log_prob": traj.log_prob[order, cols],
+        "x": traj.x[order, rows], "x_next": traj.x_next[order, rows], "log_prob": traj.log_prob[order, rows],
         "sigma": sigmas[order], "sigma_next": sigmas[order + 1],
         "advantages": adv, "input_ids": batch["input_ids"], "uncond_ids": batch["uncond_ids"],
         "valence": batch["valence"], "arousal": batch["arousal"],
         **{k: batch[k] for k in ("text", "text_uncond") if k in batch},
     }
-    train_batch = {k: (jnp.swapaxes(v, 0, 1) if k in _TIME_MAJOR else v) for k, v in train_batch.items()}
 
     metrics = {}
     for epoch in range(hp.inner_epochs):

@@ -6,7 +6,6 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from emojax import sampling
 from emojax.data import emoshapes
@@ -43,12 +42,6 @@ def tokenizer_for(gcfg: gen_lib.GeneratorConfig) -> ByteTokenizer:
 
 def trainable_mask(params, frozen: tuple[str, ...]):
   return {k: jax.tree.map(lambda _: k not in frozen, v) for k, v in params.items()}
-
-
-def masked_optimizer(tx: optax.GradientTransformation, params, frozen: tuple[str, ...]):
-  """Applies tx to every top-level module except `frozen`, whose updates are zero."""
-  labels = {k: ("frozen" if k in frozen else "train") for k in params}
-  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 class EvalSet:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emojax import config_utils
+from emojax import config_utils, trainer
 from emojax.data import emoshapes, pipeline
 from emojax.diffusion import schedule
 from emojax.emotion.space import check_va
@@ -40,7 +40,7 @@ class GeneratorGRPO:
     unknown = sorted(set(frozen) - set(self._pretrained))
     if unknown:
       raise ValueError(f"model.frozen names {unknown}, not parameter groups of the generator {sorted(self._pretrained)}")
-    self.tx = common.masked_optimizer(config_utils.make_optimizer(c.optim), self._pretrained, frozen)
+    self.tx = config_utils.masked_optimizer(config_utils.make_optimizer(c.optim), self._pretrained, frozen)
     self._step, _ = generator_step.make_train_step(
         apply_velocity=lambda p, x, s, cond: sampling.apply_velocity(self.gen, p, x, s, cond),
         encode_text=lambda p, ids: sampling.encode_text(self.gen, p, ids),
@@ -65,13 +65,10 @@ class GeneratorGRPO:
     return {"input_ids": ids, "uncond_ids": np.broadcast_to(self._uncond, ids.shape).copy(), "valence": v, "arousal": a}
 
   def initial_state(self, rng, shardings):
-    params = jax.device_put(jax.tree.map(jnp.asarray, self._pretrained), shardings["params"])
-    opt_state = jax.jit(self.tx.init, out_shardings=shardings["opt_state"])(params)
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
+    return trainer.pretrained_state(self._pretrained, self.tx, shardings)
 
   def init_state(self, rng):  # shapes only: the trainer calls it under eval_shape
-    params = jax.tree.map(jnp.asarray, self._pretrained)
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params)}
+    return trainer.pretrained_state(self._pretrained, self.tx)
 
   def constants(self):
     return {"ref_params": jax.tree.map(jnp.asarray, self._pretrained)}

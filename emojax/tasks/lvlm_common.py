@@ -186,11 +186,7 @@ def target_logits(model: qv.QwenVL, params, batch: dict, grid) -> jax.Array:
   l, t = batch["input_ids"].shape[1], batch["target_ids"].shape[1]
 
   def fn(m):
-    x = m.language_model.embed(ids)
-    is_img = ids == m.config.image_token_id
-    row = jnp.clip(jnp.cumsum(is_img.reshape(-1)) - 1, 0, feats.shape[0] - 1).reshape(is_img.shape)
-    x = jnp.where(is_img[..., None], feats[row].astype(x.dtype), x)
-    pos, _ = qv.rope_index(m.config, ids, mask, grid)
+    x, pos, _ = sampling.prompt_inputs(m, ids, mask, feats, grid)
     return m.decode(x, pos, mask)[0][:, l - 1:l + t - 1]
 
   return model.apply({"params": params}, method=fn).astype(jnp.float32)

@@ -23,14 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from emojax import config_utils
+from emojax import config_utils, trainer
 from emojax.data import emoshapes, pipeline
 from emojax.lvlm import sampling
 from emojax.models import assets
 from emojax.rewards import lvlm as lvlm_rewards
 from emojax.rl import lvlm_step
 from emojax.tasks import lvlm_common as common
-from emojax.tasks.generator_common import masked_optimizer
 
 
 class LVLMGRPO:
@@ -58,7 +57,7 @@ class LVLMGRPO:
         group_size=c.group_size, clip_eps=c.clip_eps, kl_beta=c.kl_beta, aggregation=c.aggregation,
         grad_accum=c.grad_accum, inner_epochs=c.inner_epochs, adv_eps=c.adv_eps, adv_clip=c.adv_clip, frozen=frozen,
         rescore_old=c.rescore_old)
-    self.tx = masked_optimizer(config_utils.make_optimizer(c.optim), self._pretrained, frozen)
+    self.tx = config_utils.masked_optimizer(config_utils.make_optimizer(c.optim), self._pretrained, frozen)
     self._grid = common.image_grid(self.processor, c.data.image_size, 1)[0]  # every image has this (t, h, w)
     self._step = lvlm_step.make_train_step(logprob_fn=self.logprobs, optimizer=self.tx, hp=self.hp)
     self.eval_split = common.eval_split(c.eval.seed, c.eval.num_examples, c.data.image_size)
@@ -83,13 +82,10 @@ class LVLMGRPO:
   # ----------------------------------------------------------------------------------------- state
 
   def init_state(self, rng):  # shapes only: the trainer calls it under eval_shape
-    params = jax.tree.map(jnp.asarray, self._pretrained)
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params)}
+    return trainer.pretrained_state(self._pretrained, self.tx)
 
   def initial_state(self, rng, shardings):
-    params = jax.device_put(jax.tree.map(jnp.asarray, self._pretrained), shardings["params"])
-    opt_state = jax.jit(self.tx.init, out_shardings=shardings["opt_state"])(params)
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
+    return trainer.pretrained_state(self._pretrained, self.tx, shardings)
 
   def constants(self):
     if self.config.kl_beta <= 0:  # no reference forward: do not hold a second copy of the model
