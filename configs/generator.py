@@ -6,6 +6,7 @@
 import ml_collections
 
 from emojax import config_utils
+from emojax.rewards import lvlm_judge
 
 
 def get_config(arg=None):
@@ -47,8 +48,11 @@ def get_config(arg=None):
   c.rl.ratio_tolerance = 1e-5  # warn when the first-epoch ratio deviates from 1 by more
 
   c.rewards = ml_collections.ConfigDict()
-  c.rewards.weights = ml_collections.ConfigDict({"colour_emotion": 1.0})  # reward name -> weight
+  # reward name -> weight (emojax.rewards.registry). lvlm_emotion: the LVLM judge's greedy reading;
+  # colour_emotion: the colour judge, which stays the independent evaluator (judge/* metrics) either way
+  c.rewards.weights = ml_collections.ConfigDict({"lvlm_emotion": 1.0})
   c.rewards.zscore = False  # z-score each reward over the batch before the weighted sum
+  c.rewards.lvlm = lvlm_judge.config()  # the LVLM judge of lvlm_emotion
 
   c.eval = ml_collections.ConfigDict()
   c.eval.seed = 12345  # held-out EmoShapes seed for eval prompts and noise
@@ -64,6 +68,7 @@ def get_config(arg=None):
     c.total_steps, c.checkpoint_every, c.eval_every = 3, 2, 3
     c.rl.prompts_per_step, c.rl.group_size, c.rl.num_steps = 2, 4, 3
     c.eval.num_prompts, c.eval.num_steps = 1, 2
+    c.rewards.lvlm.batch_size = 8
   elif arg.preset != "default":
     raise ValueError(f"unknown preset {arg.preset!r} for generator; use default or smoke")
   return c

@@ -13,9 +13,9 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.task = "pretrain_generator"  # which job emojax.train runs
   c.seed = 0  # seeds init, per-step RNG and data order
-  c.total_steps = 1200  # optimizer steps (about 40 minutes on 2 free CPU cores)
+  c.total_steps = 3000  # optimizer steps (about 75 minutes on 2 free CPU cores)
   c.batch_size = 64  # global images per step
-  c.checkpoint_every = 500  # steps between checkpoints
+  c.checkpoint_every = 200  # steps between checkpoints
   c.keep_checkpoints = 2  # newest checkpoints kept
   c.eval_every = 400  # steps between sample grids and colour-judge eval
   c.ema_decay = 0.999  # EMA decay cap (warmed up as (1+t)/(10+t)); the EMA is exported
@@ -43,12 +43,13 @@ def get_config(arg=None):
   c.eval.shift = 3.0  # SD3 schedule shift
   c.eval.cfg_scale = 3.0  # classifier-free guidance scale
 
-  c.optim = config_utils.optimizer(lr=6e-4, grad_clip=1.0, weight_decay=0.0, warmup_steps=200)
+  c.optim = config_utils.optimizer(lr=6e-4, grad_clip=1.0, weight_decay=0.0, warmup_steps=200, decay_steps=1000)
   c.mesh = config_utils.mesh()
   c.sharding = config_utils.sharding()
 
   if arg.preset == "smoke":
     c.total_steps, c.batch_size, c.checkpoint_every, c.eval_every = 4, 8, 2, 4
+    c.optim.warmup_steps, c.optim.decay_steps = 0, 2
     c.eval.num_prompts, c.eval.num_steps = 8, 2
   elif arg.preset != "full":
     raise ValueError(f"unknown preset {arg.preset!r} for pretrain_generator; use full or smoke")

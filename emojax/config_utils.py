@@ -37,10 +37,11 @@ def sharding() -> ml_collections.ConfigDict:
 
 
 def optimizer(lr: float, grad_clip: float = 1.0, weight_decay: float = 0.0, warmup_steps: int = 0,
-              b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> ml_collections.ConfigDict:
+              decay_steps: int = 0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.learning_rate = lr  # peak learning rate of AdamW
   c.warmup_steps = warmup_steps  # linear warmup steps, then constant
+  c.decay_steps = decay_steps  # linear decay to 0 over the last decay_steps of total_steps (0 = none)
   c.b1 = b1  # Adam beta1
   c.b2 = b2  # Adam beta2
   c.eps = eps  # Adam epsilon
@@ -49,11 +50,29 @@ def optimizer(lr: float, grad_clip: float = 1.0, weight_decay: float = 0.0, warm
   return c
 
 
-def make_optimizer(c):
+def learning_rate_schedule(c, total_steps: int | None = None):
+  """Linear warmup, constant, then (with decay_steps and total_steps) linear decay to 0 at total_steps."""
   import optax
-  sched = optax.linear_schedule(0.0, c.learning_rate, c.warmup_steps) if c.warmup_steps else c.learning_rate
+  decay = c.get("decay_steps", 0)
+  if decay and total_steps is None:
+    raise ValueError("optim.decay_steps needs the run's total_steps")
+  pieces, bounds = [], []
   if c.warmup_steps:
-    sched = optax.join_schedules([sched, optax.constant_schedule(c.learning_rate)], [c.warmup_steps])
+    pieces.append(optax.linear_schedule(0.0, c.learning_rate, c.warmup_steps))
+    bounds.append(c.warmup_steps)
+  pieces.append(optax.constant_schedule(c.learning_rate))
+  if decay:
+    if decay > total_steps - c.warmup_steps:
+      raise ValueError(f"optim.decay_steps={decay} overlaps the warmup: total_steps={total_steps}, "
+                       f"warmup_steps={c.warmup_steps}")
+    bounds.append(total_steps - decay)
+    pieces.append(optax.linear_schedule(c.learning_rate, 0.0, decay))
+  return pieces[0] if len(pieces) == 1 else optax.join_schedules(pieces, bounds)
+
+
+def make_optimizer(c, total_steps: int | None = None):
+  import optax
+  sched = learning_rate_schedule(c, total_steps)
   return optax.chain(optax.clip_by_global_norm(c.grad_clip),
                      optax.adamw(sched, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay))
 

@@ -38,7 +38,8 @@ class Task(Protocol):
   # optional: on_finish(state, workdir), called once total_steps is reached (also on a resume there)
   # optional, for rewards that need the host (parsing an LVLM's text answers): the step becomes
   #   experience(state, batch, rng, constants) -> dict    (jitted; rows sharded like the batch)
-  #   score(experience_rows, raw_batch) -> dict of numpy   (host, on this host's rows only)
+  #   score(experience_rows, raw_batch) -> dict of numpy   (host, on this host's rows only; with a
+  #                                                         score_keys tuple, only those fields are fetched)
   #   train_step(state, batch | experience | scores, rng, constants)
 
 
@@ -159,7 +160,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task, *, progress
         rng = jax.random.fold_in(step_rng, step)
         if experience_fn is not None:
           experience = experience_fn(state, batch, rng, constants)
-          scores = task.score(parallel.host_rows(experience, mesh), raw)
+          wanted = getattr(task, "score_keys", None)
+          scores = task.score(parallel.host_rows(experience if wanted is None else {k: experience[k] for k in wanted},
+                                                 mesh), raw)
           batch = {**batch, **experience, **parallel.put_batch(scores, mesh)}
         new_state, metrics = step_fn(state, batch, rng, constants)
         metrics = jax.device_get(metrics)

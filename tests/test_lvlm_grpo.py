@@ -264,7 +264,8 @@ def test_prompt_and_padding_tokens_do_not_move_the_model_loss(smoke):
   assert abs(changed("tokens", (np.array([1]), np.array([2]))) - base) > 1e-4
 
 
-def test_missing_pretrained_names_the_sft_command():
+def test_missing_pretrained_names_the_sft_command(tmp_path):
   config = lvlm_config.get_config("smoke")
-  with pytest.raises(ValueError, match="configs/sft_lvlm.py"):
+  config.model.pretrained = str(tmp_path / "no_judge")
+  with pytest.raises(FileNotFoundError, match="no_judge does not exist; make one with .*configs/sft_lvlm.py"):
     train.make_task(config)

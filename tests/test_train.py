@@ -39,6 +39,7 @@ def make_config(asset, **over):
   c.unlock()
   c.model.pretrained = asset
   c.model.frozen = ("text",)  # the MMDiT trains too, so sharded gradients of every kind are compared
+  c.rewards.weights = {"colour_emotion": 1.0}  # in-graph reward: exact comparisons (the LVLM judge: test_lvlm_judge)
   c.eval.at_start = False
   c.eval_every = 1000
   c.total_steps = 4

@@ -1,7 +1,13 @@
-"""Named reward functions and their weighted combination (pure, jit-friendly).
+"""Named reward functions and their weighted combination.
 
-A reward function maps (images (B, H, W, 3) in [-1, 1], batch dict of arrays) to (rewards (B,),
-extras dict of (B,) arrays for logging). Later judges (the LVLM) register here too.
+In-graph rewards (`register`) are pure jnp: (images (B, H, W, 3) in [-1, 1], batch dict of arrays)
+-> (rewards (B,), extras dict of (B,) arrays for logging); the train step traces them.
+
+Host rewards (`register_host`) need host code, e.g. the LVLM judge, whose answers are text to
+parse. A host reward is registered as a factory, config -> fn, and fn(images numpy, batch numpy)
+-> (rewards, extras) as numpy; the task's score stage runs it between the jitted rollout and the
+jitted update (emojax.trainer), and the update reads it from batch["reward/<name>"] and the
+extras from batch["<name>/<extra>"].
 """
 from __future__ import annotations
 
@@ -12,25 +18,52 @@ import jax.numpy as jnp
 
 RewardFn = Callable[[jax.Array, Mapping[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
 _REGISTRY: dict[str, RewardFn] = {}
+_HOST: dict[str, Callable] = {}
 
 
 def register(name: str):
   def deco(fn: RewardFn) -> RewardFn:
-    if name in _REGISTRY:
+    if name in _REGISTRY or name in _HOST:
       raise ValueError(f"reward {name!r} registered twice")
     _REGISTRY[name] = fn
     return fn
   return deco
 
 
-def get(name: str) -> RewardFn:
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown reward {name!r}; registered: {sorted(_REGISTRY)}")
-  return _REGISTRY[name]
+def register_host(name: str):
+  def deco(factory: Callable) -> Callable:
+    if name in _REGISTRY or name in _HOST:
+      raise ValueError(f"reward {name!r} registered twice")
+    _HOST[name] = factory
+    return factory
+  return deco
 
 
 def names() -> list[str]:
-  return sorted(_REGISTRY)
+  return sorted([*_REGISTRY, *_HOST])
+
+
+def _check(name: str) -> None:
+  if name not in _REGISTRY and name not in _HOST:
+    raise ValueError(f"unknown reward {name!r}; registered: {names()}")
+
+
+def get(name: str) -> RewardFn:
+  _check(name)
+  if name in _HOST:
+    raise ValueError(f"reward {name!r} runs on the host (its task's score stage computes it), not in the graph")
+  return _REGISTRY[name]
+
+
+def is_host(name: str) -> bool:
+  _check(name)
+  return name in _HOST
+
+
+def make_host(name: str, config) -> Callable:
+  """The host reward fn of `name`, built from the job config (e.g. which judge to load)."""
+  _check(name)
+  return _HOST[name](config)
 
 
 def zscore(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -44,7 +77,13 @@ def combine(images, batch, weights: Mapping[str, float], normalize: bool = False
   total = 0.0
   logs = {}
   for name, w in sorted(weights.items()):
-    r, extras = get(name)(images, batch)
+    if is_host(name):
+      if f"reward/{name}" not in batch:
+        raise ValueError(f"host reward {name!r} is missing from the batch: the task's score stage must compute it")
+      r = batch[f"reward/{name}"]
+      extras = {k[len(name) + 1:]: v for k, v in batch.items() if k.startswith(f"{name}/")}
+    else:
+      r, extras = get(name)(images, batch)
     logs[f"reward/{name}"] = r
     logs.update({f"{name}/{k}": v for k, v in extras.items()})
     total = total + w * (zscore(r) if normalize else r)
@@ -75,3 +114,10 @@ def colour_emotion_smooth(images, batch, block: int = 4):
   judge stays the evaluator.
   """
   return colour_emotion(_block_mean(images, block), batch)
+
+
+@register_host("lvlm_emotion")
+def lvlm_emotion(config):
+  """Emotion reward from the LVLM judge's greedy reading of each image (emojax.rewards.lvlm_judge)."""
+  from emojax.rewards.lvlm_judge import LVLMJudgeReward
+  return LVLMJudgeReward.from_config(config.rewards.lvlm)

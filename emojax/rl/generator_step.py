@@ -1,9 +1,12 @@
-"""One generator GRPO step as a pure function: rollout -> rewards -> advantages -> update.
+"""One generator GRPO step as two pure functions, the trainer's three-stage step:
 
-Everything here is traced once under jit by the trainer. The rollout, the re-scoring of
-sampled transitions and the reference-model KL all use the same classifier-free-guided
-velocity, at the same micro-batch layout, so on the first inner epoch the importance ratio
-is 1 up to float rounding (logged as `ratio_dev_first`).
+  experience (jitted): rollout of the SDE sampler -> trajectory, images (and the frozen text states);
+  [score (host, the task): rewards that need host code, e.g. the LVLM judge parsing its answers;]
+  train_step (jitted): in-graph rewards + host rewards -> group advantages -> clipped update.
+
+The rollout, the re-scoring of sampled transitions and the reference-model KL all use the same
+classifier-free-guided velocity, so on the first inner epoch the importance ratio is 1 up to float
+rounding (logged as `ratio_dev_first`).
 """
 from __future__ import annotations
 
@@ -47,14 +50,19 @@ class GRPOHyper:
 
 def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emotion: Callable,
                     optimizer: optax.GradientTransformation, hp: GRPOHyper):
-  """Builds train_step(state, batch, rng, constants) -> (state, metrics); constants["ref_params"]
-  is the frozen reference generator of the KL term.
+  """Builds (experience, train_step, sample).
+
+  experience(state, batch, rng, constants) -> batch-major pytree: traj_x, traj_x_next (B, T, H, W, C),
+    traj_log_prob (B, T), images (B, H, W, C) in [-1, 1], and with hp.text_frozen the text states.
+  train_step(state, batch | experience | host rewards, rng, constants) -> (state, metrics);
+    constants["ref_params"] is the frozen reference generator of the KL term. Host rewards (names
+    registered with registry.register_host) arrive as batch["reward/<name>"].
 
   apply_velocity(params, x, sigma (B,), cond) -> v;  encode_text(params, input_ids) -> text;
   add_emotion(params, text, va, emotion_mask) -> cond.
   batch: input_ids (B, L), uncond_ids (B, L), valence (B,), arousal (B,); groups contiguous.
-  With hp.text_frozen the text is encoded once per step outside the gradient (the reference
-  model shares the frozen text encoder, so its text is the same).
+  With hp.text_frozen the text is encoded once per step, in experience, outside the gradient (the
+  reference model shares the frozen text encoder, so its text is the same).
   """
   sigmas = jnp.asarray(hp.sigmas, jnp.float32)
   t_total, k_train = hp.num_steps, hp.train_timesteps
@@ -134,23 +142,31 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
     stats["grad_norm"] = optax.tree.norm(g)
     return optax.apply_updates(params, updates), opt_state, l / n, stats
 
+  def experience(state, batch, rng, constants):
+    params = jax.lax.stop_gradient(state["params"])
+    k_roll, _ = jax.random.split(rng)
+    out = {}
+    if hp.text_frozen:
+      text, text_uncond = text_of(params, batch)
+      out = {"text": text, **({"text_uncond": text_uncond} if text_uncond is not None else {})}
+    x0, traj = sample(params, {**batch, **out}, k_roll)
+    batch_major = lambda a: jnp.swapaxes(a, 0, 1)
+    return out | {"traj_x": batch_major(traj.x), "traj_x_next": batch_major(traj.x_next),
+                  "traj_log_prob": batch_major(traj.log_prob), "images": jnp.clip(x0, -1.0, 1.0)}
+
   def train_step(state, batch, rng, constants):
     params, opt_state = state["params"], state["opt_state"]
-    k_roll, k_time = jax.random.split(rng)
-    if hp.text_frozen:
-      text, text_uncond = jax.lax.stop_gradient(text_of(params, batch))
-      batch = {**batch, "text": text, **({"text_uncond": text_uncond} if text_uncond is not None else {})}
-    x0, traj = sample(jax.lax.stop_gradient(params), batch, k_roll)
-    images = jnp.clip(x0, -1.0, 1.0)
+    _, k_time = jax.random.split(rng)
+    images = batch["images"]
     reward, reward_logs = rewards.combine(images, batch, dict(hp.reward_weights), hp.reward_zscore)
     adv, adv_stats = grpo.group_advantages(reward, hp.group_size, hp.adv_eps, hp.adv_clip)
 
     b = reward.shape[0]
-    # each sample trains on its own random subset of k_train timesteps; gathered batch-major (B, K, ...)
+    # each sample trains on its own random subset of k_train timesteps, gathered batch-major (B, K, ...)
     order = jnp.argsort(jax.random.uniform(k_time, (b, t_total)), axis=1)[:, :k_train]  # (B, K)
-    rows = jnp.arange(b)[:, None]
+    take = lambda a: jnp.take_along_axis(a, order.reshape(order.shape + (1,) * (a.ndim - 2)), axis=1)
     train_batch = {
-        "x": traj.x[order, rows], "x_next": traj.x_next[order, rows], "log_prob": traj.log_prob[order, rows],
+        "x": take(batch["traj_x"]), "x_next": take(batch["traj_x_next"]), "log_prob": take(batch["traj_log_prob"]),
         "sigma": sigmas[order], "sigma_next": sigmas[order + 1],
         "advantages": adv, "input_ids": batch["input_ids"], "uncond_ids": batch["uncond_ids"],
         "valence": batch["valence"], "arousal": batch["arousal"],
@@ -172,7 +188,7 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
     metrics["judge/a_abs_err"] = jnp.abs(a_hat - batch["arousal"]).mean()
     return {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
-  return train_step, sample
+  return experience, train_step, sample
 
 
 _TIME_MAJOR = ("x", "x_next", "log_prob", "sigma", "sigma_next")

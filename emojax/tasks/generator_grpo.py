@@ -1,5 +1,6 @@
 """Generator GRPO (the main job): wires the pretrained generator, EmoShapes prompts, rewards
-and the pure step of emojax.rl.generator_step into the shared trainer."""
+and the pure functions of emojax.rl.generator_step into the shared trainer's three-stage step:
+rollout (jitted) -> host rewards such as the LVLM judge (score) -> update (jitted)."""
 from __future__ import annotations
 
 import os
@@ -14,6 +15,7 @@ from emojax.diffusion import schedule
 from emojax.emotion.space import check_va
 from emojax.rl import generator_step
 from emojax import sampling
+from emojax.rewards import registry as reward_registry
 from emojax.tasks import generator_common as common
 
 
@@ -29,6 +31,8 @@ class GeneratorGRPO:
     if self.global_batch_size % r.grad_accum:
       raise ValueError(f"batch {self.global_batch_size} (prompts_per_step*group_size) is not divisible by rl.grad_accum={r.grad_accum}")
     weights = tuple(sorted((k, float(v)) for k, v in c.rewards.weights.items()))
+    # host rewards (the LVLM judge) are built once here: loading a judge is not a per-step cost
+    self.host_rewards = {k: reward_registry.make_host(k, c) for k, _ in weights if reward_registry.is_host(k)}
     mm = self.gcfg.mmdit
     self.hp = generator_step.GRPOHyper(
         group_size=r.group_size, num_steps=r.num_steps, sigmas=tuple(float(s) for s in schedule.sd3_sigmas(r.num_steps, r.shift)),
@@ -40,8 +44,8 @@ class GeneratorGRPO:
     unknown = sorted(set(frozen) - set(self._pretrained))
     if unknown:
       raise ValueError(f"model.frozen names {unknown}, not parameter groups of the generator {sorted(self._pretrained)}")
-    self.tx = config_utils.masked_optimizer(config_utils.make_optimizer(c.optim), self._pretrained, frozen)
-    self._step, _ = generator_step.make_train_step(
+    self.tx = config_utils.masked_optimizer(config_utils.make_optimizer(c.optim, c.total_steps), self._pretrained, frozen)
+    self._experience, self._step, _ = generator_step.make_train_step(
         apply_velocity=lambda p, x, s, cond: sampling.apply_velocity(self.gen, p, x, s, cond),
         encode_text=lambda p, ids: sampling.encode_text(self.gen, p, ids),
         add_emotion=lambda p, text, va, m: sampling.add_emotion(self.gen, p, text, va, m),
@@ -72,6 +76,21 @@ class GeneratorGRPO:
 
   def constants(self):
     return {"ref_params": jax.tree.map(jnp.asarray, self._pretrained)}
+
+  score_keys = ("images",)  # the experience fields `score` reads (the trainer fetches only these)
+
+  def experience(self, state, batch, rng, constants):
+    return self._experience(state, batch, rng, constants)
+
+  def score(self, rows, raw):
+    """Host rewards of this host's images against their requested V-A (nothing if none is configured)."""
+    target = {"valence": np.asarray(raw["valence"], np.float32), "arousal": np.asarray(raw["arousal"], np.float32)}
+    out = {}
+    for name, fn in self.host_rewards.items():
+      r, extras = fn(rows["images"], target)
+      out[f"reward/{name}"] = np.asarray(r, np.float32)
+      out.update({f"{name}/{k}": np.asarray(v, np.float32) for k, v in extras.items()})
+    return out
 
   def train_step(self, state, batch, rng, constants):
     return self._step(state, batch, rng, constants)

@@ -32,14 +32,16 @@ from emojax.rl import lvlm_step
 from emojax.tasks import lvlm_common as common
 
 
+SHIPPED_SFT_JUDGE = "lvlm_tiny_sft"
+
+
 class LVLMGRPO:
   progress_keys = ("reward_mean", "reward/valence", "reward/format", "eval/valence_mae")
 
   def __init__(self, config):
     self.config = c = config
-    if not c.model.pretrained:
-      raise ValueError(f"lvlm_grpo starts from the SFT judge: set --config.model.pretrained; {common.SFT_HINT}")
-    self.model, self.qcfg, self._pretrained, self.processor = common.load_lvlm(c.model.pretrained)
+    self.model, self.qcfg, self._pretrained, self.processor = common.load_lvlm(
+        c.model.pretrained or assets.asset_dir(SHIPPED_SFT_JUDGE))
     self.global_batch_size = c.images_per_step
     need = common.max_target_tokens(self.processor)
     if c.max_new_tokens < need:  # fine for smoke runs; a real run could never earn the format reward
@@ -57,7 +59,7 @@ class LVLMGRPO:
         group_size=c.group_size, clip_eps=c.clip_eps, kl_beta=c.kl_beta, aggregation=c.aggregation,
         grad_accum=c.grad_accum, inner_epochs=c.inner_epochs, adv_eps=c.adv_eps, adv_clip=c.adv_clip, frozen=frozen,
         rescore_old=c.rescore_old)
-    self.tx = config_utils.masked_optimizer(config_utils.make_optimizer(c.optim), self._pretrained, frozen)
+    self.tx = config_utils.masked_optimizer(config_utils.make_optimizer(c.optim, c.total_steps), self._pretrained, frozen)
     self._grid = common.image_grid(self.processor, c.data.image_size, 1)[0]  # every image has this (t, h, w)
     self._step = lvlm_step.make_train_step(logprob_fn=self.logprobs, optimizer=self.tx, hp=self.hp)
     self.eval_split = common.eval_split(c.eval.seed, c.eval.num_examples, c.data.image_size)

@@ -50,7 +50,7 @@ class PretrainGenerator:
             "valence": np.asarray(raw["valence"], np.float32), "arousal": np.asarray(raw["arousal"], np.float32)}
 
   def _optimizer(self, params):
-    return config_utils.masked_optimizer(config_utils.make_optimizer(self.config.optim), params, FROZEN)
+    return config_utils.masked_optimizer(config_utils.make_optimizer(self.config.optim, self.config.total_steps), params, FROZEN)
 
   def init_state(self, rng):
     params = gen_lib.init_params(self.gen, rng)

@@ -32,7 +32,7 @@ class SFTLVLM:
     if c.target_len < need:
       raise ValueError(f"target_len={c.target_len} is below the longest SFT answer ({need} tokens)")
     self.grid = common.image_grid(self.processor, c.data.image_size, c.batch_size)
-    self.tx = config_utils.make_optimizer(c.optim)
+    self.tx = config_utils.make_optimizer(c.optim, c.total_steps)
     self.eval_split = common.eval_split(c.eval.seed, c.eval.num_examples, c.data.image_size)
 
   def make_loader(self, shard_index, shard_count):

@@ -1,0 +1,80 @@
+"""The LVLM judge as the generator's reward: registry plumbing, the reward's behaviour on images whose
+emotion is known, and one generator GRPO step driven by it through the trainer's host stage."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from emojax.rewards import lvlm_judge, registry
+from emojax.rewards.colour_judge import colour_judge
+from emojax.tasks import lvlm_common
+
+
+def test_lvlm_emotion_is_a_host_reward():
+  assert registry.is_host("lvlm_emotion") and not registry.is_host("colour_emotion")
+  assert "lvlm_emotion" in registry.names()
+  with pytest.raises(ValueError, match="runs on the host"):
+    registry.get("lvlm_emotion")
+  with pytest.raises(ValueError, match="unknown reward 'nope'"):
+    registry.is_host("nope")
+
+
+def test_combine_reads_host_rewards_from_the_batch():
+  images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 3)), jnp.float32)
+  batch = {"valence": jnp.zeros(4), "arousal": jnp.ones(4), "reward/lvlm_emotion": jnp.arange(4.0),
+           "lvlm_emotion/parsed": jnp.ones(4)}
+  colour, _ = registry.get("colour_emotion")(images, batch)
+  total, logs = registry.combine(images, batch, {"colour_emotion": 0.5, "lvlm_emotion": 2.0})
+  np.testing.assert_allclose(total, 0.5 * colour + 2.0 * jnp.arange(4.0), rtol=1e-6)
+  np.testing.assert_array_equal(logs["reward/lvlm_emotion"], jnp.arange(4.0))
+  np.testing.assert_array_equal(logs["lvlm_emotion/parsed"], jnp.ones(4))
+  del batch["reward/lvlm_emotion"]
+  with pytest.raises(ValueError, match="host reward 'lvlm_emotion' is missing"):
+    registry.combine(images, batch, {"lvlm_emotion": 1.0})
+
+
+def test_to_uint8_rounds_like_the_sample_pngs():
+  x = np.array([-1.5, -1.0, 0.0, 0.999, 1.0, 2.0], np.float32)
+  np.testing.assert_array_equal(lvlm_judge.to_uint8(x), [0, 0, 128, 255, 255, 255])
+
+
+@pytest.fixture(scope="module")
+def judge():
+  return lvlm_judge.LVLMJudgeReward.from_config(lvlm_judge.config(batch_size=16))
+
+
+def test_shipped_judge_rewards_the_requested_emotion(judge):
+  """EmoShapes images of a world the judge never saw, as the generator would emit them ([-1, 1]):
+  asked for their own V-A they earn more than asked for the opposite corner's, and the reward is
+  1 - (|dV| + |dA|) / 12 of the judge's reading, which tracks the colour judge."""
+  split = lvlm_common.eval_split(4242, 16)
+  images = split["image"].astype(np.float32) / 127.5 - 1.0
+  own = {"valence": split["valence"], "arousal": split["arousal"]}
+  far = {"valence": -np.sign(split["valence"]) * 2.5, "arousal": -np.sign(split["arousal"]) * 2.5}
+  r_own, ext = judge(images, own)
+  texts = list(judge.last_texts)
+  r_far, _ = judge(images, far)
+  assert ext["parsed"].mean() == 1.0
+  assert r_own.mean() > r_far.mean() + 0.15, (r_own.mean(), r_far.mean())
+  assert ext["v_abs_err"].mean() < 0.7 and ext["a_abs_err"].mean() < 0.8, ext
+  np.testing.assert_allclose(r_own, 1.0 - (ext["v_abs_err"] + ext["a_abs_err"]) / 12.0, atol=1e-6)
+  assert texts == judge.last_texts  # greedy: the same images give the same answers
+  v, a = map(np.asarray, colour_judge(jnp.asarray(images)))
+  np.testing.assert_allclose(v, split["valence"], atol=1e-3)  # uint8 -> [-1, 1] loses nothing the judge reads
+  np.testing.assert_allclose(a, split["arousal"], atol=1e-3)
+
+
+def test_generator_step_with_the_lvlm_reward(tmp_path):
+  """One GRPO step whose reward is the LVLM judge: the host stage's rewards reach the update."""
+  from configs import generator as generator_config
+  from emojax import trainer
+  from emojax.tasks.generator_grpo import GeneratorGRPO
+  c = generator_config.get_config("smoke")
+  c.total_steps, c.eval.at_start, c.eval_every, c.mesh.num_devices = 1, False, 1000, 1
+  task = GeneratorGRPO(c)
+  assert set(task.host_rewards) == {"lvlm_emotion"}
+  m = trainer.run(c, str(tmp_path), task, progress=False).metrics[0]
+  assert m["lvlm_emotion/parsed"] == 1.0
+  assert m["reward_mean"] == pytest.approx(m["reward/lvlm_emotion"], abs=1e-6)
+  assert m["reward_std"] > 0 and m["ratio_dev_first"] < 1e-5
+  answers_err = 1.0 - m["reward/lvlm_emotion"]  # the mean reward is 1 - mean(|dV| + |dA|) / 12
+  assert answers_err == pytest.approx((m["lvlm_emotion/v_abs_err"] + m["lvlm_emotion/a_abs_err"]) / 12, abs=1e-5)
