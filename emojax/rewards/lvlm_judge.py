@@ -20,7 +20,7 @@ import numpy as np
 from emojax.models import assets
 from emojax.rewards import lvlm as lvlm_rewards
 
-SHIPPED_JUDGE = "lvlm_tiny_sft"
+SHIPPED_JUDGE = "lvlm_tiny"
 
 
 def config(path: str = "", batch_size: int = 32, max_prompt_len: int = 120,
