@@ -106,9 +106,9 @@ def test_kv_cache_decode_matches_full_forward():
   last, cache = step(params, embeds[:, n:], new_pos, cache_mask, cache, jnp.int32(n))
   err = float(np.abs(np.asarray(last[:, 0]) - np.asarray(want[:, n])).max())
   print(f"cached decode vs full forward: max abs error {err:.2e}")
-  assert err <= 1e-5 and cache["k"].shape == (config.num_hidden_layers, b, max_len, config.num_key_value_heads,
-                                               config.head_dim)
-  assert not np.asarray(cache["k"][:, :, n + 1:]).any()  # slots past the written ones untouched
+  assert err <= 1e-5 and len(cache) == config.num_hidden_layers
+  assert all(c["k"].shape == (b, max_len, config.num_key_value_heads, config.head_dim) for c in cache)
+  assert not any(np.asarray(c[kv][:, n + 1:]).any() for c in cache for kv in "kv")  # slots past the written ones untouched
 
 
 def write_pretrained(directory, d, state, shards=1):

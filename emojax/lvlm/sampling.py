@@ -106,7 +106,7 @@ def _sample(model, params, ids, mask, pixels, key, *, grid, max_new_tokens, num_
 
   if prefill == "once":
     logits, cache = apply(prefill_fn, x, pos, cache_mask, qv.init_cache(c, b, l + t_max, model.dtype))
-    logits, cache = rep(logits), jax.tree.map(lambda a: rep(a, 1), cache)
+    logits, cache = rep(logits), jax.tree.map(rep, cache)
   elif prefill == "tiled":
     logits, cache = apply(prefill_fn, rep(x), rep(pos, 1), rep(cache_mask), qv.init_cache(c, n, l + t_max, model.dtype))
   else:

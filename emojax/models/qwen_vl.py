@@ -23,7 +23,7 @@ after it resumes at s + max(h, w); padding (attention_mask 0) is skipped and get
 also returns `rope_deltas` (max position + 1 - number of tokens) for decoding: a new token's
 positions are its count of earlier real tokens + delta (`text_position_ids`).
 
-Generation uses `QwenVL.decode` with an explicit KV cache ({"k", "v"}: (layers, B, max_len,
+Generation uses `QwenVL.decode` with an explicit KV cache (per layer {"k", "v"}: (B, max_len,
 kv_heads, head_dim), `init_cache`) written at `cache_index`; `embed` builds the prompt's
 inputs_embeds. The plain forward `__call__` is the same code without a cache.
 
@@ -335,9 +335,12 @@ def text_position_ids(attention_mask, rope_deltas):
   return jnp.broadcast_to(pos[None], (3, *pos.shape)).astype(jnp.int32)
 
 
-def init_cache(config: QwenVLConfig, batch_size: int, max_len: int, dtype: Dtype = jnp.float32) -> dict:
-  shape = (config.num_hidden_layers, batch_size, max_len, config.num_key_value_heads, config.head_dim)
-  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+def init_cache(config: QwenVLConfig, batch_size: int, max_len: int, dtype: Dtype = jnp.float32) -> tuple:
+  """One {"k", "v"} dict of (B, max_len, kv_heads, head_dim) buffers per decoder layer. Separate
+  buffers, not one stacked (layers, ...) array: a layer's write then updates its own buffer in
+  place, where a stacked cache is copied whole by every layer's slice-after-update."""
+  shape = (batch_size, max_len, config.num_key_value_heads, config.head_dim)
+  return tuple({"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.num_hidden_layers))
 
 
 # -------------------------------------------------------------------------------------------- modules
@@ -493,11 +496,10 @@ class Attention(nn.Module):
     v = proj(c.num_key_value_heads, "v_proj")(x).reshape(b, t, -1, c.head_dim)
     cache = None
     if kv is not None:
-      cache, layer, index = kv
-      start = (layer, 0, index, 0, 0)
-      cache = {name: jax.lax.dynamic_update_slice(cache[name], new[None].astype(cache[name].dtype), start)
+      cache, index = kv
+      cache = {name: jax.lax.dynamic_update_slice(cache[name], new.astype(cache[name].dtype), (0, index, 0, 0))
                for name, new in (("k", k), ("v", v))}
-      k, v = cache["k"][layer].astype(q.dtype), cache["v"][layer].astype(q.dtype)
+      k, v = cache["k"].astype(q.dtype), cache["v"].astype(q.dtype)
     out = jax.nn.dot_product_attention(q, k, v, mask=mask).reshape(b, t, -1)
     return proj(c.num_attention_heads, "o_proj", bias=False)(out), cache
 
@@ -509,8 +511,8 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, cos, sin, mask, kv=None):
-    """kv: None (no cache), or (cache, layer, cache_index): keys/values are written into the cache
-    at cache_index and attention runs over the whole cache length. Returns (x, cache)."""
+    """kv: None (no cache), or (this layer's cache, cache_index): keys/values are written into the
+    cache at cache_index and attention runs over the whole cache length. Returns (x, cache)."""
     c = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = RMSNorm(c.rms_norm_eps, **kw, name="input_layernorm")(x)
@@ -548,11 +550,13 @@ class TextModel(nn.Module):
     freqs = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None]  # (B, T, 1, hd)
     cos, sin = jnp.cos(freqs).astype(x.dtype), jnp.sin(freqs).astype(x.dtype)
     q_pos = cache_index + jnp.arange(t)
-    k_pos = jnp.arange(t if cache is None else cache["k"].shape[2])
+    k_pos = jnp.arange(t if cache is None else cache[0]["k"].shape[1])
     mask = (k_pos[None, :] <= q_pos[:, None])[None, None] & jnp.asarray(attention_mask).astype(bool)[:, None, None, :]
+    new_cache = []
     for i, layer in enumerate(self.layers):
-      x, cache = layer(x, cos, sin, mask, None if cache is None else (cache, i, cache_index))
-    return self.norm(x), cache
+      x, layer_cache = layer(x, cos, sin, mask, None if cache is None else (cache[i], cache_index))
+      new_cache.append(layer_cache)
+    return self.norm(x), (None if cache is None else tuple(new_cache))
 
 
 class QwenVL(nn.Module):
