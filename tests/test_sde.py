@@ -237,3 +237,15 @@ def test_cfg_velocity():
   guided = diffusion.cfg_velocity(apply_fn, cond, uncond, 4.5)(x, 0.5)
   np.testing.assert_allclose(guided, v_uncond + 4.5 * (v_cond - v_uncond), rtol=1e-6)
   assert calls[-1] == 6
+
+
+def test_cfg_velocity_takes_per_sample_sigma():
+  """GRPO re-scores each sample at its own timestep: sigma (B,) pairs row b with both of its halves."""
+  apply_fn = lambda x, sigma, cond: x * cond["scale"][:, None] + sigma[:, None]
+  x = jnp.arange(6.0).reshape(3, 2)
+  sigma = jnp.array([0.1, 0.5, 0.9])
+  cond, uncond = {"scale": jnp.array([1.0, 2.0, 3.0])}, {"scale": jnp.zeros(3)}
+  guided = diffusion.cfg_velocity(apply_fn, cond, uncond, 3.0)(x, sigma)
+  v_cond, v_uncond = x * cond["scale"][:, None] + sigma[:, None], jnp.broadcast_to(sigma[:, None], x.shape)
+  np.testing.assert_allclose(guided, v_uncond + 3.0 * (v_cond - v_uncond), rtol=1e-6)
+  np.testing.assert_allclose(diffusion.cfg_velocity(apply_fn, cond, None, 1.0)(x, sigma), v_cond)

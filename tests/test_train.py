@@ -148,3 +148,11 @@ def test_out_of_range_targets_are_rejected(tiny_asset):
          "arousal": np.array([0.0], np.float32)}
   with pytest.raises(ValueError, match="valence=3.5 is outside"):
     task.host_batch(raw)
+
+
+def test_guided_step_is_on_policy(tiny_asset, tmp_path):
+  """With classifier-free guidance in rollouts and re-scoring (each sample at its own timesteps)."""
+  res = run(make_config(tiny_asset, **{"total_steps": 1, "mesh.num_devices": 1, "rl.cfg_scale": 3.0, **_ONE_STEP}),
+            tmp_path)
+  m = res.metrics[0]
+  assert np.isfinite(m["loss"]) and m["ratio_dev_first"] < 1e-5 and m["reward_std"] > 0

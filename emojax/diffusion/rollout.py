@@ -69,21 +69,26 @@ def rollout(velocity_fn: VelocityFn, x_init, sigmas, key, *, noise_level,
   return x_final, Trajectory(xs, x_nexts, log_probs, sigmas[:-1], sigmas[1:])
 
 
+def _per_sample(sigma, x) -> jax.Array:
+  return jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape[:1])
+
+
 def cfg_velocity(apply_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
                  cond, uncond, scale) -> VelocityFn:
   """Classifier-free guidance as a `velocity_fn`: v = v_u + scale·(v_c − v_u).
 
   `apply_fn(x, sigma_batch, cond_pytree) -> v` receives sigma (not sigma·1000) broadcast to
-  (batch,). Conditioned and unconditioned halves run as one forward on the batch
+  (batch,); sigma may be a scalar (a rollout step) or per sample (batch,) (GRPO re-scoring). Conditioned and unconditioned halves run as one forward on the batch
   concatenation [cond; uncond] (every leaf of cond/uncond has batch as dim 0). A Python
   `scale` of 1 or None skips the unconditioned half.
   """
   if scale is None or (isinstance(scale, numbers.Real) and scale == 1):
-    return lambda x, sigma: apply_fn(x, jnp.full(x.shape[:1], sigma, jnp.float32), cond)
+    return lambda x, sigma: apply_fn(x, _per_sample(sigma, x), cond)
   both = jax.tree.map(lambda c, u: jnp.concatenate([c, u]), cond, uncond)
 
   def velocity_fn(x, sigma):
-    v = apply_fn(jnp.concatenate([x, x]), jnp.full((2 * x.shape[0],), sigma, jnp.float32), both)
+    sig = _per_sample(sigma, x)
+    v = apply_fn(jnp.concatenate([x, x]), jnp.concatenate([sig, sig]), both)
     v_cond, v_uncond = jnp.split(v, 2)
     return v_uncond + scale * (v_cond - v_uncond)
 
