@@ -1,6 +1,9 @@
 """Flow-matching pretraining of the tiny EmoShapes generator (produces emojax/assets/generator_tiny).
 
   python -m emojax.train --config=configs/pretrain_generator.py --workdir=/tmp/pretrain_gen
+  # the shipped asset then resumed for 600 steps with half the sigmas uniform (low-sigma detail):
+  python -m emojax.train --config=configs/pretrain_generator.py --workdir=/tmp/pretrain_gen \\
+      --config.total_steps=3600 --config.uniform_sigma_frac=0.5
   python -m emojax.train --config=configs/pretrain_generator.py:smoke --workdir=/tmp/x   # seconds
 """
 import ml_collections
@@ -22,6 +25,7 @@ def get_config(arg=None):
   c.export_dtype = "float16"  # dtype of the exported params.safetensors
   c.logit_mean = 1.0986  # SD3 logit-normal sigma density: mean; ln(3) = the sampling schedule's shift 3
   c.logit_std = 1.0  # SD3 logit-normal sigma density: std
+  c.uniform_sigma_frac = 0.0  # share of samples with sigma ~ U(0, 1) instead (logit-normal puts ~1% below 0.1)
 
   c.model = ml_collections.ConfigDict()
   c.model.preset = "tiny"  # MMDiT / text encoder preset

@@ -23,6 +23,7 @@ def test_pretrain_smoke_exports_a_loadable_generator(tmp_path):
   config.unlock()
   config.mesh.num_devices = 1
   config.total_steps, config.eval_every = 2, 2
+  config.uniform_sigma_frac = 0.5  # the mixed sigma density of the shipped asset's last 600 steps
   result = trainer.run(config, str(tmp_path), PretrainGenerator(config), progress=False)
   assert result.step == 2 and np.isfinite(result.metrics[-1]["loss"])
   assert "eval/v_abs_err" in result.metrics[-1] and (tmp_path / "samples" / "step_000002.png").exists()

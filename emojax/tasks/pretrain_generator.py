@@ -70,8 +70,11 @@ class PretrainGenerator:
     u = jax.random.uniform(k_cap, (b, 1))
     ids = jnp.where(u < c.caption.p_empty, jnp.asarray(self._empty)[None],
                     jnp.where(u < c.caption.p_empty + c.caption.p_neutral, batch["neutral_ids"], batch["emotional_ids"]))
-    # SD3's logit-normal timestep density
+    # SD3's logit-normal timestep density, optionally mixed with uniform sigma
     sigma = jax.nn.sigmoid(c.logit_mean + c.logit_std * jax.random.normal(k_sig, (b,)))
+    if c.uniform_sigma_frac > 0:
+      k_pick, k_uni = jax.random.split(jax.random.fold_in(k_sig, 1))
+      sigma = jnp.where(jax.random.uniform(k_pick, (b,)) < c.uniform_sigma_frac, jax.random.uniform(k_uni, (b,)), sigma)
     noise = jax.random.normal(k_noise, x0.shape)
     s = sigma[:, None, None, None]
     x_t = (1.0 - s) * x0 + s * noise
