@@ -60,7 +60,7 @@ def get_config(arg=None):
   c.eval.num_steps = 8  # ODE steps
   c.eval.at_start = True  # also evaluate the pretrained generator at step 1 (the "before")
 
-  c.optim = config_utils.optimizer(lr=1e-3, grad_clip=1.0)
+  c.optim = config_utils.optimizer(lr=3e-3, grad_clip=1.0)
   c.mesh = config_utils.mesh()
   c.sharding = config_utils.sharding()
 
