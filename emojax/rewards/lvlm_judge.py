@@ -19,6 +19,7 @@ import numpy as np
 
 from emojax.models import assets
 from emojax.rewards import lvlm as lvlm_rewards
+from emojax.tasks import lvlm_common
 
 SHIPPED_JUDGE = "lvlm_tiny"
 
@@ -50,20 +51,17 @@ class LVLMJudgeReward:
 
   @classmethod
   def from_config(cls, c) -> "LVLMJudgeReward":
-    from emojax.tasks import lvlm_common
     model, _, params, processor = lvlm_common.load_lvlm(c.path or assets.asset_dir(SHIPPED_JUDGE))
     return cls(model, jax.device_put(params), processor, int(c.batch_size), int(c.max_prompt_len),
                int(c.max_new_tokens))
 
   def answers(self, images) -> list[str]:
-    from emojax.tasks import lvlm_common
     self.last_texts = lvlm_common.judge(self.model, self.params, self.processor, to_uint8(images),
                                         batch_size=self.batch_size, max_prompt_len=self.max_prompt_len,
                                         max_new_tokens=self.max_new_tokens)
     return self.last_texts
 
   def __call__(self, images, batch) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    from emojax.tasks import lvlm_common
     answers = lvlm_rewards.parse_all(self.answers(images))
     target = np.stack([np.asarray(batch["valence"], np.float32), np.asarray(batch["arousal"], np.float32)], -1)
     reward = lvlm_rewards.emotion_reward_from_answers(answers, target)

@@ -21,22 +21,23 @@ _REGISTRY: dict[str, RewardFn] = {}
 _HOST: dict[str, Callable] = {}
 
 
-def register(name: str):
-  def deco(fn: RewardFn) -> RewardFn:
+def _registrar(table: dict, name: str):
+  def deco(fn):
     if name in _REGISTRY or name in _HOST:
       raise ValueError(f"reward {name!r} registered twice")
-    _REGISTRY[name] = fn
+    table[name] = fn
     return fn
   return deco
 
 
+def register(name: str):
+  """Registers an in-graph reward fn (images, batch) -> (rewards, extras)."""
+  return _registrar(_REGISTRY, name)
+
+
 def register_host(name: str):
-  def deco(factory: Callable) -> Callable:
-    if name in _REGISTRY or name in _HOST:
-      raise ValueError(f"reward {name!r} registered twice")
-    _HOST[name] = factory
-    return factory
-  return deco
+  """Registers a host reward factory config -> fn(images, batch) -> (rewards, extras)."""
+  return _registrar(_HOST, name)
 
 
 def names() -> list[str]:
