@@ -25,6 +25,7 @@ def get_config(arg=None):
   c.export_dtype = "float16"  # dtype of the exported params.safetensors
   c.logit_mean = 1.0986  # SD3 logit-normal sigma density: mean; ln(3) = the sampling schedule's shift 3
   c.logit_std = 1.0  # SD3 logit-normal sigma density: std
+  c.shape_weight = 0.0  # extra loss weight on shape pixels (1 + w there, renormalised per image): makes layout matter
   c.uniform_sigma_frac = 0.0  # share of samples with sigma ~ U(0, 1) instead (logit-normal puts ~1% below 0.1)
 
   c.model = ml_collections.ConfigDict()
@@ -35,6 +36,7 @@ def get_config(arg=None):
   c.caption = ml_collections.ConfigDict()
   c.caption.p_empty = 0.1  # caption dropout for classifier-free guidance
   c.caption.p_neutral = 0.3  # neutral prompt (shapes only); the rest get the emotional prompt
+  c.caption.p_drop_pooled = 0.0  # pooled text vector replaced by the empty prompt's: forces the token context to carry the prompt
 
   c.data = ml_collections.ConfigDict()
   c.data.seed = 1  # EmoShapes world seed (eval uses another)

@@ -41,6 +41,14 @@ def test_fields(examples):
   assert make_example(0, 0, size=48)["image"].shape == (48, 48, 3)
 
 
+def test_shape_mask_marks_exactly_the_pixels_that_differ_from_the_background(examples):
+  for ex in examples[:50]:
+    mask = ex["shape_mask"]
+    assert mask.dtype == np.uint8 and mask.shape == (32, 32) and 0 < mask.mean() < 0.5
+    background = ex["image"][0, 0]  # the border is always background
+    np.testing.assert_array_equal(np.any(ex["image"] != background, axis=-1), mask.astype(bool))
+
+
 def test_labels_are_the_colour_judge_of_the_image(examples):
   images = np.stack([ex["image"] for ex in examples])
   v, a = (np.array([ex[k] for ex in examples]) for k in ("valence", "arousal"))

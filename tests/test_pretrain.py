@@ -7,7 +7,7 @@ from configs import pretrain_generator
 from emojax import trainer
 from emojax.models import assets
 from emojax.tasks import generator_common
-from emojax.tasks.pretrain_generator import PretrainGenerator
+from emojax.tasks.pretrain_generator import PretrainGenerator, pixel_weights
 
 
 def test_shipped_asset_matches_its_config():
@@ -23,15 +23,26 @@ def test_pretrain_smoke_exports_a_loadable_generator(tmp_path):
   config.unlock()
   config.mesh.num_devices = 1
   config.total_steps, config.eval_every = 2, 2
-  config.uniform_sigma_frac = 0.5  # the mixed sigma density of the shipped asset's last 600 steps
+  config.uniform_sigma_frac, config.shape_weight, config.caption.p_drop_pooled = 0.25, 10.0, 0.5  # the shipped asset's last steps
   result = trainer.run(config, str(tmp_path), PretrainGenerator(config), progress=False)
   assert result.step == 2 and np.isfinite(result.metrics[-1]["loss"])
-  assert "eval/v_abs_err" in result.metrics[-1] and (tmp_path / "samples" / "step_000002.png").exists()
+  assert result.metrics[-1]["loss"] != result.metrics[-1]["fm_loss"]  # the shape-weighted loss is the one trained
+  assert {"eval/v_abs_err", "eval/layout_shape_acc"} <= result.metrics[-1].keys() and (tmp_path / "samples" / "step_000002.png").exists()
   gen, gcfg, params = generator_common.load_generator(str(tmp_path / "export"))
   ema = jax.device_get(result.state["ema"])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-3), params, ema)  # float16 export
   # frozen emotion path: still exactly zero after pretraining
   assert not np.any(params["emotion"]["to_tokens"]["kernel"])
+
+
+def test_pixel_weights_favour_shapes_and_average_one_per_image():
+  mask = np.zeros((2, 4, 4), np.float32)
+  mask[0, :2, :2] = 1  # a quarter of image 0 is shape; image 1 has none
+  w = np.asarray(pixel_weights(mask, 9.0))
+  np.testing.assert_allclose(w.mean(axis=(1, 2)), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(w[0, 0, 0] / w[0, 3, 3], 10.0, rtol=1e-6)
+  np.testing.assert_allclose(w[1], 1.0)
+  np.testing.assert_allclose(pixel_weights(mask, 0.0), 1.0)
 
 
 def test_learning_rate_warms_up_holds_then_decays_to_zero_at_total_steps():

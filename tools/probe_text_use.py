@@ -3,10 +3,10 @@
   python tools/probe_text_use.py                       # the shipped tiny generator
   python tools/probe_text_use.py --generator=DIR --num_images=128 --sigmas=0.5,0.7,0.9
 
-For each sigma prints one JSON line of mean losses (fixed noise, emotion input zero): the image's own
-emotional prompt; every place phrase moved to another cell; every shape name swapped for another;
-background words only; the empty prompt. A generator that draws what the prompt says loses when a
-word is edited; equal losses mean the words are ignored (the shipped asset ignores place and shape).
+For each sigma prints two JSON lines of mean losses (fixed noise, emotion input zero), over all pixels
+and over shape pixels only: the image's own emotional prompt; every place phrase moved to another
+cell; every shape name swapped for another; background words only; the empty prompt. A generator
+that draws what the prompt says loses when a word is edited; equal losses mean the words are ignored.
 """
 import argparse
 import json
@@ -47,15 +47,18 @@ def main():
   tok = common.tokenizer_for(gcfg)
   ex = [emoshapes.make_example(args.seed, i, gcfg.mmdit.sample_size) for i in range(args.num_images)]
   x0 = jnp.asarray(np.stack([e["image"] for e in ex]).astype(np.float32) / 127.5 - 1.0)
+  on_shape = jnp.asarray(np.stack([e["shape_mask"] for e in ex]), jnp.float32)
   noise = jax.random.normal(jax.random.key(0), x0.shape)
   n = len(ex)
   conds = {name: sampling.add_emotion(gen, params, sampling.encode_text(gen, params, tok(p)), jnp.zeros((n, 2)), None)
            for name, p in edited_prompts([e["emotional_prompt"] for e in ex]).items()}
   for s in map(float, args.sigmas.split(",")):
     x_t = (1.0 - s) * x0 + s * noise
-    losses = {name: float(jnp.mean((sampling.apply_velocity(gen, params, x_t, jnp.full((n,), s), c) - (noise - x0)) ** 2))
-              for name, c in conds.items()}
-    print(json.dumps({"sigma": s, **{k: round(v, 5) for k, v in losses.items()}}))
+    err = {name: jnp.mean((sampling.apply_velocity(gen, params, x_t, jnp.full((n,), s), c) - (noise - x0)) ** 2, -1)
+           for name, c in conds.items()}
+    for pixels, weight in (("all", jnp.ones_like(on_shape)), ("shapes", on_shape)):
+      print(json.dumps({"sigma": s, "pixels": pixels,
+                        **{k: round(float(jnp.sum(weight * e) / jnp.sum(weight)), 5) for k, e in err.items()}}))
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def _polygon(y, x, vy, vx):
   return inside
 
 
-def _shape_mask(kind, y, x, r):
+def draw_shape(kind, y, x, r):
   """Mask of a shape centred at the origin that fits in the square of half-side r."""
   d2 = y * y + x * x
   if kind == "circle":
@@ -102,7 +102,7 @@ def make_example(seed: int, index: int, size: int = 32) -> dict:
     while np.abs(colour - background).max() < 0.25:  # keep every shape visible
       colour = _hsv_colour(rng)
     cy, cx = (np.array(divmod(place, 3)) + 0.5 + rng.uniform(-0.05, 0.05, 2)) * cell
-    mask = _shape_mask(kind, y - cy, x - cx, rng.uniform(0.6, 1.0) * max_r)
+    mask = draw_shape(kind, y - cy, x - cx, rng.uniform(0.6, 1.0) * max_r)
     colours[mask] = colour
     names.append((kind, PLACES[place]))
     regions[mask] = len(names)
@@ -117,6 +117,7 @@ def make_example(seed: int, index: int, size: int = 32) -> dict:
   words = [_words(m[0], m[1], m[2:]) for m in means]
   return dict(
       image=image,
+      shape_mask=(regions > 0).astype(np.uint8),  # (size, size): 1 on shape pixels, 0 on background
       prompt=_join([f"a {kind} {place}" for kind, place in names]),
       emotional_prompt=_join([f"a {w} {kind} {place}" for w, (kind, place) in zip(words[1:], names)])
       + f", on a {words[0]} background",

@@ -20,7 +20,7 @@ TARGET_MODES = ("data", "uniform")
 
 @dataclasses.dataclass(frozen=True)
 class SelectFields(grain.MapTransform):
-  """Keeps text and targets (and the image if asked); strings become 0-d object arrays."""
+  """Keeps text and targets (and the image and shape mask if asked); strings become 0-d object arrays."""
   keep_images: bool = False
 
   def map(self, example):
@@ -28,6 +28,8 @@ class SelectFields(grain.MapTransform):
     out |= {k: np.asarray(example[k]) for k in TARGET_KEYS}
     if self.keep_images:
       out["image"] = example["image"]
+      if "shape_mask" in example:  # EmoShapes knows its masks; photo datasets do not
+        out["shape_mask"] = example["shape_mask"]
     return out
 
 
@@ -90,7 +92,7 @@ def grpo_prompt_loader(source, *, prompts_per_step: int, group_size: int, seed: 
 
 def pretrain_loader(source, batch_size: int, seed: int, shard_index: int, shard_count: int, *,
                     worker_count=0, read_options=None):
-  """Endless shuffled batches: image float32 [-1, 1] NHWC, prompts, V, A, category."""
+  """Endless shuffled batches: image float32 [-1, 1] NHWC, shape_mask uint8 NHW, prompts, V, A, category."""
   operations = [SelectFields(keep_images=True), grain.Batch(batch_size, drop_remainder=True),
                 ImagesToUnitRange()]
   return _loader(source, operations, seed=seed, shard_index=shard_index,

@@ -12,6 +12,7 @@ from emojax.data import emoshapes
 from emojax.models import assets
 from emojax.models import generator as gen_lib
 from emojax.models.tokenizers import ByteTokenizer
+from emojax.rewards import layout_judge
 from emojax.rewards.colour_judge import colour_judge
 
 SHIPPED_GENERATOR = "generator_tiny"
@@ -48,7 +49,8 @@ class EvalSet:
   """A fixed set of prompts and V-A targets, sampled with the ODE from fixed noise.
 
   Measures what the colour judge (trained by nobody) says of the generator's images against
-  the requested emotion, so runs are comparable before and after training.
+  the requested emotion, and what the layout judge says of their shapes against the prompt,
+  so runs are comparable before and after training.
   source="grid": neutral prompts x a grid of V-A targets (emotion must come from V-A input);
   source="emotional": held-out emotional prompts, each with its own image's V-A (emotion
   must come from the words).
@@ -80,7 +82,9 @@ class EvalSet:
     v, a = jax.device_get(colour_judge(images))
     if png_path:
       sampling.save_grid(images, png_path, self.ncol)
-    return {"eval/v_abs_err": float(np.abs(v - self.va[:, 0]).mean()),
+    layout = layout_judge.layout_scores(jax.device_get(images), self.prompts)
+    return {**{"eval/" + k.replace("/", "_"): x for k, x in layout.items()},
+            "eval/v_abs_err": float(np.abs(v - self.va[:, 0]).mean()),
             "eval/a_abs_err": float(np.abs(a - self.va[:, 1]).mean()),
             "eval/v_corr": float(np.corrcoef(v, self.va[:, 0])[0, 1]),
             "eval/a_corr": float(np.corrcoef(a, self.va[:, 1])[0, 1])}
