@@ -1,9 +1,15 @@
 """Flow-matching pretraining of the tiny EmoShapes generator (produces emojax/assets/generator_tiny).
 
+The shipped asset is one workdir, run and then resumed twice with overrides:
+
   python -m emojax.train --config=configs/pretrain_generator.py --workdir=/tmp/pretrain_gen
-  # the shipped asset then resumed for 600 steps with half the sigmas uniform (low-sigma detail):
+  # low-sigma detail: half the sigmas uniform
   python -m emojax.train --config=configs/pretrain_generator.py --workdir=/tmp/pretrain_gen \\
       --config.total_steps=3600 --config.uniform_sigma_frac=0.5
+  # layout: shape pixels weighted, pooled text dropped half the time so the token context must say where
+  python -m emojax.train --config=configs/pretrain_generator.py --workdir=/tmp/pretrain_gen \\
+      --config.total_steps=6400 --config.shape_weight=10 --config.uniform_sigma_frac=0.25 \\
+      --config.caption.p_drop_pooled=0.5 --config.optim.learning_rate=1e-3 --config.optim.decay_steps=600
   python -m emojax.train --config=configs/pretrain_generator.py:smoke --workdir=/tmp/x   # seconds
 """
 import ml_collections

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -88,3 +89,39 @@ class EvalSet:
             "eval/a_abs_err": float(np.abs(a - self.va[:, 1]).mean()),
             "eval/v_corr": float(np.corrcoef(v, self.va[:, 0])[0, 1]),
             "eval/a_corr": float(np.corrcoef(a, self.va[:, 1])[0, 1])}
+
+
+def edited_prompts(prompts, seed: int = 0) -> dict[str, list[str]]:
+  """EmoShapes prompts as written and with one kind of word edited, to see which words a generator uses."""
+  rng = np.random.default_rng(seed)
+  places = sorted(emoshapes.PLACES, key=len, reverse=True)  # "at the top right" before "at the top"
+  place_re = re.compile("|".join(map(re.escape, places)))
+  shape_re = re.compile(r"\b(" + "|".join(emoshapes.SHAPES) + r")\b")
+  other = lambda seq, x: seq[(seq.index(x) + rng.integers(1, len(seq))) % len(seq)]
+  return {
+      "correct": list(prompts),
+      "places_moved": [place_re.sub(lambda m: other(emoshapes.PLACES, m.group(0)), p) for p in prompts],
+      "shapes_swapped": [shape_re.sub(lambda m: other(emoshapes.SHAPES, m.group(0)), p) for p in prompts],
+      "background_only": ["a shape, on a " + p.rpartition(", on a ")[2] for p in prompts],
+      "empty": [""] * len(prompts),
+  }
+
+
+def text_use_losses(gen, gcfg, params, examples, sigma: float, key=None) -> dict[str, dict[str, float]]:
+  """Flow-matching loss at `sigma` of EmoShapes examples under each of `edited_prompts` of their emotional prompts.
+
+  {"all": {edit: loss}, "shapes": {edit: loss on shape pixels only}}; fixed noise, emotion input zero.
+  """
+  tok = tokenizer_for(gcfg)
+  x0 = jnp.asarray(np.stack([e["image"] for e in examples]).astype(np.float32) / 127.5 - 1.0)
+  on_shape = jnp.asarray(np.stack([e["shape_mask"] for e in examples]), jnp.float32)
+  noise = jax.random.normal(jax.random.key(0) if key is None else key, x0.shape)
+  n = len(examples)
+  x_t = (1.0 - sigma) * x0 + sigma * noise
+  out = {"all": {}, "shapes": {}}
+  for name, prompts in edited_prompts([e["emotional_prompt"] for e in examples]).items():
+    cond = sampling.add_emotion(gen, params, sampling.encode_text(gen, params, tok(prompts)), jnp.zeros((n, 2)), None)
+    err = jnp.mean((sampling.apply_velocity(gen, params, x_t, jnp.full((n,), sigma), cond) - (noise - x0)) ** 2, -1)
+    out["all"][name] = float(jnp.mean(err))
+    out["shapes"][name] = float(jnp.sum(on_shape * err) / jnp.sum(on_shape))
+  return out
