@@ -69,6 +69,18 @@ def test_pixel_weights_favour_shapes_and_average_one_per_image():
   np.testing.assert_allclose(pixel_weights(mask, 0.0), 1.0)
 
 
+def test_shape_weight_without_masks_is_a_clear_error():
+  config = pretrain_generator.get_config("smoke")
+  config.unlock()
+  config.shape_weight = 10.0
+  raw = {"image": np.zeros((2, 32, 32, 3), np.float32), "prompt": ["a circle in the center"] * 2,
+         "emotional_prompt": ["a dark grey circle in the center"] * 2, "valence": np.zeros(2), "arousal": np.zeros(2)}
+  with pytest.raises(ValueError, match="shape_weight=10.0 needs per-pixel shape masks"):
+    PretrainGenerator(config).host_batch(raw)
+  config.shape_weight = 0.0
+  assert not PretrainGenerator(config).host_batch(raw)["shape_mask"].any()
+
+
 def test_learning_rate_warms_up_holds_then_decays_to_zero_at_total_steps():
   from emojax import config_utils
   c = config_utils.optimizer(lr=2.0, warmup_steps=10, decay_steps=40)

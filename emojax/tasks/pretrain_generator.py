@@ -1,7 +1,9 @@
 """Flow-matching pretraining of the tiny generator (text encoder + MMDiT) on EmoShapes.
 
 Captions mix the neutral prompt, the emotional prompt (colour adjectives) and the empty
-prompt (for classifier-free guidance), so text steers colour. The emotion tokens stay at
+prompt (for classifier-free guidance), so text steers colour. Layout needs two more pushes
+(`shape_weight`, `caption.p_drop_pooled`): without them the model reads its prompt through the
+pooled vector alone, which cannot say where a shape goes. The emotion tokens stay at
 their zero initialisation (frozen): emotion control is what GRPO teaches later.
 """
 from __future__ import annotations
