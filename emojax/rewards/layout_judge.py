@@ -30,8 +30,8 @@ MIN_PIXELS = 4  # at size 32, scaled with area; the smallest real shape has 7 pi
 RADII = np.linspace(0.6, 1.0, 9)
 OFFSETS = np.linspace(-0.4, 0.4, 3)  # px around the centroid, which pixelisation biases
 
-_PLACE = "|".join(sorted(PLACES, key=len, reverse=True))  # "at the top left" before "at the top"
-_PAIR = re.compile(rf"\b({'|'.join(SHAPES)})\s+({_PLACE})\b")
+PLACE_RE = re.compile("|".join(sorted(PLACES, key=len, reverse=True)))  # "at the top left" before "at the top"
+_PAIR = re.compile(rf"\b({'|'.join(SHAPES)})\s+({PLACE_RE.pattern})\b")
 
 
 def parse_layout(prompt: str) -> dict[int, str]:
@@ -123,17 +123,23 @@ def _read_kinds(fg, idx, cell, of, start, extent):
   return best.argmax(1)
 
 
+def named_kinds(prompts) -> np.ndarray:
+  """(B, 9) index into SHAPES of the shape each prompt names in each cell, -1 where it names none."""
+  want = np.full((len(prompts), 9), -1)
+  for i, prompt in enumerate(prompts):
+    for cell, kind in parse_layout(prompt).items():
+      want[i, cell] = SHAPES.index(kind)
+  return want
+
+
 def layout_scores(images: np.ndarray, prompts) -> dict[str, float]:
   """layout/cell_acc, layout/shape_acc and layout/exact of images against their prompts."""
   occupied, kinds = read_layout(images)
   if len(prompts) != len(occupied):
     raise ValueError(f"{len(occupied)} images but {len(prompts)} prompts")
-  want = np.full(occupied.shape, -1)
-  for i, prompt in enumerate(prompts):
-    for cell, kind in parse_layout(prompt).items():
-      want[i, cell] = SHAPES.index(kind)
-  cell_ok = occupied == (want >= 0)
+  want = named_kinds(prompts)
   named = want >= 0
+  cell_ok = occupied == named
   shape_ok = occupied & (kinds == want)
   return {
       "layout/cell_acc": float(cell_ok.mean()),

@@ -94,13 +94,11 @@ class EvalSet:
 def edited_prompts(prompts, seed: int = 0) -> dict[str, list[str]]:
   """EmoShapes prompts as written and with one kind of word edited, to see which words a generator uses."""
   rng = np.random.default_rng(seed)
-  places = sorted(emoshapes.PLACES, key=len, reverse=True)  # "at the top right" before "at the top"
-  place_re = re.compile("|".join(map(re.escape, places)))
   shape_re = re.compile(r"\b(" + "|".join(emoshapes.SHAPES) + r")\b")
   other = lambda seq, x: seq[(seq.index(x) + rng.integers(1, len(seq))) % len(seq)]
   return {
       "correct": list(prompts),
-      "places_moved": [place_re.sub(lambda m: other(emoshapes.PLACES, m.group(0)), p) for p in prompts],
+      "places_moved": [layout_judge.PLACE_RE.sub(lambda m: other(emoshapes.PLACES, m.group(0)), p) for p in prompts],
       "shapes_swapped": [shape_re.sub(lambda m: other(emoshapes.SHAPES, m.group(0)), p) for p in prompts],
       "background_only": ["a shape, on a " + p.rpartition(", on a ")[2] for p in prompts],
       "empty": [""] * len(prompts),
