@@ -32,6 +32,7 @@ def get_config(arg=None):
   c.logit_mean = 1.0986  # SD3 logit-normal sigma density: mean; ln(3) = the sampling schedule's shift 3
   c.logit_std = 1.0  # SD3 logit-normal sigma density: std
   c.shape_weight = 0.0  # extra loss weight on shape pixels (1 + w there, renormalised per image): makes layout matter
+  c.shape_margin = 0  # px of background around each shape weighted like it (0: shape pixels only, which paints blocks)
   c.uniform_sigma_frac = 0.0  # share of samples with sigma ~ U(0, 1) instead (logit-normal puts ~1% below 0.1)
 
   c.model = ml_collections.ConfigDict()

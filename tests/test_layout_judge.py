@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from emojax.data.emoshapes import PLACES, SHAPES, _pixel_centres, draw_shape, make_example
-from emojax.rewards.layout_judge import layout_scores, parse_layout, read_layout
+from emojax.rewards.layout_judge import kind_confusion, layout_scores, parse_layout, read_layout
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +78,17 @@ def test_swapped_prompts_score_lower(world):
   # Measured: cell_acc 0.67, shape_acc 0.04, exact 0.0.
   assert swapped["layout/cell_acc"] < 0.8 and swapped["layout/shape_acc"] < 0.15
   assert swapped["layout/exact"] < 0.05
+
+
+def test_kind_confusion_of_real_images_is_diagonal(world):
+  images, prompts, _ = world
+  confusion = kind_confusion(images, prompts)
+  named = sum(len(parse_layout(p)) for p in prompts)
+  assert confusion.sum() == named
+  assert np.trace(confusion) == named  # world 1 reads perfectly (test_reads_real_images), so all on the diagonal
+  assert confusion[:, :-1].sum(0).min() > 0.1 * named  # and every kind occurs
+  empty = kind_confusion(np.zeros_like(images), prompts)
+  assert empty[:, -1].sum() == named  # nothing drawn: every named shape lands in the last column
 
 
 def test_plain_and_speckled_backgrounds_are_empty():

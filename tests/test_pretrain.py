@@ -67,6 +67,16 @@ def test_pixel_weights_favour_shapes_and_average_one_per_image():
   np.testing.assert_allclose(pixel_weights(mask, 0.0), 1.0)
 
 
+def test_pixel_weights_margin_weights_the_background_around_each_shape_alike():
+  mask = np.zeros((1, 9, 9), np.float32)
+  mask[0, 4, 4] = 1
+  w = np.asarray(pixel_weights(mask, 9.0, margin=2))[0]
+  np.testing.assert_allclose(w.mean(), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(w[2:7, 2:7], w[4, 4])  # the 5x5 square within 2 px of the shape: one weight
+  np.testing.assert_allclose(w[4, 4] / w[1, 4], 10.0, rtol=1e-6)  # 3 px away: background weight
+  np.testing.assert_allclose(w[0, 0], w[8, 8])
+
+
 def test_shape_weight_without_masks_is_a_clear_error():
   config = pretrain_generator.get_config("smoke")
   config.unlock()

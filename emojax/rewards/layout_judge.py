@@ -146,3 +146,15 @@ def layout_scores(images: np.ndarray, prompts) -> dict[str, float]:
       "layout/shape_acc": float(shape_ok[named].mean()),
       "layout/exact": float(np.all(cell_ok & (shape_ok | ~named), axis=1).mean()),
   }
+
+
+
+def kind_confusion(images: np.ndarray, prompts) -> np.ndarray:
+  """(5, 6) counts over every shape the prompts name: row = kind named, column = kind read in its
+  cell (last column: nothing there). A heavy diagonal means the shapes are drawn as named."""
+  _, kinds = read_layout(images)
+  want = named_kinds(prompts)
+  named = want >= 0
+  out = np.zeros((len(SHAPES), len(SHAPES) + 1), np.int64)
+  np.add.at(out, (want[named], kinds[named]), 1)  # kinds == -1 (empty) lands in the last column
+  return out

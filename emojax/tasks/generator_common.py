@@ -123,3 +123,15 @@ def text_use_losses(gen, gcfg, params, examples, sigma: float, key=None) -> dict
     out["all"][name] = float(jnp.mean(err))
     out["shapes"][name] = float(jnp.sum(on_shape * err) / jnp.sum(on_shape))
   return out
+
+
+
+def kind_confusion(gen, gcfg, params, *, per_cell: int = 2, num_steps: int = 20, cfg_scale: float = 3.0,
+                   shift: float = 3.0, seed: int = 0) -> np.ndarray:
+  """`layout_judge.kind_confusion` of ODE samples of "a <kind> <place>", every kind in every cell `per_cell` times."""
+  prompts = [f"a {k} {p}" for k in emoshapes.SHAPES for p in emoshapes.PLACES for _ in range(per_cell)]
+  tok = tokenizer_for(gcfg)
+  n = len(prompts)
+  images = sampling.generate(gen, params, tok(prompts), tok([""] * n), jnp.zeros((n, 2)), jax.random.key(seed),
+                             num_steps=num_steps, shift=shift, cfg_scale=cfg_scale, method="ode")
+  return layout_judge.kind_confusion(jax.device_get(images), prompts)
