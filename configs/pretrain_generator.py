@@ -27,7 +27,8 @@ def get_config(arg=None):
   c.checkpoint_every = 200  # steps between checkpoints
   c.keep_checkpoints = 2  # newest checkpoints kept
   c.eval_every = 400  # steps between sample grids and colour-judge eval
-  c.ema_decay = 0.999  # EMA decay cap (warmed up as (1+t)/(10+t)); the EMA is exported
+  c.ema_decay = 0.999  # EMA decay cap (warmed up as (1+t)/(10+t))
+  c.export_weights = "ema"  # weights evaluated and exported: "ema", or "params" (raw; sharper after the lr decay)
   c.export_dtype = "float16"  # dtype of the exported params.safetensors
   c.logit_mean = 1.0986  # SD3 logit-normal sigma density: mean; ln(3) = the sampling schedule's shift 3
   c.logit_std = 1.0  # SD3 logit-normal sigma density: std

@@ -45,7 +45,8 @@ def test_pretrain_smoke_exports_a_loadable_generator(tmp_path):
   config.unlock()
   config.mesh.num_devices = 1
   config.total_steps, config.eval_every = 2, 2
-  config.uniform_sigma_frac, config.shape_weight, config.caption.p_drop_pooled = 0.25, 10.0, 0.5  # the shipped asset's last steps
+  # the layout options (shape_margin is what makes outlines pay; see pixel_weights)
+  config.uniform_sigma_frac, config.shape_weight, config.shape_margin, config.caption.p_drop_pooled = 0.25, 5.0, 2, 0.5
   result = trainer.run(config, str(tmp_path), PretrainGenerator(config), progress=False)
   assert result.step == 2 and np.isfinite(result.metrics[-1]["loss"])
   assert result.metrics[-1]["loss"] != result.metrics[-1]["fm_loss"]  # the shape-weighted loss is the one trained
@@ -55,6 +56,15 @@ def test_pretrain_smoke_exports_a_loadable_generator(tmp_path):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-3), params, ema)  # float16 export
   # frozen emotion path: still exactly zero after pretraining
   assert not np.any(params["emotion"]["to_tokens"]["kernel"])
+  config.export_weights = "params"  # the raw weights, sharper than the EMA right after an lr decay
+  state = {**result.state, "ema": jax.tree.map(lambda x: x + 1.0, result.state["ema"])}  # tell them apart
+  PretrainGenerator(config).on_finish(state, str(tmp_path / "raw"))  # writes raw/export
+  raw = generator_common.load_generator(str(tmp_path / "raw" / "export"))[2]
+  close = lambda a, b: np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-3)
+  jax.tree.map(close, raw, jax.device_get(state["params"]))
+  config.export_weights = "best"
+  with pytest.raises(ValueError, match="export_weights='best'; use 'ema'"):
+    PretrainGenerator(config)
 
 
 def test_pixel_weights_favour_shapes_and_average_one_per_image():

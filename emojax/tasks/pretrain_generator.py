@@ -44,6 +44,8 @@ class PretrainGenerator:
 
   def __init__(self, config):
     self.config = c = config
+    if c.export_weights not in ("ema", "params"):
+      raise ValueError(f"export_weights={c.export_weights!r}; use 'ema' (averaged weights) or 'params' (raw)")
     gcfg = gen_lib.preset(c.model.preset)
     self.gcfg = gen_lib.GeneratorConfig(mmdit=gcfg.mmdit, text=gcfg.text, num_emotion_tokens=c.model.num_emotion_tokens,
                                         max_text_length=c.model.max_text_length)
@@ -137,10 +139,10 @@ class PretrainGenerator:
     if step % c.eval_every == 0 or step == c.total_steps:
       png = os.path.join(workdir, "samples", f"step_{step:06d}.png")
       os.makedirs(os.path.dirname(png), exist_ok=True)
-      out = self.eval_set(state["ema"], png)
+      out = self.eval_set(state[c.export_weights], png)
     return out
 
   def on_finish(self, state, workdir):
-    """Exports the EMA weights as a pretrained-generator directory (the shipped asset's layout)."""
-    params = jax.device_get(state["ema"])
+    """Exports config.export_weights (EMA or raw) as a pretrained-generator directory (the asset's layout)."""
+    params = jax.device_get(state[self.config.export_weights])
     assets.save(os.path.join(workdir, "export"), params, self.gcfg.to_dict(), dtype=np.dtype(self.config.export_dtype))
