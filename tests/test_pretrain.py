@@ -65,6 +65,9 @@ def test_pretrain_smoke_exports_a_loadable_generator(tmp_path):
   config.export_weights = "best"
   with pytest.raises(ValueError, match="export_weights='best'; use 'ema'"):
     PretrainGenerator(config)
+  config.export_weights, config.shape_margin = "ema", -1
+  with pytest.raises(ValueError, match="shape_margin=-1 must be >= 0"):
+    PretrainGenerator(config)
 
 
 def test_pixel_weights_favour_shapes_and_average_one_per_image():

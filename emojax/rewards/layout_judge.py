@@ -148,7 +148,6 @@ def layout_scores(images: np.ndarray, prompts) -> dict[str, float]:
   }
 
 
-
 def kind_confusion(images: np.ndarray, prompts) -> np.ndarray:
   """(5, 6) counts over every shape the prompts name: row = kind named, column = kind read in its
   cell (last column: nothing there). A heavy diagonal means the shapes are drawn as named."""

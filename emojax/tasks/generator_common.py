@@ -125,7 +125,6 @@ def text_use_losses(gen, gcfg, params, examples, sigma: float, key=None) -> dict
   return out
 
 
-
 def kind_confusion(gen, gcfg, params, *, per_cell: int = 2, num_steps: int = 20, cfg_scale: float = 3.0,
                    shift: float = 3.0, seed: int = 0) -> np.ndarray:
   """`layout_judge.kind_confusion` of ODE samples of "a <kind> <place>", every kind in every cell `per_cell` times."""

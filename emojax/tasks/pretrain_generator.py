@@ -44,6 +44,8 @@ class PretrainGenerator:
 
   def __init__(self, config):
     self.config = c = config
+    if c.shape_margin < 0:
+      raise ValueError(f"shape_margin={c.shape_margin} must be >= 0 (pixels of background weighted like a shape)")
     if c.export_weights not in ("ema", "params"):
       raise ValueError(f"export_weights={c.export_weights!r}; use 'ema' (averaged weights) or 'params' (raw)")
     gcfg = gen_lib.preset(c.model.preset)
