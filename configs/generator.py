@@ -48,9 +48,11 @@ def get_config(arg=None):
   c.rl.ratio_tolerance = 1e-5  # warn when the first-epoch ratio deviates from 1 by more
 
   c.rewards = ml_collections.ConfigDict()
-  # reward name -> weight (emojax.rewards.registry). lvlm_emotion: the LVLM judge's greedy reading;
-  # colour_emotion: the colour judge, which stays the independent evaluator (judge/* metrics) either way
-  c.rewards.weights = ml_collections.ConfigDict({"lvlm_emotion": 1.0})
+  # reward name -> weight (emojax.rewards.registry); zero weights are skipped, so
+  # --config.rewards.weights.lvlm_emotion=0 --config.rewards.weights.colour_emotion=1 switches judges.
+  # lvlm_emotion: the LVLM judge's greedy reading; colour_emotion: the colour judge, which stays the
+  # independent evaluator (judge/* metrics) either way
+  c.rewards.weights = ml_collections.ConfigDict({"lvlm_emotion": 1.0, "colour_emotion": 0.0})
   c.rewards.zscore = False  # z-score each reward over the batch before the weighted sum
   c.rewards.lvlm = lvlm_judge.config()  # the LVLM judge of lvlm_emotion
 

@@ -142,6 +142,13 @@ def test_missing_pretrained_directory_is_one_actionable_line(tmp_path):
     GeneratorGRPO(config)
 
 
+def test_zero_weight_rewards_are_skipped_and_all_zero_is_an_error(tiny_asset):
+  task = GeneratorGRPO(make_config(tiny_asset, **{"rewards.weights": {"lvlm_emotion": 0.0, "colour_emotion": 1.0}}))
+  assert task.host_rewards == {} and task.hp.reward_weights == (("colour_emotion", 1.0),)  # the LVLM is not loaded
+  with pytest.raises(ValueError, match="every reward weight is 0"):
+    GeneratorGRPO(make_config(tiny_asset, **{"rewards.weights": {"lvlm_emotion": 0.0}}))
+
+
 def test_out_of_range_targets_are_rejected(tiny_asset):
   task = GeneratorGRPO(make_config(tiny_asset))
   raw = {"prompt": np.array(["a circle"], object), "valence": np.array([3.5], np.float32),

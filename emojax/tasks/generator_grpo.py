@@ -30,7 +30,10 @@ class GeneratorGRPO:
     self.global_batch_size = r.prompts_per_step * r.group_size
     if self.global_batch_size % r.grad_accum:
       raise ValueError(f"batch {self.global_batch_size} (prompts_per_step*group_size) is not divisible by rl.grad_accum={r.grad_accum}")
-    weights = tuple(sorted((k, float(v)) for k, v in c.rewards.weights.items()))
+    weights = tuple(sorted((k, float(v)) for k, v in c.rewards.weights.items() if float(v) != 0.0))
+    if not weights:
+      raise ValueError(f"every reward weight is 0 ({dict(c.rewards.weights)}); give one a nonzero weight, "
+                       "e.g. --config.rewards.weights.lvlm_emotion=1")
     # host rewards (the LVLM judge) are built once here: loading a judge is not a per-step cost
     self.host_rewards = {k: reward_registry.make_host(k, c) for k, _ in weights if reward_registry.is_host(k)}
     mm = self.gcfg.mmdit
