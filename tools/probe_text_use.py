@@ -27,8 +27,9 @@ def main():
   args = ap.parse_args()
   gen, gcfg, params = common.load_generator(args.generator)
   examples = [emoshapes.make_example(args.seed, i, gcfg.mmdit.sample_size) for i in range(args.num_images)]
-  for s in map(float, args.sigmas.split(",")):
-    for pixels, losses in common.text_use_losses(gen, gcfg, params, examples, s).items():
+  sigmas = [float(s) for s in args.sigmas.split(",")]
+  for s, by_pixels in common.text_use_losses(gen, gcfg, params, examples, sigmas).items():
+    for pixels, losses in by_pixels.items():
       print(json.dumps({"sigma": s, "pixels": pixels, **{k: round(v, 5) for k, v in losses.items()}}))
   if args.per_cell:
     confusion = common.kind_confusion(gen, gcfg, params, per_cell=args.per_cell)

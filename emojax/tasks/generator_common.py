@@ -78,8 +78,12 @@ class EvalSet:
     self.gen, self.kw = gen, dict(num_steps=num_steps, shift=shift, cfg_scale=cfg_scale, method="ode")
     self.key = jax.random.key(seed)
 
+  def sample(self, params) -> jax.Array:
+    """The set's images under `params`: fixed prompts, targets and noise, ODE."""
+    return sampling.generate(self.gen, params, self.ids, self.uncond, jnp.asarray(self.va), self.key, **self.kw)
+
   def __call__(self, params, png_path: str | None = None) -> dict[str, float]:
-    images = sampling.generate(self.gen, params, self.ids, self.uncond, jnp.asarray(self.va), self.key, **self.kw)
+    images = self.sample(params)
     v, a = jax.device_get(colour_judge(images))
     if png_path:
       sampling.save_grid(images, png_path, self.ncol)
@@ -105,23 +109,27 @@ def edited_prompts(prompts, seed: int = 0) -> dict[str, list[str]]:
   }
 
 
-def text_use_losses(gen, gcfg, params, examples, sigma: float, key=None) -> dict[str, dict[str, float]]:
-  """Flow-matching loss at `sigma` of EmoShapes examples under each of `edited_prompts` of their emotional prompts.
+def text_use_losses(gen, gcfg, params, examples, sigmas, key=None) -> dict[float, dict[str, dict[str, float]]]:
+  """Flow-matching loss at each of `sigmas` of EmoShapes examples under each of `edited_prompts` of their
+  emotional prompts.
 
-  {"all": {edit: loss}, "shapes": {edit: loss on shape pixels only}}; fixed noise, emotion input zero.
+  {sigma: {"all": {edit: loss}, "shapes": {edit: loss on shape pixels only}}}; fixed noise, emotion input zero.
   """
   tok = tokenizer_for(gcfg)
   x0 = jnp.asarray(np.stack([e["image"] for e in examples]).astype(np.float32) / 127.5 - 1.0)
   on_shape = jnp.asarray(np.stack([e["shape_mask"] for e in examples]), jnp.float32)
   noise = jax.random.normal(jax.random.key(0) if key is None else key, x0.shape)
   n = len(examples)
-  x_t = (1.0 - sigma) * x0 + sigma * noise
-  out = {"all": {}, "shapes": {}}
-  for name, prompts in edited_prompts([e["emotional_prompt"] for e in examples]).items():
-    cond = sampling.add_emotion(gen, params, sampling.encode_text(gen, params, tok(prompts)), jnp.zeros((n, 2)), None)
-    err = jnp.mean((sampling.apply_velocity(gen, params, x_t, jnp.full((n,), sigma), cond) - (noise - x0)) ** 2, -1)
-    out["all"][name] = float(jnp.mean(err))
-    out["shapes"][name] = float(jnp.sum(on_shape * err) / jnp.sum(on_shape))
+  conds = {name: sampling.add_emotion(gen, params, sampling.encode_text(gen, params, tok(p)), jnp.zeros((n, 2)), None)
+           for name, p in edited_prompts([e["emotional_prompt"] for e in examples]).items()}
+  out = {}
+  for sigma in sigmas:
+    x_t = (1.0 - sigma) * x0 + sigma * noise
+    out[sigma] = {"all": {}, "shapes": {}}
+    for name, cond in conds.items():
+      err = jnp.mean((sampling.apply_velocity(gen, params, x_t, jnp.full((n,), sigma), cond) - (noise - x0)) ** 2, -1)
+      out[sigma]["all"][name] = float(jnp.mean(err))
+      out[sigma]["shapes"][name] = float(jnp.sum(on_shape * err) / jnp.sum(on_shape))
   return out
 
 
