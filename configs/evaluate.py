@@ -20,4 +20,5 @@ def get_config(arg=None):
   c.data.seed = 12345  # EmoShapes world seed (SFT trains on world 1 and evaluates on 12345)
   c.data.num_examples = 256  # examples 0..n-1 of that world are judged
   c.data.image_size = 32  # EmoShapes image side in pixels
+  c.data.noise_max_std = 0.0  # > 0: every image gets Gaussian pixel noise of std U[0, this] and its labels remeasured
   return c

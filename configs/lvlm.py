@@ -7,6 +7,7 @@
 import ml_collections
 
 from emojax import config_utils
+from emojax.tasks import lvlm_common
 
 
 def get_config(arg=None):
@@ -40,10 +41,7 @@ def get_config(arg=None):
   c.model.pretrained = ""  # the SFT judge: DIR/export of configs/sft_lvlm.py; "" = the shipped emojax/assets/lvlm_tiny_sft
   c.model.frozen = ("visual",)  # top-level parameter groups left untouched (vision tower: SFT taught it colour)
 
-  c.data = ml_collections.ConfigDict()
-  c.data.seed = 3  # EmoShapes world seed of the training images (SFT used 1)
-  c.data.num_examples = 200_000  # size of the procedural training set
-  c.data.image_size = 32  # EmoShapes image side in pixels
+  c.data = lvlm_common.data_config(seed=3)  # training images: EmoShapes world 3 (SFT used 1), half noise-augmented
 
   c.rewards = ml_collections.ConfigDict()
   c.rewards.weights = ml_collections.ConfigDict(

@@ -7,6 +7,7 @@
 import ml_collections
 
 from emojax import config_utils
+from emojax.tasks import lvlm_common
 
 
 def get_config(arg=None):
@@ -28,10 +29,7 @@ def get_config(arg=None):
   c.model.pretrained = ""  # LVLM export or transformers directory to start from instead of the preset
   c.model.init_std = 0.02  # std of the random init of kernels and embeddings (transformers' initializer_range)
 
-  c.data = ml_collections.ConfigDict()
-  c.data.seed = 1  # EmoShapes world seed of the training set
-  c.data.num_examples = 200_000  # size of the procedural training set
-  c.data.image_size = 32  # EmoShapes image side in pixels
+  c.data = lvlm_common.data_config(seed=1)  # training images: EmoShapes world 1, half of them noise-augmented
 
   c.eval = ml_collections.ConfigDict()
   c.eval.seed = 12345  # held-out EmoShapes world seed

@@ -39,11 +39,12 @@ def main(argv):
   if c.data.num_examples < 1 or c.batch_size < 1:
     raise ValueError(f"data.num_examples={c.data.num_examples} and batch_size={c.batch_size} must be positive")
   t0 = time.perf_counter()
-  split = common.eval_split(c.data.seed, c.data.num_examples, c.data.image_size)
+  split = common.eval_split(c.data.seed, c.data.num_examples, c.data.image_size, c.data.noise_max_std)
   out = common.evaluate(model, params, processor, split, batch_size=min(c.batch_size, c.data.num_examples),
                         max_prompt_len=c.max_prompt_len, max_new_tokens=c.max_new_tokens, short=c.short_prompt)
   logging.info("judged %d images in %.1f s", c.data.num_examples, time.perf_counter() - t0)
-  print(json.dumps({"lvlm": os.path.abspath(c.lvlm), "data_seed": c.data.seed, **out}), flush=True)
+  print(json.dumps({"lvlm": os.path.abspath(c.lvlm), "data_seed": c.data.seed, "noise_max_std": c.data.noise_max_std, **out}),
+        flush=True)
 
 
 def _parse_flags(argv):

@@ -94,3 +94,41 @@ def test_pretrain_batches_are_endless_unit_range_images():
   assert {"prompt", "emotional_prompt", "valence", "arousal"} <= set(batches[0])
   expected = SOURCE[0]["image"].astype(np.float32) / 127.5 - 1
   assert any(np.allclose(expected, im) for b in batches for im in b["image"])
+
+
+def test_pixel_noise_relabels_images_with_the_colour_judge():
+  from emojax.data import emoshapes
+  from emojax.rewards.colour_judge import colour_judge_np
+  from emojax.tasks import lvlm_common
+  d = lvlm_common.data_config(seed=0)
+  d.num_examples = 40
+  loader = lambda: iter(lvlm_common.image_loader(d, batch_size=8, seed=7, shard_index=0, shard_count=1))
+  batches = take(loader(), 5)
+  clean = {(SOURCE[i]["prompt"], SOURCE[i]["shape_mask"].tobytes()): SOURCE[i]["image"] for i in range(40)}
+  noisy = 0
+  for b in batches:
+    v, a = colour_judge_np(b["image"])
+    np.testing.assert_array_equal(b["valence"], v)
+    np.testing.assert_array_equal(b["arousal"], a)
+    np.testing.assert_array_equal(b["category"], nearest_category(v, a))
+    for image, mask, prompt, emotional in zip(b["image"], b["shape_mask"], b["prompt"], b["emotional_prompt"]):
+      changed = not np.array_equal(image, clean[prompt, mask.tobytes()])
+      noisy += changed
+      if changed:  # the background words are read off the noisy background
+        assert emotional.endswith(f", on a {emoshapes.colour_words(image[mask == 0])} background"), emotional
+  assert 10 <= noisy <= 30  # about half of 40
+  d.noise_prob = 1.5
+  with pytest.raises(ValueError, match="noise_prob"):
+    loader()
+
+
+def test_noisy_eval_split_is_fixed_and_relabelled():
+  from emojax.rewards.colour_judge import colour_judge_np
+  from emojax.tasks import lvlm_common
+  clean, noisy = lvlm_common.eval_split(9, 6), lvlm_common.eval_split(9, 6, noise_max_std=0.4)
+  np.testing.assert_array_equal(noisy["image"], lvlm_common.eval_split(9, 6, noise_max_std=0.4)["image"])
+  assert all(not np.array_equal(a, b) for a, b in zip(clean["image"], noisy["image"]))
+  v, a = colour_judge_np(noisy["image"])
+  np.testing.assert_array_equal(noisy["valence"], v)
+  np.testing.assert_array_equal(noisy["arousal"], a)
+  np.testing.assert_array_equal(noisy["category"], nearest_category(v, a))

@@ -29,6 +29,7 @@ PLACES = ("at the top left", "at the top", "at the top right", "on the left", "i
 BRIGHTNESS_WORDS = ("dark", "dim", "bright")  # mean HSV value in thirds of [0, 1]
 SATURATION_WORDS = ("muted", "soft", "vivid")  # mean HSV saturation in thirds of [0, 1]
 GREY_SATURATION = 0.1  # below this, hue is invisible: say "grey" and no warmth
+BACKGROUND_PREFIX = ", on a "  # emotional prompts end in ", on a {words} background"
 
 
 def colour_words(pixels):
@@ -120,7 +121,7 @@ def make_example(seed: int, index: int, size: int = 32) -> dict:
       shape_mask=(regions > 0).astype(np.uint8),  # (size, size): 1 on shape pixels, 0 on background
       prompt=_join([f"a {kind} {place}" for kind, place in names]),
       emotional_prompt=_join([f"a {w} {kind} {place}" for w, (kind, place) in zip(words[1:], names)])
-      + f", on a {words[0]} background",
+      + f"{BACKGROUND_PREFIX}{words[0]} background",
       valence=np.float32(valence),
       arousal=np.float32(arousal),
       category=np.int32(nearest_category(valence, arousal)),

@@ -11,7 +11,9 @@ import dataclasses
 import grain.python as grain
 import numpy as np
 
+from emojax.data import emoshapes
 from emojax.emotion.space import VA_MAX, VA_MIN, nearest_category
+from emojax.rewards.colour_judge import colour_judge_np
 
 TEXT_KEYS = ("prompt", "emotional_prompt")
 TARGET_KEYS = ("valence", "arousal", "category")
@@ -39,6 +41,37 @@ class UniformTargets(grain.RandomMapTransform):
   def random_map(self, example, rng):
     v, a = rng.uniform(VA_MIN, VA_MAX, size=2).astype(np.float32)
     return example | dict(valence=v, arousal=a, category=nearest_category(v, a))
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelNoise(grain.RandomMapTransform):
+  """With probability `prob`, adds per-pixel, per-channel Gaussian noise of a std drawn uniformly
+  from [0, max_std] (in [0, 1] pixel units) to an EmoShapes record's uint8 image, and relabels it.
+
+  A judge that only ever saw flat colours is read off-distribution by generated images (SDE
+  samples are grainy), and a policy finds that: noise, which the colour model scores as vivid,
+  was read as calm. The labels are remeasured on the noisy pixels, so they stay the colour
+  judge's (V, A) and category of the image as it is; the background words of `emotional_prompt`
+  are re-read from the noisy background pixels (the shapes' words still describe their drawn
+  colours). Records without a shape mask are left alone."""
+  prob: float
+  max_std: float
+
+  def random_map(self, example, rng):
+    if rng.uniform() >= self.prob or "shape_mask" not in example:
+      return example
+    std = rng.uniform(0.0, self.max_std) * 255.0
+    image = np.clip(np.round(example["image"] + rng.normal(0.0, std, example["image"].shape)), 0, 255).astype(np.uint8)
+    v, a = colour_judge_np(image)
+    head = str(example["emotional_prompt"]).rpartition(emoshapes.BACKGROUND_PREFIX)[0]
+    words = emoshapes.colour_words(image[example["shape_mask"] == 0])
+    return example | dict(image=image, valence=np.float32(v), arousal=np.float32(a), category=nearest_category(v, a),
+                          emotional_prompt=np.array(f"{head}{emoshapes.BACKGROUND_PREFIX}{words} background", object))
+
+
+def check_pixel_noise(prob: float, max_std: float) -> None:
+  if not 0.0 <= prob <= 1.0 or max_std < 0.0:
+    raise ValueError(f"data.noise_prob={prob} must lie in [0, 1] and data.noise_max_std={max_std} be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,16 +105,19 @@ def _loader(source, operations, *, seed, shard_index, shard_count, num_epochs, w
 
 def grpo_prompt_loader(source, *, prompts_per_step: int, group_size: int, seed: int,
                        shard_index: int, shard_count: int, num_epochs=None, worker_count=0,
-                       target_mode="uniform", keep_images=False, read_options=None):
+                       target_mode="uniform", keep_images=False, pixel_noise=None, read_options=None):
   """Batches of prompts_per_step * group_size rows: each prompt and target G times in a row.
 
   target_mode "uniform" draws (V, A) uniformly on [-3, 3]^2 per record and step (the
   generator must learn to hit any target; the category follows the target), "data" keeps
   the source image's own (V, A). `emotional_prompt` always describes the source image.
+  `pixel_noise` (a PixelNoise, needs keep_images) augments images and their labels first.
   """
   if target_mode not in TARGET_MODES:
     raise ValueError(f"target_mode={target_mode!r}, expected one of {TARGET_MODES}")
   operations = [SelectFields(keep_images)]
+  if pixel_noise is not None and pixel_noise.prob > 0:
+    operations.append(pixel_noise)
   if target_mode == "uniform":
     operations.append(UniformTargets())
   operations += [grain.Batch(prompts_per_step, drop_remainder=True), RepeatGroups(group_size)]

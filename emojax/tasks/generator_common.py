@@ -104,7 +104,7 @@ def edited_prompts(prompts, seed: int = 0) -> dict[str, list[str]]:
       "correct": list(prompts),
       "places_moved": [layout_judge.PLACE_RE.sub(lambda m: other(emoshapes.PLACES, m.group(0)), p) for p in prompts],
       "shapes_swapped": [shape_re.sub(lambda m: other(emoshapes.SHAPES, m.group(0)), p) for p in prompts],
-      "background_only": ["a shape, on a " + p.rpartition(", on a ")[2] for p in prompts],
+      "background_only": ["a shape" + "".join(p.rpartition(emoshapes.BACKGROUND_PREFIX)[1:]) for p in prompts],
       "empty": [""] * len(prompts),
   }
 

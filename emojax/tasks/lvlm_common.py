@@ -33,9 +33,10 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from emojax.data import emoshapes
+from emojax.data import emoshapes, pipeline
 from emojax.emotion import prompts
 from emojax.emotion.answer import Answer, format_answer, parse_answer
 from emojax.emotion.space import CATEGORIES, VA_MAX, VA_MIN
@@ -46,7 +47,6 @@ from emojax.models import qwen_vl as qv
 
 SFT_HINT = ("make one with `python -m emojax.train --config=configs/sft_lvlm.py --workdir=DIR` and pass DIR/export "
             "(or a transformers Qwen2.5-VL directory)")
-_BACKGROUND = ", on a "  # emoshapes' emotional prompts end in ", on a {words} background"
 
 
 # ------------------------------------------------------------------------------------------- model
@@ -118,7 +118,7 @@ def judge_batch(processor, images, max_prompt_len: int, short: bool = True) -> d
 
 def background_words(emotional_prompt: str) -> str:
   """'..., on a dim muted cool background' -> 'dim muted cool'."""
-  head, sep, tail = str(emotional_prompt).rpartition(_BACKGROUND)
+  head, sep, tail = str(emotional_prompt).rpartition(emoshapes.BACKGROUND_PREFIX)
   if not sep or not tail.endswith(" background"):
     raise ValueError(f"emotional prompt {emotional_prompt!r} does not end in ', on a ... background'")
   return tail[:-len(" background")]
@@ -167,6 +167,27 @@ def sft_batch(processor, raw: dict, max_prompt_len: int, target_len: int) -> dic
           "target_ids": ids, "target_mask": mask}
 
 
+def data_config(seed: int) -> ml_collections.ConfigDict:
+  """config.data of the LVLM jobs: which EmoShapes world they train on, and its noise augmentation."""
+  d = ml_collections.ConfigDict()
+  d.seed = seed  # EmoShapes world seed of the training images
+  d.num_examples = 200_000  # size of the procedural training set
+  d.image_size = 32  # EmoShapes image side in pixels
+  d.noise_prob = 0.5  # share of training images given Gaussian pixel noise and relabelled (pipeline.PixelNoise)
+  d.noise_max_std = 0.4  # the noise std is uniform in [0, noise_max_std] ([0, 1] pixel units)
+  return d
+
+
+def image_loader(d, *, batch_size: int, seed: int, shard_index: int, shard_count: int):
+  """Per-host batches of EmoShapes images with their own labels (config.data `d`), noise-augmented."""
+  pipeline.check_pixel_noise(d.noise_prob, d.noise_max_std)
+  source = emoshapes.EmoShapesSource(d.seed, d.num_examples, size=d.image_size)
+  # one row per example with its own image and labels: a GRPO prompt loader with groups of 1
+  return pipeline.grpo_prompt_loader(source, prompts_per_step=batch_size // shard_count, group_size=1, seed=seed,
+                                     shard_index=shard_index, shard_count=shard_count, target_mode="data",
+                                     keep_images=True, pixel_noise=pipeline.PixelNoise(d.noise_prob, d.noise_max_std))
+
+
 def image_grid(processor, size: int, batch_size: int) -> tuple:
   """The static image_grid_thw of a batch of size x size images."""
   _, grid = processor.image(np.zeros((size, size, processor.image_config.in_channels), np.uint8))
@@ -205,9 +226,14 @@ def sft_loss(logits, target_ids, target_mask) -> tuple[jax.Array, jax.Array]:
 # ------------------------------------------------------------------------------------------ judging
 
 
-def eval_split(seed: int, num_examples: int, size: int = 32) -> dict[str, np.ndarray]:
-  """Examples 0..n-1 of the EmoShapes world `seed`: images, valence, arousal, category."""
+def eval_split(seed: int, num_examples: int, size: int = 32, noise_max_std: float = 0.0) -> dict[str, np.ndarray]:
+  """Examples 0..n-1 of the EmoShapes world `seed`: images, valence, arousal, category. With
+  noise_max_std > 0 every image gets pipeline.PixelNoise (a fixed draw per example) and its labels."""
   ex = [emoshapes.make_example(seed, i, size) for i in range(num_examples)]
+  if noise_max_std > 0:
+    pipeline.check_pixel_noise(1.0, noise_max_std)
+    noise = pipeline.PixelNoise(1.0, noise_max_std)
+    ex = [noise.random_map(e, np.random.default_rng((seed, i))) for i, e in enumerate(ex)]
   return {"image": np.stack([e["image"] for e in ex]),
           "valence": np.array([e["valence"] for e in ex], np.float32),
           "arousal": np.array([e["arousal"] for e in ex], np.float32),

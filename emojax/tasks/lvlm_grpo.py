@@ -24,7 +24,6 @@ import numpy as np
 from absl import logging
 
 from emojax import config_utils, trainer
-from emojax.data import emoshapes, pipeline
 from emojax.lvlm import sampling
 from emojax.models import assets
 from emojax.rewards import lvlm as lvlm_rewards
@@ -68,11 +67,8 @@ class LVLMGRPO:
   # ------------------------------------------------------------------------------------------ data
 
   def make_loader(self, shard_index, shard_count):
-    c = self.config
-    source = emoshapes.EmoShapesSource(c.data.seed, c.data.num_examples, size=c.data.image_size)
-    return pipeline.grpo_prompt_loader(source, prompts_per_step=c.images_per_step // shard_count, group_size=1,
-                                       seed=c.seed, shard_index=shard_index, shard_count=shard_count,
-                                       target_mode="data", keep_images=True)
+    return common.image_loader(self.config.data, batch_size=self.config.images_per_step, seed=self.config.seed,
+                               shard_index=shard_index, shard_count=shard_count)
 
   def host_batch(self, raw):
     """The judge question per image; pixel_values (B, patches, dim) so each image's patches shard with it."""

@@ -16,7 +16,6 @@ import numpy as np
 import optax
 
 from emojax import config_utils
-from emojax.data import emoshapes, pipeline
 from emojax.models import assets
 from emojax.tasks import lvlm_common as common
 
@@ -36,12 +35,8 @@ class SFTLVLM:
     self.eval_split = common.eval_split(c.eval.seed, c.eval.num_examples, c.data.image_size)
 
   def make_loader(self, shard_index, shard_count):
-    d = self.config.data
-    source = emoshapes.EmoShapesSource(d.seed, d.num_examples, size=d.image_size)
-    # one row per example with its own image and labels: a GRPO prompt loader with groups of 1
-    return pipeline.grpo_prompt_loader(source, prompts_per_step=self.global_batch_size // shard_count, group_size=1,
-                                       seed=self.config.seed, shard_index=shard_index, shard_count=shard_count,
-                                       target_mode="data", keep_images=True)
+    return common.image_loader(self.config.data, batch_size=self.global_batch_size, seed=self.config.seed,
+                               shard_index=shard_index, shard_count=shard_count)
 
   def host_batch(self, raw):
     return common.sft_batch(self.processor, raw, self.config.max_prompt_len, self.config.target_len)
