@@ -1,6 +1,6 @@
 """Flow-matching pretraining of the tiny EmoShapes generator (produces emojax/assets/generator_tiny).
 
-The shipped asset is one workdir, run and then resumed twice with overrides:
+The shipped asset is one workdir, run and then resumed three times with overrides:
 
   python -m emojax.train --config=configs/pretrain_generator.py --workdir=/tmp/pretrain_gen
   # low-sigma detail: half the sigmas uniform
@@ -10,6 +10,12 @@ The shipped asset is one workdir, run and then resumed twice with overrides:
   python -m emojax.train --config=configs/pretrain_generator.py --workdir=/tmp/pretrain_gen \\
       --config.total_steps=6400 --config.shape_weight=10 --config.uniform_sigma_frac=0.25 \\
       --config.caption.p_drop_pooled=0.5 --config.optim.learning_rate=1e-3 --config.optim.decay_steps=600
+  # shape kinds: the background near each shape weighted like it, so outlines pay and blocks do not;
+  # the raw weights are exported (the EMA still draws blocks ~1000 steps after the switch)
+  python -m emojax.train --config=configs/pretrain_generator.py --workdir=/tmp/pretrain_gen \\
+      --config.total_steps=10000 --config.shape_weight=5 --config.shape_margin=2 --config.uniform_sigma_frac=0.25 \\
+      --config.caption.p_drop_pooled=0.5 --config.optim.learning_rate=1e-3 --config.optim.decay_steps=600 \\
+      --config.export_weights=params
   python -m emojax.train --config=configs/pretrain_generator.py:smoke --workdir=/tmp/x   # seconds
 """
 import ml_collections

@@ -3,6 +3,9 @@
   python -m emojax.train --config=configs/sft_lvlm.py --workdir=/tmp/sft_lvlm          # ~30 min, 2 CPU cores
   python -m emojax.train --config=configs/sft_lvlm.py:smoke --workdir=/tmp/x            # seconds
   python -m emojax.evaluate --config=configs/evaluate.py --config.lvlm=/tmp/sft_lvlm/export
+
+The shipped emojax/assets/lvlm_tiny_sft is this run with --config.data.noise_prob=0, continued for 300
+steps with the defaults from its export (--config.model.pretrained; the README has the commands).
 """
 import ml_collections
 

@@ -160,17 +160,20 @@ def test_answer_metrics_hand_case():
 
 
 @pytest.mark.parametrize("asset", ["lvlm_tiny_sft", "lvlm_tiny"])
-def test_shipped_judges_beat_the_mean_baseline(asset):
-  """emojax/assets/lvlm_tiny_sft (configs/sft_lvlm.py, 500 steps) and lvlm_tiny (then configs/lvlm.py,
-  80 GRPO steps) read colour on a world they never saw: on 16 images their V/A errors are well under
-  those of predicting the split's mean."""
+@pytest.mark.parametrize("noise", [0.0, 0.4])
+def test_shipped_judges_beat_the_mean_baseline(asset, noise):
+  """emojax/assets/lvlm_tiny_sft (configs/sft_lvlm.py) and lvlm_tiny (then configs/lvlm.py) read colour on
+  a world they never saw, clean and with pixel noise (what generated images look like to them): on 16
+  images their V/A errors are well under those of predicting the split's mean. The judges trained on
+  clean images only do not, on the noisy split (V MAE 0.94-1.18x the mean's, category accuracy below it)."""
   from emojax.models import assets
   from emojax.tasks import lvlm_common
   model, _, params, processor = lvlm_common.load_lvlm(assets.asset_dir(asset))
-  split = lvlm_common.eval_split(777, 16)
+  split = lvlm_common.eval_split(777, 16, noise_max_std=noise)
   out = lvlm_common.evaluate(model, params, processor, split, batch_size=16, max_prompt_len=120, max_new_tokens=152,
                              short=True)
   assert out["parse_rate"] == 1.0
-  assert out["valence_mae"] < 0.6 * out["baseline_valence_mae"], out
-  assert out["arousal_mae"] < 0.6 * out["baseline_arousal_mae"], out
+  factor = 0.6 if noise == 0 else 0.8  # measured: clean <= 0.48, noisy <= 0.70 (the SFT judge's V)
+  assert out["valence_mae"] < factor * out["baseline_valence_mae"], out
+  assert out["arousal_mae"] < factor * out["baseline_arousal_mae"], out
   assert out["category_acc"] > out["baseline_category_acc"], out
