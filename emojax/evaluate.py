@@ -43,8 +43,8 @@ def main(argv):
   out = common.evaluate(model, params, processor, split, batch_size=min(c.batch_size, c.data.num_examples),
                         max_prompt_len=c.max_prompt_len, max_new_tokens=c.max_new_tokens, short=c.short_prompt)
   logging.info("judged %d images in %.1f s", c.data.num_examples, time.perf_counter() - t0)
-  print(json.dumps({"lvlm": os.path.abspath(c.lvlm), "data_seed": c.data.seed, "noise_max_std": c.data.noise_max_std, **out}),
-        flush=True)
+  meta = {"lvlm": os.path.abspath(c.lvlm), "data_seed": c.data.seed, "noise_max_std": c.data.noise_max_std}
+  print(json.dumps(meta | out), flush=True)
 
 
 def _parse_flags(argv):

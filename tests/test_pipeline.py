@@ -132,3 +132,5 @@ def test_noisy_eval_split_is_fixed_and_relabelled():
   np.testing.assert_array_equal(noisy["valence"], v)
   np.testing.assert_array_equal(noisy["arousal"], a)
   np.testing.assert_array_equal(noisy["category"], nearest_category(v, a))
+  with pytest.raises(ValueError, match="noise_max_std=-0.1 must be >= 0"):
+    lvlm_common.eval_split(9, 6, noise_max_std=-0.1)

@@ -70,8 +70,10 @@ class PixelNoise(grain.RandomMapTransform):
 
 
 def check_pixel_noise(prob: float, max_std: float) -> None:
-  if not 0.0 <= prob <= 1.0 or max_std < 0.0:
-    raise ValueError(f"data.noise_prob={prob} must lie in [0, 1] and data.noise_max_std={max_std} be >= 0")
+  if not 0.0 <= prob <= 1.0:
+    raise ValueError(f"data.noise_prob={prob} must lie in [0, 1]")
+  if max_std < 0.0:
+    raise ValueError(f"data.noise_max_std={max_std} must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -229,9 +229,9 @@ def sft_loss(logits, target_ids, target_mask) -> tuple[jax.Array, jax.Array]:
 def eval_split(seed: int, num_examples: int, size: int = 32, noise_max_std: float = 0.0) -> dict[str, np.ndarray]:
   """Examples 0..n-1 of the EmoShapes world `seed`: images, valence, arousal, category. With
   noise_max_std > 0 every image gets pipeline.PixelNoise (a fixed draw per example) and its labels."""
+  pipeline.check_pixel_noise(1.0, noise_max_std)
   ex = [emoshapes.make_example(seed, i, size) for i in range(num_examples)]
   if noise_max_std > 0:
-    pipeline.check_pixel_noise(1.0, noise_max_std)
     noise = pipeline.PixelNoise(1.0, noise_max_std)
     ex = [noise.random_map(e, np.random.default_rng((seed, i))) for i, e in enumerate(ex)]
   return {"image": np.stack([e["image"] for e in ex]),
