@@ -57,6 +57,12 @@ class PixelNoise(grain.RandomMapTransform):
   prob: float
   max_std: float
 
+  def __post_init__(self):
+    if not 0.0 <= self.prob <= 1.0:
+      raise ValueError(f"data.noise_prob={self.prob} must lie in [0, 1]")
+    if self.max_std < 0.0:
+      raise ValueError(f"data.noise_max_std={self.max_std} must be >= 0")
+
   def random_map(self, example, rng):
     if rng.uniform() >= self.prob or "shape_mask" not in example:
       return example
@@ -67,13 +73,6 @@ class PixelNoise(grain.RandomMapTransform):
     words = emoshapes.colour_words(image[example["shape_mask"] == 0])
     return example | dict(image=image, valence=np.float32(v), arousal=np.float32(a), category=nearest_category(v, a),
                           emotional_prompt=np.array(f"{head}{emoshapes.BACKGROUND_PREFIX}{words} background", object))
-
-
-def check_pixel_noise(prob: float, max_std: float) -> None:
-  if not 0.0 <= prob <= 1.0:
-    raise ValueError(f"data.noise_prob={prob} must lie in [0, 1]")
-  if max_std < 0.0:
-    raise ValueError(f"data.noise_max_std={max_std} must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -180,7 +180,6 @@ def data_config(seed: int) -> ml_collections.ConfigDict:
 
 def image_loader(d, *, batch_size: int, seed: int, shard_index: int, shard_count: int):
   """Per-host batches of EmoShapes images with their own labels (config.data `d`), noise-augmented."""
-  pipeline.check_pixel_noise(d.noise_prob, d.noise_max_std)
   source = emoshapes.EmoShapesSource(d.seed, d.num_examples, size=d.image_size)
   # one row per example with its own image and labels: a GRPO prompt loader with groups of 1
   return pipeline.grpo_prompt_loader(source, prompts_per_step=batch_size // shard_count, group_size=1, seed=seed,
@@ -229,10 +228,9 @@ def sft_loss(logits, target_ids, target_mask) -> tuple[jax.Array, jax.Array]:
 def eval_split(seed: int, num_examples: int, size: int = 32, noise_max_std: float = 0.0) -> dict[str, np.ndarray]:
   """Examples 0..n-1 of the EmoShapes world `seed`: images, valence, arousal, category. With
   noise_max_std > 0 every image gets pipeline.PixelNoise (a fixed draw per example) and its labels."""
-  pipeline.check_pixel_noise(1.0, noise_max_std)
+  noise = pipeline.PixelNoise(1.0, noise_max_std)
   ex = [emoshapes.make_example(seed, i, size) for i in range(num_examples)]
   if noise_max_std > 0:
-    noise = pipeline.PixelNoise(1.0, noise_max_std)
     ex = [noise.random_map(e, np.random.default_rng((seed, i))) for i, e in enumerate(ex)]
   return {"image": np.stack([e["image"] for e in ex]),
           "valence": np.array([e["valence"] for e in ex], np.float32),
