@@ -171,8 +171,16 @@ def time_jax(compiled, *args, warmup=1, repeats=3) -> dict:
   return time_calls(lambda: block(compiled(*args)), warmup, repeats)
 
 
+def cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "unknown")
+  except OSError:
+    return "unknown"
+
+
 def env_info() -> dict:
-  return {"jax": jax.__version__, "backend": jax.default_backend(), "cpus": os.cpu_count(),
+  return {"jax": jax.__version__, "backend": jax.default_backend(), "cpus": os.cpu_count(), "cpu": cpu_model(),
           "loadavg_1m": round(os.getloadavg()[0], 2), "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench import common
+from emojax.io import tokenizers
 from emojax.emotion import prompts
 from emojax.lvlm import processor as proc_lib
 from emojax.lvlm import sampling
@@ -28,10 +29,10 @@ CONFIGS = {
   "tiny": (qv.PRESETS["tiny"], 32),
   # 4 layers of width 512 (8 heads x 64, 2 KV heads), vision depth 4 width 256; 64x64 image -> 64 tokens.
   "small": (qv.QwenVLConfig(
-    vocab_size=qv.TINY_VOCAB_SIZE, hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
+    vocab_size=tokenizers.TINY_CHAT_VOCAB_SIZE, hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
     num_key_value_heads=2, max_position_embeddings=2048, rms_norm_eps=1e-6, rope_theta=10000.0,
-    mrope_section=(8, 12, 12), tie_word_embeddings=True, image_token_id=qv.IMAGE_PAD_ID,
-    vision_start_token_id=qv.VISION_START_ID, vision_end_token_id=qv.VISION_END_ID,
+    mrope_section=(8, 12, 12), tie_word_embeddings=True, image_token_id=tokenizers.IMAGE_PAD_ID,
+    vision_start_token_id=tokenizers.VISION_START_ID, vision_end_token_id=tokenizers.VISION_END_ID,
     vision_config=qv.VisionConfig(
       depth=4, hidden_size=256, intermediate_size=1024, num_heads=4, patch_size=4, spatial_merge_size=2,
       temporal_patch_size=2, tokens_per_second=2, window_size=32, out_hidden_size=512, fullatt_block_indexes=(1, 3))),

@@ -5,16 +5,17 @@
 """
 import ml_collections
 
+from emojax import config_utils as cu
+
 
 def get_config(arg=None):
   if arg:
     raise ValueError(f"configs/evaluate.py takes no preset (got {arg!r}); set fields with --config.field=value")
   c = ml_collections.ConfigDict()
-  c.lvlm = ""  # LVLM export directory (<sft workdir>/export) or a transformers Qwen2.5-VL directory
+  c.lvlm = ""  # LVLM export directory (<workdir>/export of an LVLM job) or a transformers Qwen2.5-VL directory
   c.batch_size = 64  # images per jitted greedy-decoding batch (the last batch is padded)
   c.max_prompt_len = 120  # prompt tokens, left-padded; must hold the judge prompt and the image tokens
   c.max_new_tokens = 152  # answer tokens decoded at most (SFT's target_len: the longest SFT answer fits)
-  c.short_prompt = True  # the tiny world's short judge question (what SFT teaches); False: the full one
 
   c.data = ml_collections.ConfigDict()
   c.data.seed = 12345  # EmoShapes world seed (SFT trains on world 1 and evaluates on 12345)
@@ -22,3 +23,10 @@ def get_config(arg=None):
   c.data.image_size = 32  # EmoShapes image side in pixels
   c.data.noise_max_std = 0.0  # > 0: every image gets Gaussian pixel noise of std U[0, this] and its labels remeasured
   return c
+
+
+RANGES = {
+    "lvlm": cu.STR, "batch_size": cu.Int(1), "max_prompt_len": cu.Int(1), "max_new_tokens": cu.Int(1),
+    "data.seed": cu.Int(0), "data.num_examples": cu.Int(1), "data.image_size": cu.Int(8, 4096),
+    "data.noise_max_std": cu.Fraction(),
+}

@@ -5,19 +5,16 @@
 """
 import ml_collections
 
-from emojax import config_utils
-from emojax.rewards import lvlm_judge
+from emojax import config_utils as cu
+
+GENERATOR_GROUPS = ("text", "emotion", "mmdit")  # top-level parameter groups of the tiny generator
 
 
 def get_config(arg=None):
-  arg = config_utils.parse_arg(arg, preset="default")
+  arg = cu.parse_arg(arg, preset="default")
   c = ml_collections.ConfigDict()
-  c.task = "generator_grpo"  # which job emojax.train runs
-  c.seed = 0  # seeds rollouts, timestep choice and data order
-  c.total_steps = 80  # GRPO steps (one rollout batch + one optimizer update each)
-  c.checkpoint_every = 40  # steps between checkpoints
-  c.keep_checkpoints = 2  # newest checkpoints kept
-  c.eval_every = 40  # steps between fixed-set ODE evaluations (PNG grid + colour-judge errors)
+  cu.run_fields(c, task="generator_grpo", total_steps=80, checkpoint_every=40, eval_every=40)
+  c.export_dtype = "float32"  # dtype of the exported generator (<workdir>/export)
 
   c.model = ml_collections.ConfigDict()
   c.model.pretrained = ""  # pretrained generator directory; "" = the shipped tiny asset
@@ -39,7 +36,7 @@ def get_config(arg=None):
   c.rl.noise_level = 0.7  # SDE noise level a
   c.rl.cfg_scale = 1.0  # classifier-free guidance in rollouts and training (1 = off)
   c.rl.clip_eps = 1e-4  # PPO clip range (log-probs are per-dimension means)
-  c.rl.kl_beta = 0.01  # weight of the Flow-GRPO KL to the reference generator
+  c.rl.kl_beta = 0.01  # weight of the Flow-GRPO KL to the reference generator (0 = no reference)
   c.rl.adv_clip = 5.0  # advantages clipped to +-adv_clip
   c.rl.adv_eps = 1e-4  # std floor in group advantages
   c.rl.timestep_fraction = 0.5  # fraction of sampling steps trained per sample
@@ -54,7 +51,7 @@ def get_config(arg=None):
   # independent evaluator (judge/* metrics) either way
   c.rewards.weights = ml_collections.ConfigDict({"lvlm_emotion": 1.0, "colour_emotion": 0.0})
   c.rewards.zscore = False  # z-score each reward over the batch before the weighted sum
-  c.rewards.lvlm = lvlm_judge.config()  # the LVLM judge of lvlm_emotion
+  c.rewards.lvlm = cu.lvlm_judge()  # the LVLM judge of lvlm_emotion
 
   c.eval = ml_collections.ConfigDict()
   c.eval.seed = 12345  # held-out EmoShapes seed for eval prompts and noise
@@ -62,9 +59,9 @@ def get_config(arg=None):
   c.eval.num_steps = 8  # ODE steps
   c.eval.at_start = True  # also evaluate the pretrained generator at step 1 (the "before")
 
-  c.optim = config_utils.optimizer(lr=3e-3, grad_clip=1.0)
-  c.mesh = config_utils.mesh()
-  c.sharding = config_utils.sharding()
+  c.optim = cu.optimizer(lr=3e-3, grad_clip=1.0)
+  c.mesh = cu.mesh()
+  c.sharding = cu.sharding()
 
   if arg.preset == "smoke":
     c.total_steps, c.checkpoint_every, c.eval_every = 3, 2, 3
@@ -74,3 +71,19 @@ def get_config(arg=None):
   elif arg.preset != "default":
     raise ValueError(f"unknown preset {arg.preset!r} for generator; use default or smoke")
   return c
+
+
+RANGES = {
+    **cu.RUN_RANGES, **cu.OPTIM_RANGES, **cu.MESH_RANGES, **cu.SHARDING_RANGES, **cu.lvlm_judge_ranges("rewards.lvlm"),
+    "task": cu.OneOf("generator_grpo"), "export_dtype": cu.OneOf(*cu.DTYPES),
+    "model.pretrained": cu.STR, "model.frozen": cu.Names(*GENERATOR_GROUPS),
+    "data.seed": cu.Int(0), "data.num_examples": cu.Int(1), "data.target_mode": cu.OneOf("uniform", "data"),
+    "data.prompt_field": cu.OneOf("prompt", "emotional_prompt"),
+    "rl.prompts_per_step": cu.Int(1), "rl.group_size": cu.Int(2), "rl.num_steps": cu.Int(1, 1000),
+    "rl.shift": cu.Positive(), "rl.noise_level": cu.Float(0.0, 2.0, lo_open=True), "rl.cfg_scale": cu.Float(0.0),
+    "rl.clip_eps": cu.Positive(), "rl.kl_beta": cu.Float(0.0), "rl.adv_clip": cu.Positive(), "rl.adv_eps": cu.Positive(),
+    "rl.timestep_fraction": cu.Fraction(lo_open=True), "rl.grad_accum": cu.Int(1), "rl.inner_epochs": cu.Int(1),
+    "rl.ratio_tolerance": cu.Float(0.0),
+    "rewards.weights.*": cu.Float(0.0), "rewards.zscore": cu.BOOL,
+    "eval.seed": cu.Int(0), "eval.num_prompts": cu.Int(1), "eval.num_steps": cu.Int(1, 1000), "eval.at_start": cu.BOOL,
+}

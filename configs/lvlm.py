@@ -1,4 +1,4 @@
-"""LVLM GRPO: the SFT tiny judge sharpened by multi-task rewards on EmoShapes (DESIGN.md §1, job 2).
+"""LVLM GRPO: the SFT tiny judge sharpened by multi-task rewards on EmoShapes.
 
   python -m emojax.train --config=configs/lvlm.py --workdir=/tmp/lvlm_grpo   # from the shipped SFT judge, ~10 min
   python -m emojax.train --config=configs/lvlm.py --workdir=/tmp/lvlm_grpo --config.model.pretrained=/tmp/sft/export
@@ -6,25 +6,22 @@
 """
 import ml_collections
 
-from emojax import config_utils
-from emojax.tasks import lvlm_common
+from emojax import config_utils as cu
+
+LVLM_GROUPS = ("visual", "language_model", "lm_head")  # top-level parameter groups (lm_head: untied only)
 
 
 def get_config(arg=None):
-  arg = config_utils.parse_arg(arg, preset="default")
+  arg = cu.parse_arg(arg, preset="default")
   c = ml_collections.ConfigDict()
-  c.task = "lvlm_grpo"  # which job emojax.train runs
-  c.seed = 0  # seeds sampling RNG and data order
-  c.total_steps = 80  # GRPO steps (about 5 s each on 2 CPU cores: ~7 min plus evaluations)
-  c.checkpoint_every = 40  # steps between checkpoints
-  c.keep_checkpoints = 2  # newest checkpoints kept
-  c.eval_every = 40  # steps between greedy evaluations on the held-out split
+  # 80 GRPO steps of about 5 s each on 2 CPU cores: ~7 min plus evaluations
+  cu.run_fields(c, task="lvlm_grpo", total_steps=80, checkpoint_every=40, eval_every=40)
   c.export_dtype = "float32"  # dtype of the exported params.safetensors
   c.max_prompt_len = 120  # prompt tokens, left-padded (the short judge prompt + 16 image tokens is 117)
 
   c.images_per_step = 4  # distinct images per step (global batch rows; x group_size sampled answers)
   c.group_size = 8  # sampled answers per image (the GRPO group)
-  c.temperature = 0.7  # rollout temperature (log-probs stay temperature-1); at 1.0 a quarter of samples break format
+  c.temperature = 0.7  # rollout temperature, also of every scored log-prob; at 1.0 a quarter of samples break format
   c.top_p = 1.0  # nucleus mass of rollouts (1 = full distribution)
   c.max_new_tokens = 152  # answer tokens incl. end of turn (the longest SFT answer is 148)
   c.clip_eps = 0.2  # token-level PPO clip range of the ratio
@@ -41,7 +38,7 @@ def get_config(arg=None):
   c.model.pretrained = ""  # the SFT judge: DIR/export of configs/sft_lvlm.py; "" = the shipped emojax/assets/lvlm_tiny_sft
   c.model.frozen = ("visual",)  # top-level parameter groups left untouched (vision tower: SFT taught it colour)
 
-  c.data = lvlm_common.data_config(seed=3)  # training images: EmoShapes world 3 (SFT used 1), half noise-augmented
+  c.data = cu.lvlm_data(seed=3)  # training images: EmoShapes world 3 (SFT used 1), half noise-augmented
 
   c.rewards = ml_collections.ConfigDict()
   c.rewards.weights = ml_collections.ConfigDict(
@@ -54,9 +51,9 @@ def get_config(arg=None):
   c.eval.batch_size = 64  # images per jitted greedy-decoding batch
   c.eval.at_start = True  # also evaluate the SFT judge at step 1 (the "before", keys *_start)
 
-  c.optim = config_utils.optimizer(lr=5e-5, grad_clip=1.0, weight_decay=0.0, warmup_steps=10)
-  c.mesh = config_utils.mesh()
-  c.sharding = config_utils.sharding()
+  c.optim = cu.optimizer(lr=5e-5, grad_clip=1.0, weight_decay=0.0, warmup_steps=10)
+  c.mesh = cu.mesh()
+  c.sharding = cu.sharding()
 
   if arg.preset == "smoke":
     c.total_steps, c.checkpoint_every, c.eval_every = 2, 2, 2
@@ -66,3 +63,16 @@ def get_config(arg=None):
   elif arg.preset != "default":
     raise ValueError(f"unknown preset {arg.preset!r} for lvlm; use default or smoke")
   return c
+
+
+RANGES = {
+    **cu.RUN_RANGES, **cu.OPTIM_RANGES, **cu.MESH_RANGES, **cu.SHARDING_RANGES, **cu.LVLM_DATA_RANGES,
+    "task": cu.OneOf("lvlm_grpo"), "export_dtype": cu.OneOf(*cu.DTYPES), "max_prompt_len": cu.Int(1),
+    "images_per_step": cu.Int(1), "group_size": cu.Int(2), "temperature": cu.Float(0.0, lo_open=True),
+    "top_p": cu.Fraction(lo_open=True), "max_new_tokens": cu.Int(1), "clip_eps": cu.Positive(), "kl_beta": cu.Float(0.0),
+    "aggregation": cu.OneOf("sequence_mean", "token_mean"), "inner_epochs": cu.Int(1), "rescore_old": cu.BOOL,
+    "grad_accum": cu.Int(1), "adv_eps": cu.Positive(), "adv_clip": cu.Positive(), "ratio_tolerance": cu.Float(0.0),
+    "model.pretrained": cu.STR, "model.frozen": cu.Names(*LVLM_GROUPS),
+    "rewards.weights.*": cu.Float(0.0), "rewards.eps": cu.Positive(),
+    "eval.seed": cu.Int(0), "eval.num_examples": cu.Int(1), "eval.batch_size": cu.Int(1), "eval.at_start": cu.BOOL,
+}

@@ -5,34 +5,31 @@ The shipped asset is one workdir, run and then resumed three times with override
   python -m emojax.train --config=configs/pretrain_generator.py --workdir=/tmp/pretrain_gen
   # low-sigma detail: half the sigmas uniform
   python -m emojax.train --config=configs/pretrain_generator.py --workdir=/tmp/pretrain_gen \\
-      --config.total_steps=3600 --config.uniform_sigma_frac=0.5
+      --config.total_steps=3600 --config.uniform_sigma_frac=0.5 --config.resume_changes=uniform_sigma_frac
   # layout: shape pixels weighted, pooled text dropped half the time so the token context must say where
   python -m emojax.train --config=configs/pretrain_generator.py --workdir=/tmp/pretrain_gen \\
       --config.total_steps=6400 --config.shape_weight=10 --config.uniform_sigma_frac=0.25 \\
-      --config.caption.p_drop_pooled=0.5 --config.optim.learning_rate=1e-3 --config.optim.decay_steps=600
+      --config.caption.p_drop_pooled=0.5 --config.optim.learning_rate=1e-3 --config.optim.decay_steps=600 \\
+      --config.resume_changes=shape_weight,uniform_sigma_frac,caption.p_drop_pooled,optim.learning_rate
   # shape kinds: the background near each shape weighted like it, so outlines pay and blocks do not;
   # the raw weights are exported (the EMA still draws blocks ~1000 steps after the switch)
   python -m emojax.train --config=configs/pretrain_generator.py --workdir=/tmp/pretrain_gen \\
       --config.total_steps=10000 --config.shape_weight=5 --config.shape_margin=2 --config.uniform_sigma_frac=0.25 \\
       --config.caption.p_drop_pooled=0.5 --config.optim.learning_rate=1e-3 --config.optim.decay_steps=600 \\
-      --config.export_weights=params
+      --config.export_weights=params --config.resume_changes=shape_weight,shape_margin
   python -m emojax.train --config=configs/pretrain_generator.py:smoke --workdir=/tmp/x   # seconds
 """
 import ml_collections
 
-from emojax import config_utils
+from emojax import config_utils as cu
 
 
 def get_config(arg=None):
-  arg = config_utils.parse_arg(arg, preset="full")
+  arg = cu.parse_arg(arg, preset="full")
   c = ml_collections.ConfigDict()
-  c.task = "pretrain_generator"  # which job emojax.train runs
-  c.seed = 0  # seeds init, per-step RNG and data order
-  c.total_steps = 3000  # optimizer steps (about 75 minutes on 2 free CPU cores)
+  # 3000 optimizer steps: about 75 minutes on 2 free CPU cores
+  cu.run_fields(c, task="pretrain_generator", total_steps=3000, checkpoint_every=200, eval_every=400)
   c.batch_size = 64  # global images per step
-  c.checkpoint_every = 200  # steps between checkpoints
-  c.keep_checkpoints = 2  # newest checkpoints kept
-  c.eval_every = 400  # steps between sample grids and colour-judge eval
   c.ema_decay = 0.999  # EMA decay cap (warmed up as (1+t)/(10+t))
   c.export_weights = "ema"  # weights evaluated and exported: "ema", or "params" (raw; sharper after the lr decay)
   c.export_dtype = "float16"  # dtype of the exported params.safetensors
@@ -63,9 +60,9 @@ def get_config(arg=None):
   c.eval.shift = 3.0  # SD3 schedule shift
   c.eval.cfg_scale = 3.0  # classifier-free guidance scale
 
-  c.optim = config_utils.optimizer(lr=6e-4, grad_clip=1.0, weight_decay=0.0, warmup_steps=200, decay_steps=1000)
-  c.mesh = config_utils.mesh()
-  c.sharding = config_utils.sharding()
+  c.optim = cu.optimizer(lr=6e-4, grad_clip=1.0, weight_decay=0.0, warmup_steps=200, decay_steps=1000)
+  c.mesh = cu.mesh()
+  c.sharding = cu.sharding()
 
   if arg.preset == "smoke":
     c.total_steps, c.batch_size, c.checkpoint_every, c.eval_every = 4, 8, 2, 4
@@ -74,3 +71,17 @@ def get_config(arg=None):
   elif arg.preset != "full":
     raise ValueError(f"unknown preset {arg.preset!r} for pretrain_generator; use full or smoke")
   return c
+
+
+RANGES = {
+    **cu.RUN_RANGES, **cu.OPTIM_RANGES, **cu.MESH_RANGES, **cu.SHARDING_RANGES,
+    "task": cu.OneOf("pretrain_generator"), "batch_size": cu.Int(1), "ema_decay": cu.Fraction(),
+    "export_weights": cu.OneOf("ema", "params"), "export_dtype": cu.OneOf(*cu.DTYPES),
+    "logit_mean": cu.Float(), "logit_std": cu.Positive(), "shape_weight": cu.Float(0.0), "shape_margin": cu.Int(0, 16),
+    "uniform_sigma_frac": cu.Fraction(),
+    "model.preset": cu.OneOf("tiny"), "model.num_emotion_tokens": cu.Int(1), "model.max_text_length": cu.Int(3),
+    "caption.p_empty": cu.Fraction(), "caption.p_neutral": cu.Fraction(), "caption.p_drop_pooled": cu.Fraction(),
+    "data.seed": cu.Int(0), "data.num_examples": cu.Int(1),
+    "eval.seed": cu.Int(0), "eval.num_prompts": cu.Int(1), "eval.num_steps": cu.Int(1, 1000), "eval.shift": cu.Positive(),
+    "eval.cfg_scale": cu.Float(0.0),
+}

@@ -9,20 +9,15 @@ steps with the defaults from its export (--config.model.pretrained; the README h
 """
 import ml_collections
 
-from emojax import config_utils
-from emojax.tasks import lvlm_common
+from emojax import config_utils as cu
 
 
 def get_config(arg=None):
-  arg = config_utils.parse_arg(arg, preset="full")
+  arg = cu.parse_arg(arg, preset="full")
   c = ml_collections.ConfigDict()
-  c.task = "sft_lvlm"  # which job emojax.train runs
-  c.seed = 0  # seeds init, per-step RNG and data order
-  c.total_steps = 500  # optimizer steps (about 30 min at 2.8-3.7 s each on a shared 2-core CPU)
+  # 500 optimizer steps: about 30 min at 2.8-3.7 s each on a shared 2-core CPU
+  cu.run_fields(c, task="sft_lvlm", total_steps=500, checkpoint_every=250, eval_every=250)
   c.batch_size = 32  # global examples per step
-  c.checkpoint_every = 250  # steps between checkpoints
-  c.keep_checkpoints = 2  # newest checkpoints kept
-  c.eval_every = 250  # steps between greedy evaluations on the held-out split
   c.export_dtype = "float32"  # dtype of the exported params.safetensors (the tiny model has 1.14M params)
   c.max_prompt_len = 120  # prompt tokens, left-padded (the short judge prompt + 16 image tokens is 117)
   c.target_len = 152  # answer tokens incl. end of turn, right-padded (the longest SFT answer is 148)
@@ -32,16 +27,16 @@ def get_config(arg=None):
   c.model.pretrained = ""  # LVLM export or transformers directory to start from instead of the preset
   c.model.init_std = 0.02  # std of the random init of kernels and embeddings (transformers' initializer_range)
 
-  c.data = lvlm_common.data_config(seed=1)  # training images: EmoShapes world 1, half of them noise-augmented
+  c.data = cu.lvlm_data(seed=1)  # training images: EmoShapes world 1, half of them noise-augmented
 
   c.eval = ml_collections.ConfigDict()
   c.eval.seed = 12345  # held-out EmoShapes world seed
   c.eval.num_examples = 128  # held-out images judged at each eval
   c.eval.batch_size = 64  # images per jitted greedy-decoding batch
 
-  c.optim = config_utils.optimizer(lr=1e-3, grad_clip=1.0, weight_decay=0.0, warmup_steps=50)
-  c.mesh = config_utils.mesh()
-  c.sharding = config_utils.sharding()
+  c.optim = cu.optimizer(lr=1e-3, grad_clip=1.0, weight_decay=0.0, warmup_steps=50)
+  c.mesh = cu.mesh()
+  c.sharding = cu.sharding()
 
   if arg.preset == "smoke":
     c.total_steps, c.batch_size, c.checkpoint_every, c.eval_every = 4, 4, 2, 4
@@ -50,3 +45,12 @@ def get_config(arg=None):
   elif arg.preset != "full":
     raise ValueError(f"unknown preset {arg.preset!r} for sft_lvlm; use full or smoke")
   return c
+
+
+RANGES = {
+    **cu.RUN_RANGES, **cu.OPTIM_RANGES, **cu.MESH_RANGES, **cu.SHARDING_RANGES, **cu.LVLM_DATA_RANGES,
+    "task": cu.OneOf("sft_lvlm"), "batch_size": cu.Int(1), "export_dtype": cu.OneOf(*cu.DTYPES),
+    "max_prompt_len": cu.Int(1), "target_len": cu.Int(1),
+    "model.preset": cu.OneOf("tiny"), "model.pretrained": cu.STR, "model.init_std": cu.Positive(),
+    "eval.seed": cu.Int(0), "eval.num_examples": cu.Int(1), "eval.batch_size": cu.Int(1),
+}

@@ -1,9 +1,151 @@
-"""Shared config pieces: mesh, sharding rules, and `file.py:preset,key=value` argument parsing."""
+"""Config helpers: shared config pieces, `file.py:preset,key=value` parsing, and declared ranges.
+
+Configs import only this module and ml_collections, so loading one pulls in no jax, Flax or
+model. Each config file declares the valid range of every field it has in one table, `RANGES`
+(path -> Range; a path may end in `.*` for every key below it); `validate` checks a config
+against it before a job touches its workdir.
+"""
 from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+from typing import Any
 
 import ml_collections
 
-from emojax import parallel
+# Sharding rules (config defaults; emojax.parallel applies them). Parameter path regex -> logical
+# axes, first match wins; dense kernels are (in, out): column-parallel layers shard out over
+# tensor, row-parallel ones in.
+DEFAULT_PARAM_RULES = (
+    (r".*(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj|q_proj|k_proj|v_proj|fc1|gate_proj|up_proj|net_0.*|proj_in|linear_1)/kernel$", ("embed", "mlp")),
+    (r".*(to_out.*|to_add_out|out_proj|o_proj|fc2|down_proj|net_2)/kernel$", ("mlp", "embed")),
+    (r".*(embedding|token_embedding|embed_tokens)$", ("vocab", "embed")),
+    (r".*/kernel$", ("embed", None)),
+    (r".*", None),  # everything else (norms, biases, small tensors): replicated
+)
+BATCH_AXES = ("data", "fsdp")
+DEFAULT_LOGICAL_RULES = (
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("batch", BATCH_AXES),
+)
+
+
+# -------------------------------------------------------------------------------------------- ranges
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+  """A field's valid values: a number interval, a set of choices, or a type (see the helpers below)."""
+  kind: str  # "int" | "float" | "bool" | "str" | "choice" | "names" | "any"
+  lo: float | None = None
+  hi: float | None = None
+  lo_open: bool = False
+  hi_open: bool = False
+  choices: tuple = ()  # "choice": the allowed values; "names": the allowed names (empty: any)
+  also: tuple = ()  # extra allowed values outside the interval (e.g. -1 = "fill")
+
+  def describe(self) -> str:
+    if self.kind == "choice":
+      return "one of " + ", ".join(map(repr, self.choices))
+    if self.kind == "names":
+      return "a tuple of names" + (" from " + ", ".join(map(repr, self.choices)) if self.choices else "")
+    if self.kind in ("bool", "str", "any"):
+      return {"bool": "True or False", "str": "a string", "any": "anything"}[self.kind]
+    noun = "an integer" if self.kind == "int" else "a number"
+    if self.lo is not None and self.hi is not None:
+      text = f"{noun} in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+    elif self.lo is not None:
+      text = f"{noun} {'>' if self.lo_open else '>='} {self.lo:g}"
+    elif self.hi is not None:
+      text = f"{noun} {'<' if self.hi_open else '<='} {self.hi:g}"
+    else:
+      text = noun
+    return text + "".join(f" or {a!r}" for a in self.also)
+
+  def ok(self, v) -> bool:
+    if self.kind == "any":
+      return True
+    if self.kind == "bool":
+      return isinstance(v, bool)
+    if self.kind == "str":
+      return isinstance(v, str)
+    if self.kind == "choice":
+      return v in self.choices
+    if self.kind == "names":
+      return (isinstance(v, (tuple, list)) and all(isinstance(x, str) for x in v) and len(set(v)) == len(v)
+              and (not self.choices or set(v) <= set(self.choices)))
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (self.kind == "int" and not float(v).is_integer()):
+      return False
+    if v in self.also:
+      return True
+    if not math.isfinite(v):
+      return False
+    if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+      return False
+    return self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+
+
+def Int(lo=None, hi=None, also=()) -> Range:
+  return Range("int", lo, hi, also=tuple(also))
+
+
+def Float(lo=None, hi=None, lo_open=False, hi_open=False) -> Range:
+  return Range("float", lo, hi, lo_open, hi_open)
+
+
+def Positive() -> Range:
+  return Float(0.0, lo_open=True)
+
+
+def Fraction(lo_open=False) -> Range:
+  return Float(0.0, 1.0, lo_open=lo_open)
+
+
+def OneOf(*choices) -> Range:
+  return Range("choice", choices=choices)
+
+
+def Names(*allowed) -> Range:
+  return Range("names", choices=allowed)
+
+
+BOOL, STR, ANY = Range("bool"), Range("str"), Range("any")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def flatten(config) -> dict[str, Any]:
+  """Leaf fields of a (nested) ConfigDict or dict as {dotted.path: value}."""
+  out = {}
+  for k, v in (config.items() if hasattr(config, "items") else ()):
+    if isinstance(v, (ml_collections.ConfigDict, dict)):
+      out.update({f"{k}.{sub}": x for sub, x in flatten(v).items()})
+    else:
+      out[str(k)] = v
+  return out
+
+
+def range_of(path: str, ranges: dict[str, Range]) -> Range | None:
+  if path in ranges:
+    return ranges[path]
+  matches = [p for p in ranges if p.endswith(".*") and fnmatch.fnmatchcase(path, p)]
+  return ranges[max(matches, key=len)] if matches else None
+
+
+def validate(config, ranges: dict[str, Range], what: str = "config") -> None:
+  """One-line ValueError for the first field outside its declared range (or with none declared)."""
+  for path, value in sorted(flatten(config).items()):
+    r = range_of(path, ranges)
+    if r is None:
+      raise ValueError(f"{what} field {path} has no declared range (add it to the config file's RANGES)")
+    if not r.ok(value):
+      raise ValueError(f"{what} field {path}={value!r} is out of range: it must be {r.describe()}")
+
+
+# ------------------------------------------------------------------------------------- shared pieces
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -20,6 +162,24 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(out)
 
 
+def run_fields(c: ml_collections.ConfigDict, *, task: str, total_steps: int, checkpoint_every: int,
+               eval_every: int, keep_checkpoints: int = 2, seed: int = 0) -> None:
+  """The fields every training job has, set on c."""
+  c.task = task  # which job emojax.train runs
+  c.seed = seed  # seeds init, per-step RNG and data order (a resumed run must keep it)
+  c.total_steps = total_steps  # optimizer steps of the whole run (may grow on resume)
+  c.checkpoint_every = checkpoint_every  # steps between checkpoints (and at total_steps and on SIGTERM)
+  c.keep_checkpoints = keep_checkpoints  # newest checkpoints kept
+  c.eval_every = eval_every  # steps between evaluations (and at total_steps)
+  c.resume_changes = ""  # comma-separated fields deliberately changed from the checkpoint resumed (staged runs)
+
+
+RUN_RANGES = {
+    "seed": Int(0), "total_steps": Int(1), "checkpoint_every": Int(1), "keep_checkpoints": Int(1),
+    "eval_every": Int(1), "resume_changes": STR,
+}
+
+
 def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, num_devices: int = -1) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.num_devices = num_devices  # devices the mesh uses (the first N); -1 = all
@@ -29,11 +189,17 @@ def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, num_devices: int = -1) 
   return c
 
 
+MESH_RANGES = {f"mesh.{k}": Int(1, also=(-1,)) for k in ("num_devices", "data", "fsdp", "tensor")}
+
+
 def sharding() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.param_rules = [(rx, names) for rx, names in parallel.DEFAULT_PARAM_RULES]  # param path regex -> logical axes
-  c.logical_rules = [(n, a) for n, a in parallel.DEFAULT_LOGICAL_RULES]  # logical axis -> mesh axes
+  c.param_rules = [(rx, names) for rx, names in DEFAULT_PARAM_RULES]  # param path regex -> logical axes
+  c.logical_rules = [(n, a) for n, a in DEFAULT_LOGICAL_RULES]  # logical axis -> mesh axes
   return c
+
+
+SHARDING_RANGES = {"sharding.param_rules": ANY, "sharding.logical_rules": ANY}
 
 
 def optimizer(lr: float, grad_clip: float = 1.0, weight_decay: float = 0.0, warmup_steps: int = 0,
@@ -50,35 +216,41 @@ def optimizer(lr: float, grad_clip: float = 1.0, weight_decay: float = 0.0, warm
   return c
 
 
-def learning_rate_schedule(c, total_steps: int | None = None):
-  """Linear warmup, constant, then (with decay_steps and total_steps) linear decay to 0 at total_steps."""
-  import optax
-  decay = c.get("decay_steps", 0)
-  if decay and total_steps is None:
-    raise ValueError("optim.decay_steps needs the run's total_steps")
-  pieces, bounds = [], []
-  if c.warmup_steps:
-    pieces.append(optax.linear_schedule(0.0, c.learning_rate, c.warmup_steps))
-    bounds.append(c.warmup_steps)
-  pieces.append(optax.constant_schedule(c.learning_rate))
-  if decay:
-    if decay > total_steps - c.warmup_steps:
-      raise ValueError(f"optim.decay_steps={decay} overlaps the warmup: total_steps={total_steps}, "
-                       f"warmup_steps={c.warmup_steps}")
-    bounds.append(total_steps - decay)
-    pieces.append(optax.linear_schedule(c.learning_rate, 0.0, decay))
-  return pieces[0] if len(pieces) == 1 else optax.join_schedules(pieces, bounds)
+OPTIM_RANGES = {
+    "optim.learning_rate": Positive(), "optim.warmup_steps": Int(0), "optim.decay_steps": Int(0),
+    "optim.b1": Float(0.0, 1.0, hi_open=True), "optim.b2": Float(0.0, 1.0, hi_open=True), "optim.eps": Positive(),
+    "optim.weight_decay": Float(0.0), "optim.grad_clip": Positive(),
+}
 
 
-def make_optimizer(c, total_steps: int | None = None):
-  import optax
-  sched = learning_rate_schedule(c, total_steps)
-  return optax.chain(optax.clip_by_global_norm(c.grad_clip),
-                     optax.adamw(sched, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay))
+def lvlm_judge(path: str = "", batch_size: int = 32, max_prompt_len: int = 120,
+               max_new_tokens: int = 152) -> ml_collections.ConfigDict:
+  """The LVLM judge of the generator's lvlm_emotion reward."""
+  c = ml_collections.ConfigDict()
+  c.path = path  # LVLM judge directory (emojax export or transformers Qwen2.5-VL); "" = the shipped tiny judge
+  c.batch_size = batch_size  # images per jitted greedy-decoding batch (the last batch is padded)
+  c.max_prompt_len = max_prompt_len  # prompt tokens, left-padded: the judge question + the image tokens
+  c.max_new_tokens = max_new_tokens  # answer tokens decoded at most (the tiny judge's answers need 148)
+  return c
 
 
-def masked_optimizer(tx, params, frozen: tuple[str, ...]):
-  """Applies optax transformation tx to every top-level module except `frozen`, whose updates are zero."""
-  import optax
-  labels = {k: ("frozen" if k in frozen else "train") for k in params}
-  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+def lvlm_judge_ranges(prefix: str) -> dict[str, Range]:
+  return {f"{prefix}.path": STR, f"{prefix}.batch_size": Int(1), f"{prefix}.max_prompt_len": Int(1),
+          f"{prefix}.max_new_tokens": Int(1)}
+
+
+def lvlm_data(seed: int) -> ml_collections.ConfigDict:
+  """config.data of the LVLM jobs: which EmoShapes world they train on, and its noise augmentation."""
+  d = ml_collections.ConfigDict()
+  d.seed = seed  # EmoShapes world seed of the training images
+  d.num_examples = 200_000  # size of the procedural training set
+  d.image_size = 32  # EmoShapes image side in pixels
+  d.noise_prob = 0.5  # share of training images given Gaussian pixel noise and relabelled (pipeline.PixelNoise)
+  d.noise_max_std = 0.4  # the noise std is uniform in [0, noise_max_std] ([0, 1] pixel units)
+  return d
+
+
+LVLM_DATA_RANGES = {
+    "data.seed": Int(0), "data.num_examples": Int(1), "data.image_size": Int(8, 4096),
+    "data.noise_prob": Fraction(), "data.noise_max_std": Fraction(),
+}

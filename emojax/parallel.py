@@ -17,25 +17,9 @@ import numpy as np
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
+from emojax.config_utils import BATCH_AXES, DEFAULT_LOGICAL_RULES, DEFAULT_PARAM_RULES
 
-# Default logical names for parameter paths (joined by "/"). First match wins.
-# Dense kernels are (in, out): column-parallel layers shard out over tensor, row-parallel in.
-DEFAULT_PARAM_RULES = (
-    (r".*(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj|q_proj|k_proj|v_proj|fc1|gate_proj|up_proj|net_0.*|proj_in|linear_1)/kernel$", ("embed", "mlp")),
-    (r".*(to_out.*|to_add_out|out_proj|o_proj|fc2|down_proj|net_2)/kernel$", ("mlp", "embed")),
-    (r".*(embedding|token_embedding|embed_tokens)$", ("vocab", "embed")),
-    (r".*/kernel$", ("embed", None)),
-    (r".*", None),  # everything else (norms, biases, small tensors): replicated
-)
-DEFAULT_LOGICAL_RULES = (
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("vocab", "tensor"),
-    ("batch", BATCH_AXES),
-)
+AXES = ("data", "fsdp", "tensor")
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:

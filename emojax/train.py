@@ -1,19 +1,23 @@
 """python -m emojax.train --config=configs/<job>.py[:preset] --workdir=DIR [--config.field=value ...]
 
-Resumes automatically from DIR's latest checkpoint; SIGTERM saves and exits cleanly.
+Checks every config field against its declared range first; resumes automatically from DIR's
+latest checkpoint; SIGTERM saves and exits cleanly; at total_steps the job exports to DIR/export.
 """
 from __future__ import annotations
 
 import logging as logging_std
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from emojax import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file (path[:arg]).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, samples and the export.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+TASKS = ("generator_grpo", "lvlm_grpo", "pretrain_generator", "sft_lvlm")
 
 
 def make_task(config):
@@ -30,7 +34,7 @@ def make_task(config):
   if task == "lvlm_grpo":
     from emojax.tasks.lvlm_grpo import LVLMGRPO
     return LVLMGRPO(config)
-  raise ValueError(f"unknown config.task {task!r}; known: generator_grpo, lvlm_grpo, pretrain_generator, sft_lvlm")
+  raise ValueError(f"unknown config.task {task!r}; known: {', '.join(TASKS)}")
 
 
 class _QuietLibraries(logging_std.Filter):
@@ -47,38 +51,14 @@ def main(argv):
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config=configs/<job>.py is required")
+  cli.check_config(config)
   workdir = _WORKDIR.value or os.path.join("workdirs", config.task)
-  import jax
-  jax.config.update("jax_compilation_cache_dir", os.environ.get(
-      "EMOJAX_COMPILATION_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "emojax", "jax")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+  cli.use_compilation_cache()
   from emojax import parallel, trainer
   parallel.initialize_distributed()
   result = trainer.run(config, workdir, make_task(config), progress=_PROGRESS.value)
   logging.info("finished at step %d (preempted=%s); outputs in %s", result.step, result.preempted, workdir)
 
 
-def _parse_flags(argv):
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:  # e.g. --config.no_such_field=1
-    lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
-    cause = lines[-1] if lines else type(e).__name__  # config-file errors arrive wrapped with a traceback
-    name = cause.strip("\"'")
-    culprits = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and name in a.split("=")[0].split(".")]
-    if culprits:  # ml_collections reports only the leaf name: say which override it was
-      raise app.UsageError(f"unknown config field {culprits[0].removeprefix('--config.')} "
-                           "(config fields are listed in the config file)") from None
-    raise app.UsageError(f"bad flag or config: {cause} (config fields are listed in the config file)") from None
-
-
-def cli():
-  try:
-    app.run(main, flags_parser=_parse_flags)
-  except (ValueError, FileNotFoundError, FloatingPointError, app.UsageError) as e:  # bad input: one actionable line
-    print(f"emojax.train: error: {e}", file=sys.stderr)
-    sys.exit(2)
-
-
 if __name__ == "__main__":
-  cli()
+  cli.run(main, "emojax.train")

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 
 from emojax.emotion.space import CATEGORIES, CATEGORY_CENTROIDS, check_va, nearest_category
-from emojax.rewards.colour_judge import colour_judge, colour_judge_np, emotion_reward
+from emojax.emotion.colour import colour_judge, colour_judge_np
+from emojax.rewards.colour_judge import emotion_reward
 
 unit = st.floats(0.0, 1.0)
 

@@ -6,7 +6,7 @@ import pytest
 from emojax.data import emoshapes
 from emojax.data.emoshapes import EmoShapesSource, colour_words, make_example
 from emojax.emotion.space import nearest_category
-from emojax.rewards.colour_judge import brightness_saturation_np, colour_judge
+from emojax.emotion.colour import brightness_saturation_np, colour_judge
 
 ADJECTIVES = set(emoshapes.BRIGHTNESS_WORDS + emoshapes.SATURATION_WORDS + ("grey", "warm", "cool"))
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from emojax.data.emoshapes import PLACES, SHAPES, _pixel_centres, draw_shape, make_example
-from emojax.rewards.layout_judge import kind_confusion, layout_scores, parse_layout, read_layout
+from emojax.evaluation.layout import kind_confusion, layout_scores, parse_layout, read_layout
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import optax
 import pytest
 
 from configs import lvlm as lvlm_config
-from emojax import train, trainer
-from emojax.models import assets
+from emojax import optim, train, trainer
+from emojax.io import assets
 from emojax.models import qwen_vl as qv
 from emojax.rl import grpo, lvlm_step
-from emojax.tasks import lvlm_common as common
+from emojax.lvlm import judge
 from emojax.tasks.lvlm_grpo import LVLMGRPO
 
 COMPONENTS = ("reward/format", "reward/valence", "reward/arousal", "reward/category")
@@ -82,7 +82,7 @@ def test_smoke_run_logs_rewards_and_exports(smoke):
   for k in ("eval/valence_mae", "eval/arousal_mae", "eval/category_acc", "eval/format_rate"):
     assert k in lines[-1]
   assert lines[0]["reward_std"] > 0 and lines[0]["zero_std_ratio"] < 1  # the spread reached the advantages
-  _, _, params, _ = common.load_lvlm(str(workdir / "export"))
+  _, _, params, _ = judge.load_lvlm(str(workdir / "export"))
   final = jax.device_get(result.state["params"])
   jax.tree.map(np.testing.assert_array_equal, params, final)
   moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), final, task._pretrained)
@@ -143,7 +143,9 @@ def _toy_problem(seed=0):
   rng = np.random.default_rng(seed)
   params = {"a": rng.normal(0, 1, (V, V)), "u": rng.normal(0, 1, (V, V)), "frozen": {"w": rng.normal(0, 1, (V,))}}
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+  # the reference differs in the trainable groups; frozen groups are shared with the policy
   ref = jax.tree.map(lambda x: x + 0.3 * jnp.asarray(rng.normal(0, 1, x.shape), jnp.float32), params)
+  ref["frozen"] = params["frozen"]
   # ragged, and unequal between micro-batches: prompts 0 and 2 hold 4 + 6 tokens, prompts 1 and 3 hold 17 + 15
   lengths = np.array([1, 2, 1, 6, 5, 6, 3, 1, 2, 4, 6, 5])
   mask = (np.arange(T)[None] < lengths[:, None]).astype(np.int32)
@@ -163,8 +165,8 @@ def _toy_step(aggregation, grad_accum, inner_epochs=1):
   tx = optax.sgd(0.5)
   step = jax.jit(lvlm_step.make_train_step(logprob_fn=_toy_logprobs, optimizer=tx, hp=hp))
   params, ref, batch = _toy_problem()
-  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-  new, metrics = step(state, batch, jax.random.key(0), {"ref_params": ref})
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optim.init_opt_state(tx, params, ("frozen",))}
+  new, metrics = step(state, batch, jax.random.key(0), {"ref_trainable": optim.partition(ref, ("frozen",))[0]})
   return params, ref, batch, new["params"], jax.device_get(metrics)
 
 

@@ -4,9 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from emojax import config_utils
+from emojax.data import pipeline
 from emojax.rewards import lvlm_judge, registry
-from emojax.rewards.colour_judge import colour_judge
-from emojax.tasks import lvlm_common
+from emojax.emotion.colour import colour_judge
 
 
 def test_lvlm_emotion_is_a_host_reward():
@@ -39,14 +40,14 @@ def test_to_uint8_rounds_like_the_sample_pngs():
 
 @pytest.fixture(scope="module")
 def judge():
-  return lvlm_judge.LVLMJudgeReward.from_config(lvlm_judge.config(batch_size=16))
+  return lvlm_judge.LVLMJudgeReward.from_config(config_utils.lvlm_judge(batch_size=16))
 
 
 def test_shipped_judge_rewards_the_requested_emotion(judge):
   """EmoShapes images of a world the judge never saw, as the generator would emit them ([-1, 1]):
   asked for their own V-A they earn more than asked for the opposite corner's, and the reward is
   1 - (|dV| + |dA|) / 12 of the judge's reading, which tracks the colour judge."""
-  split = lvlm_common.eval_split(4242, 16)
+  split = pipeline.labelled_split(4242, 16)
   images = split["image"].astype(np.float32) / 127.5 - 1.0
   own = {"valence": split["valence"], "arousal": split["arousal"]}
   far = {"valence": -np.sign(split["valence"]) * 2.5, "arousal": -np.sign(split["arousal"]) * 2.5}

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from emojax.io import tokenizers
 from emojax.emotion import prompts
 from emojax.lvlm import processor as P
 from emojax.models import qwen_vl as qv
@@ -65,16 +66,16 @@ def test_image_config():
 
 def test_tiny_tokenizer():
   proc = P.Processor.tiny()
-  assert proc.eos_ids == (qv.IM_END_ID,) and proc.pad_id == 0
+  assert proc.eos_ids == (tokenizers.IM_END_ID,) and proc.pad_id == 0
   text = prompts.chat_text("Rate: é?", system="S")
   ids = proc.encode(text, [(1, 8, 8)])
-  assert ids.dtype == np.int32 and ids.max() < qv.TINY_VOCAB_SIZE
-  start = ids.tolist().index(qv.VISION_START_ID)
-  assert ids[start + 1:start + 17].tolist() == [qv.IMAGE_PAD_ID] * 16 and ids[start + 17] == qv.VISION_END_ID
-  assert ids[:3].tolist() == [qv.IM_START_ID, ord("s") + 3, ord("y") + 3]  # no BOS; bytes at +3
-  assert (ids == qv.IM_START_ID).sum() == 3 and (ids == qv.IM_END_ID).sum() == 2
+  assert ids.dtype == np.int32 and ids.max() < tokenizers.TINY_CHAT_VOCAB_SIZE
+  start = ids.tolist().index(tokenizers.VISION_START_ID)
+  assert ids[start + 1:start + 17].tolist() == [tokenizers.IMAGE_PAD_ID] * 16 and ids[start + 17] == tokenizers.VISION_END_ID
+  assert ids[:3].tolist() == [tokenizers.IM_START_ID, ord("s") + 3, ord("y") + 3]  # no BOS; bytes at +3
+  assert (ids == tokenizers.IM_START_ID).sum() == 3 and (ids == tokenizers.IM_END_ID).sum() == 2
   assert proc.decode(ids) == P.expand_image_pads(text, [16])
-  assert proc.decode(np.r_[ids, qv.IM_END_ID, 0, 0]) == P.expand_image_pads(text, [16]) + "<|im_end|>"
+  assert proc.decode(np.r_[ids, tokenizers.IM_END_ID, 0, 0]) == P.expand_image_pads(text, [16]) + "<|im_end|>"
   assert proc.decode(ids, skip_special_tokens=True) == "system\nS\nuser\nRate: é?\nassistant\n"
   with pytest.raises(ValueError, match="1 <|image_pad|> but 2 images"):
     proc.encode(text, [(1, 8, 8)] * 2)
@@ -125,8 +126,8 @@ def test_prompt_batch():
   lengths = b["attention_mask"].sum(1)
   assert lengths[1] - lengths[0] == len("a longer one") - 1
   for row, n in zip(b["input_ids"], lengths):  # left padding
-    assert (row[:120 - n] == proc.pad_id).all() and row[120 - n] == qv.IM_START_ID
-    assert (row == qv.IMAGE_PAD_ID).sum() == 16
+    assert (row[:120 - n] == proc.pad_id).all() and row[120 - n] == tokenizers.IM_START_ID
+    assert (row == tokenizers.IMAGE_PAD_ID).sum() == 16
   np.testing.assert_array_equal(b["attention_mask"][:, -1], 1)
   same = P.prompt_batch(proc, images.astype(np.int64), "a", max_prompt_len=120)  # integer arrays in range are fine
   np.testing.assert_array_equal(same["input_ids"][0], b["input_ids"][0])

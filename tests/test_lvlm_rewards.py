@@ -102,6 +102,8 @@ def test_emotion_reward_from_answers_known_values():
 def test_emotion_reward_matches_the_colour_judge_form(rows):
   rows = np.array(rows)
   got = lvlm.emotion_reward_from_answers([ans(v, a) for v, a, _, _ in rows], rows[:, 2:])
-  want = emotion_reward(np.round(rows[:, 0], 1), np.round(rows[:, 1], 1), rows[:, 2], rows[:, 3])
+  # the answer carries V and A as format_answer writes them: Python's round (np.round(0.45, 1) is 0.4, not 0.5)
+  r1 = lambda x: np.array([round(float(v), 1) for v in x])
+  want = emotion_reward(r1(rows[:, 0]), r1(rows[:, 1]), rows[:, 2], rows[:, 3])
   np.testing.assert_allclose(got, want, atol=1e-5)
   assert ((got >= 0) & (got <= 1)).all()

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from emojax.io import tokenizers
 from emojax.lvlm import processor as P
 from emojax.lvlm import sampling as S
 from emojax.models import qwen_vl as qv
@@ -60,6 +61,36 @@ def test_logprobs_equal_scorer():
   print(f"sampler vs uncached scorer log-probs: max abs error {err:.2e}")
   assert err <= 1e-5 and (lp[out["mask"] == 0] == 0).all()
   assert (out["logprobs"][out["mask"] > 0] < 0).all()
+
+
+def test_logprobs_are_at_the_sampling_temperature():
+  """At T = 0.7 the sampler reports log_softmax(logits / 0.7) of the sampled tokens, the logits taken
+  from one plain (uncached) forward over prompt + sampled tokens; the scorer at 0.7 agrees, the
+  temperature-1 log-probs of the same tokens do not (so the test fails if temperature is dropped)."""
+  model, params, batch = setup()
+  out = sampled(temperature=0.7)
+  scored = np.asarray(S.token_logprobs(model, params, batch, out["tokens"], out["mask"], temperature=0.7))
+  on = out["mask"] > 0
+  assert np.abs(scored - out["logprobs"])[on].max() <= 1e-5
+  # the plain forward reads an <|image_pad|> id as an image slot: keep the rows the random model did not emit one in
+  ids, mask = batch["input_ids"], batch["attention_mask"]
+  g, l = out["tokens"].shape[0] // ids.shape[0], ids.shape[1]
+  rows = np.flatnonzero(~(out["tokens"] == tokenizers.IMAGE_PAD_ID).any(1))
+  assert len(rows) >= 3
+  prompt = rows // g
+  per_image = batch["pixel_values"].reshape(ids.shape[0], -1, batch["pixel_values"].shape[-1])
+  full_ids = np.concatenate([ids[prompt], out["tokens"][rows]], 1)
+  full_mask = np.concatenate([mask[prompt], out["mask"][rows]], 1)
+  pixels = per_image[prompt].reshape(-1, per_image.shape[-1])
+  grids = tuple(batch["image_grid_thw"][i] for i in prompt)
+  logits = jax.jit(lambda p: model.apply({"params": p}, full_ids, full_mask, pixels, grids))(params)
+  logits = np.asarray(logits, np.float32)[:, l - 1:-1]
+  pick = lambda lp: np.take_along_axis(lp, out["tokens"][rows][..., None], -1)[..., 0]
+  on = on[rows]
+  want = pick(np.asarray(jax.nn.log_softmax(logits / 0.7, -1)))
+  assert np.abs(out["logprobs"][rows] - want)[on].max() <= 1e-5
+  at_one = pick(np.asarray(jax.nn.log_softmax(logits, -1)))
+  assert np.abs(at_one - out["logprobs"][rows])[on].max() > 1e-2
 
 
 def test_prefill_once_equals_tiled():

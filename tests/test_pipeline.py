@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from emojax.data.emoshapes import EmoShapesSource
+from emojax.data import pipeline
 from emojax.data.pipeline import grpo_prompt_loader, pretrain_loader
 from emojax.emotion.space import nearest_category
 
@@ -98,11 +99,11 @@ def test_pretrain_batches_are_endless_unit_range_images():
 
 def test_pixel_noise_relabels_images_with_the_colour_judge():
   from emojax.data import emoshapes
-  from emojax.rewards.colour_judge import colour_judge_np
-  from emojax.tasks import lvlm_common
-  d = lvlm_common.data_config(seed=0)
+  from emojax.emotion.colour import colour_judge_np
+  from emojax import config_utils
+  d = config_utils.lvlm_data(seed=0)
   d.num_examples = 40
-  loader = lambda: iter(lvlm_common.image_loader(d, batch_size=8, seed=7, shard_index=0, shard_count=1))
+  loader = lambda: iter(pipeline.image_loader(d, batch_size=8, seed=7, shard_index=0, shard_count=1))
   batches = take(loader(), 5)
   clean = {(SOURCE[i]["prompt"], SOURCE[i]["shape_mask"].tobytes()): SOURCE[i]["image"] for i in range(40)}
   noisy = 0
@@ -123,14 +124,13 @@ def test_pixel_noise_relabels_images_with_the_colour_judge():
 
 
 def test_noisy_eval_split_is_fixed_and_relabelled():
-  from emojax.rewards.colour_judge import colour_judge_np
-  from emojax.tasks import lvlm_common
-  clean, noisy = lvlm_common.eval_split(9, 6), lvlm_common.eval_split(9, 6, noise_max_std=0.4)
-  np.testing.assert_array_equal(noisy["image"], lvlm_common.eval_split(9, 6, noise_max_std=0.4)["image"])
+  from emojax.emotion.colour import colour_judge_np
+  clean, noisy = pipeline.labelled_split(9, 6), pipeline.labelled_split(9, 6, noise_max_std=0.4)
+  np.testing.assert_array_equal(noisy["image"], pipeline.labelled_split(9, 6, noise_max_std=0.4)["image"])
   assert all(not np.array_equal(a, b) for a, b in zip(clean["image"], noisy["image"]))
   v, a = colour_judge_np(noisy["image"])
   np.testing.assert_array_equal(noisy["valence"], v)
   np.testing.assert_array_equal(noisy["arousal"], a)
   np.testing.assert_array_equal(noisy["category"], nearest_category(v, a))
   with pytest.raises(ValueError, match="noise_max_std=-0.1 must be >= 0"):
-    lvlm_common.eval_split(9, 6, noise_max_std=-0.1)
+    pipeline.labelled_split(9, 6, noise_max_std=-0.1)

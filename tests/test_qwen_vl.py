@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from emojax.io import tokenizers
 from emojax.models import qwen_vl as qv
 
 GOLDENS = pathlib.Path(__file__).parent / "goldens"
@@ -230,15 +231,15 @@ def test_7b_parameter_count():
 
 def test_tiny_preset_on_an_emoshapes_image():
   c = qv.PRESETS["tiny"]
-  assert c.vocab_size == qv.TINY_VOCAB_SIZE == 264 and c.image_token_id == qv.IMAGE_PAD_ID
-  assert len({qv.IM_START_ID, qv.IM_END_ID, qv.VISION_START_ID, qv.VISION_END_ID, qv.IMAGE_PAD_ID}) == 5
+  assert c.vocab_size == tokenizers.TINY_CHAT_VOCAB_SIZE == 264 and c.image_token_id == tokenizers.IMAGE_PAD_ID
+  assert len({tokenizers.IM_START_ID, tokenizers.IM_END_ID, tokenizers.VISION_START_ID, tokenizers.VISION_END_ID, tokenizers.IMAGE_PAD_ID}) == 5
   vc = c.vision_config
   grid = ((1, 32 // vc.patch_size, 32 // vc.patch_size),)  # one 32x32 image
   plan = qv.vision_plan(grid, vc)
   assert np.bincount(plan["window_seg"]).tolist() == [16] * 4  # four 4x4-patch windows
   assert vc.depth - 1 in vc.fullatt_block_indexes
   n_tokens = 64 // vc.spatial_merge_size ** 2
-  ids = np.array([[1, qv.VISION_START_ID] + [qv.IMAGE_PAD_ID] * n_tokens + [qv.VISION_END_ID, 40, 41]], np.int32)
+  ids = np.array([[1, tokenizers.VISION_START_ID] + [tokenizers.IMAGE_PAD_ID] * n_tokens + [tokenizers.VISION_END_ID, 40, 41]], np.int32)
   pixels = jnp.zeros((64, vc.patch_dim))
   params = qv.param_shapes(c)
   out = jax.eval_shape(lambda p: qv.QwenVL(c).apply({"params": p}, ids, None, pixels, grid), params)

@@ -15,8 +15,11 @@ from emojax import trainer
 from emojax.data import emoshapes
 from emojax.emotion.answer import format_answer, parse_answer
 from emojax.emotion.space import CATEGORIES
-from emojax.lvlm import sampling
-from emojax.tasks import lvlm_common as common
+from emojax.data import judge_targets, pipeline
+from emojax.emotion import scoring
+from emojax.lvlm import judge, sampling
+from emojax.lvlm import processor as proc_lib
+from emojax.tasks import sft_lvlm
 from emojax.tasks.sft_lvlm import SFTLVLM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,16 +35,16 @@ def test_targets_are_grounded_and_fit():
   config = sft_config.get_config()
   task = SFTLVLM(config)
   ex = emoshapes.make_example(1, 3)
-  text = common.target_text(ex["image"], ex["emotional_prompt"], ex["valence"], ex["arousal"], ex["category"])
+  text = judge_targets.target_text(ex["image"], ex["emotional_prompt"], ex["valence"], ex["arousal"], ex["category"])
   ans = parse_answer(text)
   assert ans.well_formed and ans.emotion == CATEGORIES[ex["category"]]
   assert (ans.valence, ans.arousal) == (round(float(ex["valence"]), 1), round(float(ex["arousal"]), 1))
   bg = ex["emotional_prompt"].rsplit(", on a ", 1)[1]
   assert ans.reasoning == f"{bg}, {emoshapes.colour_words(ex['image'])} overall"
-  assert common.max_target_tokens(task.processor) <= config.target_len
+  assert judge_targets.max_target_tokens(task.processor) <= config.target_len
   batch = task.host_batch(_raw(64))
   longest = batch["target_mask"].sum(1).max()
-  assert longest <= common.max_target_tokens(task.processor)
+  assert longest <= judge_targets.max_target_tokens(task.processor)
   assert batch["attention_mask"].sum(1).max() <= config.max_prompt_len
   # right padding: each target row is real tokens, then padding; the end of turn closes it
   for ids, m in zip(batch["target_ids"], batch["target_mask"]):
@@ -73,8 +76,8 @@ def test_smoke_run_overfits_and_exports(smoke_run):
   for k in ("token_acc", "grad_norm", "eval/valence_mae", "eval/arousal_mae", "eval/category_acc", "eval/format_rate",
             "eval/baseline_valence_mae"):
     assert k in last
-  model, cfg, params, _ = common.load_lvlm(str(workdir / "export"))
-  assert cfg == common.make_model(config.model)[1]
+  model, cfg, params, _ = judge.load_lvlm(str(workdir / "export"))
+  assert cfg == sft_lvlm.make_model(config.model)[1]
   jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(result.state["params"]))
 
 
@@ -93,8 +96,8 @@ def test_evaluate_cli_prints_one_json_line(smoke_run, tmp_path):
             "parse_rate", "baseline_valence_mae", "baseline_arousal_mae", "baseline_category_acc"):
     assert k in out
   assert out["n"] == 5
-  split = common.eval_split(5, 5)  # 5 images at batch 4: the padded last batch's extra answers are dropped
-  base = common.mean_baseline(split["valence"], split["arousal"], split["category"])
+  split = pipeline.labelled_split(5, 5)  # 5 images at batch 4: the padded last batch's extra answers are dropped
+  base = scoring.mean_baseline(split["valence"], split["arousal"], split["category"])
   assert out["baseline_valence_mae"] == pytest.approx(base["baseline_valence_mae"])
   bad = subprocess.run(cmd[:4] + [f"--config.lvlm={tmp_path}/nothing"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=120, stdin=subprocess.DEVNULL)
@@ -109,12 +112,12 @@ def test_loss_masks_and_sampler_positions(smoke_run):
   task = SFTLVLM(config)
   params = jax.device_get(result.state["params"])  # trained a little: not a symmetric random model
   batch = task.host_batch(_raw(2))
-  grid = common.image_grid(task.processor, 32, 2)
+  grid = proc_lib.image_grid(task.processor, 32, 2)
 
   @jax.jit
   def fn(b):
-    logits = common.target_logits(task.model, params, b, grid)
-    loss, _ = common.sft_loss(logits, b["target_ids"], b["target_mask"])
+    logits = sampling.target_logits(task.model, params, b, grid)
+    loss, _ = sft_lvlm.sft_loss(logits, b["target_ids"], b["target_mask"])
     lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), b["target_ids"][..., None], -1)[..., 0]
     ref = sampling.completion_logprobs(task.model, params, b["input_ids"], b["attention_mask"],
                                        b["pixel_values"].reshape(-1, b["pixel_values"].shape[-1]),
@@ -140,7 +143,7 @@ def test_loss_masks_and_sampler_positions(smoke_run):
 
 def test_mean_baseline_hand_case():
   # V mean 0.5, |dev| 1.5, 0.5, 0.5, 1.5 -> 1.0; A mean -1, |dev| 1 each -> 1.0; contentment 2 of 4
-  out = common.mean_baseline([-1.0, 0.0, 1.0, 2.0], [0.0, -2.0, 0.0, -2.0], [2, 7, 2, 0])
+  out = scoring.mean_baseline([-1.0, 0.0, 1.0, 2.0], [0.0, -2.0, 0.0, -2.0], [2, 7, 2, 0])
   assert out["baseline_valence"] == pytest.approx(0.5) and out["baseline_arousal"] == pytest.approx(-1.0)
   assert out["baseline_valence_mae"] == pytest.approx(1.0) and out["baseline_arousal_mae"] == pytest.approx(1.0)
   assert out["baseline_category"] == "contentment" and out["baseline_category_acc"] == pytest.approx(0.5)
@@ -150,13 +153,13 @@ def test_answer_metrics_hand_case():
   texts = [format_answer(1.0, -1.0, "contentment", "x"),  # V err 0.5, A err 1.0, category right
            '<answer>{"valence": 0, "arousal": 0}</answer>',  # parses (not well formed): no emotion
            "no answer at all"]  # unparsable: worst in-range error 3 + |target|
-  out = common.answer_metrics(texts, [1.5, -2.0, 1.0], [0.0, 1.0, -2.5], [2, 7, 7])
+  out = scoring.answer_metrics(texts, [1.5, -2.0, 1.0], [0.0, 1.0, -2.5], [2, 7, 7])
   assert out["n"] == 3 and out["parse_rate"] == pytest.approx(2 / 3) and out["format_rate"] == pytest.approx(1 / 3)
   assert out["valence_mae"] == pytest.approx((0.5 + 2.0 + 4.0) / 3)
   assert out["arousal_mae"] == pytest.approx((1.0 + 1.0 + 5.5) / 3)
   assert out["valence_mae_parsed"] == pytest.approx(1.25) and out["arousal_mae_parsed"] == pytest.approx(1.0)
   assert out["category_acc"] == pytest.approx(1 / 3)
-  assert common.answer_metrics(["?"], [0.0], [0.0], [0])["valence_mae_parsed"] is None
+  assert scoring.answer_metrics(["?"], [0.0], [0.0], [0])["valence_mae_parsed"] is None
 
 
 @pytest.mark.parametrize("asset", ["lvlm_tiny_sft", "lvlm_tiny"])
@@ -166,12 +169,10 @@ def test_shipped_judges_beat_the_mean_baseline(asset, noise):
   a world they never saw, clean and with pixel noise (what generated images look like to them): on 16
   images their V/A errors are well under those of predicting the split's mean. The judges trained on
   clean images only do not, on the noisy split (V MAE 0.94-1.18x the mean's, category accuracy below it)."""
-  from emojax.models import assets
-  from emojax.tasks import lvlm_common
-  model, _, params, processor = lvlm_common.load_lvlm(assets.asset_dir(asset))
-  split = lvlm_common.eval_split(777, 16, noise_max_std=noise)
-  out = lvlm_common.evaluate(model, params, processor, split, batch_size=16, max_prompt_len=120, max_new_tokens=152,
-                             short=True)
+  from emojax.io import assets
+  model, _, params, processor = judge.load_lvlm(assets.asset_dir(asset))
+  split = pipeline.labelled_split(777, 16, noise_max_std=noise)
+  out = judge.evaluate(model, params, processor, split, batch_size=16, max_prompt_len=120, max_new_tokens=152)
   assert out["parse_rate"] == 1.0
   factor = 0.6 if noise == 0 else 0.8  # measured: clean <= 0.48, noisy <= 0.70 (the SFT judge's V)
   assert out["valence_mae"] < factor * out["baseline_valence_mae"], out

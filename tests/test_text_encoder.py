@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from emojax.models import text_encoder as te
-from emojax.models import tokenizers
+from emojax.io import tokenizers
 
 GOLDENS = pathlib.Path(__file__).parent / "goldens"
 NAMES = ("eos2", "eos49")

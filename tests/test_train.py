@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from emojax import trainer
-from emojax.models import assets
+from emojax.io import assets
 from emojax.models import generator as gen_lib
 from emojax.models import mmdit, text_encoder
 from emojax.tasks.generator_grpo import GeneratorGRPO
@@ -144,7 +144,7 @@ def test_missing_pretrained_directory_is_one_actionable_line(tmp_path):
 
 def test_zero_weight_rewards_are_skipped_and_all_zero_is_an_error(tiny_asset):
   task = GeneratorGRPO(make_config(tiny_asset, **{"rewards.weights": {"lvlm_emotion": 0.0, "colour_emotion": 1.0}}))
-  assert task.host_rewards == {} and task.hp.reward_weights == (("colour_emotion", 1.0),)  # the LVLM is not loaded
+  assert task.host_rewards == {} and task.reward_weights == {"colour_emotion": 1.0}  # the LVLM is not loaded
   with pytest.raises(ValueError, match="every reward weight is 0"):
     GeneratorGRPO(make_config(tiny_asset, **{"rewards.weights": {"lvlm_emotion": 0.0}}))
 

@@ -14,7 +14,8 @@ import argparse
 import json
 
 from emojax.data import emoshapes
-from emojax.tasks import generator_common as common
+from emojax.evaluation import generator as common
+from emojax.pipelines import tiny
 
 
 def main():
@@ -25,7 +26,7 @@ def main():
   ap.add_argument("--sigmas", default="0.5,0.7,0.9")
   ap.add_argument("--per_cell", type=int, default=2, help="samples of each kind in each cell (0: skip)")
   args = ap.parse_args()
-  gen, gcfg, params = common.load_generator(args.generator)
+  gen, gcfg, params = tiny.load_generator(args.generator)
   examples = [emoshapes.make_example(args.seed, i, gcfg.mmdit.sample_size) for i in range(args.num_images)]
   sigmas = [float(s) for s in args.sigmas.split(",")]
   for s, by_pixels in common.text_use_losses(gen, gcfg, params, examples, sigmas).items():

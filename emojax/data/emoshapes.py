@@ -21,7 +21,7 @@ import operator
 import numpy as np
 
 from emojax.emotion.space import nearest_category
-from emojax.rewards.colour_judge import brightness_saturation_np, va_from_means
+from emojax.emotion.colour import brightness_saturation_np, va_from_means
 
 SHAPES = ("circle", "square", "triangle", "star", "ring")
 PLACES = ("at the top left", "at the top", "at the top right", "on the left", "in the center",

@@ -13,7 +13,7 @@ import numpy as np
 
 from emojax.data import emoshapes
 from emojax.emotion.space import VA_MAX, VA_MIN, nearest_category
-from emojax.rewards.colour_judge import colour_judge_np
+from emojax.emotion.colour import colour_judge_np
 
 TEXT_KEYS = ("prompt", "emotional_prompt")
 TARGET_KEYS = ("valence", "arousal", "category")
@@ -135,3 +135,26 @@ def pretrain_loader(source, batch_size: int, seed: int, shard_index: int, shard_
   return _loader(source, operations, seed=seed, shard_index=shard_index,
                  shard_count=shard_count, num_epochs=None, worker_count=worker_count,
                  read_options=read_options)
+
+
+def image_loader(d, *, batch_size: int, seed: int, shard_index: int, shard_count: int):
+  """Per-host batches of EmoShapes images with their own labels for the LVLM jobs (config.data `d`:
+  world seed, size, noise augmentation), one row per example: a prompt loader with groups of 1."""
+  source = emoshapes.EmoShapesSource(d.seed, d.num_examples, size=d.image_size)
+  return grpo_prompt_loader(source, prompts_per_step=batch_size // shard_count, group_size=1, seed=seed,
+                            shard_index=shard_index, shard_count=shard_count, target_mode="data",
+                            keep_images=True, pixel_noise=PixelNoise(d.noise_prob, d.noise_max_std))
+
+
+def labelled_split(seed: int, num_examples: int, size: int = 32, noise_max_std: float = 0.0) -> dict[str, np.ndarray]:
+  """Examples 0..n-1 of the EmoShapes world `seed` as arrays: image, valence, arousal, category (a
+  judge's held-out split). With noise_max_std > 0 every image gets PixelNoise (a fixed draw per
+  example) and its labels remeasured."""
+  noise = PixelNoise(1.0, noise_max_std)
+  ex = [emoshapes.make_example(seed, i, size) for i in range(num_examples)]
+  if noise_max_std > 0:
+    ex = [noise.random_map(e, np.random.default_rng((seed, i))) for i, e in enumerate(ex)]
+  return {"image": np.stack([e["image"] for e in ex]),
+          "valence": np.array([e["valence"] for e in ex], np.float32),
+          "arousal": np.array([e["arousal"] for e in ex], np.float32),
+          "category": np.array([e["category"] for e in ex], np.int32)}

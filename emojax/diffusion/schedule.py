@@ -3,7 +3,7 @@
 Reproduces `FlowMatchEulerDiscreteScheduler(shift=s).set_timesteps(N)` (default
 `num_train_timesteps=1000`, no dynamic shifting), including its dtype path: the training
 table and its end points are float32, the inference schedule is built in float64 and cast
-to float32. The shift is therefore applied twice at the low end (DESIGN.md §5).
+to float32. The shift is therefore applied twice at the low end (docs/design.md).
 """
 import numpy as np
 

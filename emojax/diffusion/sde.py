@@ -1,4 +1,4 @@
-"""One reverse step of a rectified flow: Flow-GRPO SDE, CPS, and Euler ODE (DESIGN.md §5).
+"""One reverse step of a rectified flow: Flow-GRPO SDE, CPS, and Euler ODE.
 
 Conventions shared by every step here:
   * x is at noise level `sigma`, the step goes to `sigma_next < sigma`, dt = sigma_next - sigma.

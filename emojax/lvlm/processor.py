@@ -13,7 +13,7 @@ real weights get exactly HF's defaults.
 
 Text follows Qwen2_5_VLProcessor: each `<|image_pad|>` of the chat text becomes t*h*w/merge^2
 copies of itself (one per merged image token) before tokenising. The tiny world's tokenizer is
-byte-level (`tokenizers.ByteTokenizer` ids) plus the five chat/vision markers of `qwen_vl`; for
+byte-level (`tokenizers.ByteTokenizer` ids) plus the five chat/vision markers of `emojax.io.tokenizers`; for
 real weights `HFChatTokenizer` wraps the checkpoint's own tokenizer files.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 
 from emojax.emotion import prompts
 from emojax.models import qwen_vl as qv
-from emojax.models import tokenizers
+from emojax.io import tokenizers
 
 # transformers.image_utils.OPENAI_CLIP_MEAN / _STD
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -36,8 +36,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 VISION_START, VISION_END, IMAGE_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"
-TINY_SPECIALS = {IM_START: qv.IM_START_ID, IM_END: qv.IM_END_ID, VISION_START: qv.VISION_START_ID,
-                 VISION_END: qv.VISION_END_ID, IMAGE_PAD: qv.IMAGE_PAD_ID}
+TINY_SPECIALS = {IM_START: tokenizers.IM_START_ID, IM_END: tokenizers.IM_END_ID, VISION_START: tokenizers.VISION_START_ID,
+                 VISION_END: tokenizers.VISION_END_ID, IMAGE_PAD: tokenizers.IMAGE_PAD_ID}
 
 Grid = tuple[int, int, int]
 _BYTE_OFFSET = tokenizers.VOCAB_SIZE - 256  # ByteTokenizer: byte b -> b + 3
@@ -114,7 +114,7 @@ def check_image(image, channels: int = 3, what: str = "image") -> np.ndarray:
   if image.dtype != np.uint8:
     if not np.issubdtype(image.dtype, np.integer):
       raise ValueError(f"{what} must be uint8 in [0, 255]; got dtype {image.dtype} (convert floats with "
-                       f"emojax.sampling.to_uint8)")
+                       f"emojax.io.images.to_uint8)")
     lo, hi = int(image.min()), int(image.max())
     if lo < 0 or hi > 255:
       raise ValueError(f"{what} has values in [{lo}, {hi}]; uint8 values in [0, 255] expected")
@@ -171,9 +171,9 @@ class TinyChatTokenizer:
   No BOS (Qwen's chat text starts with <|im_start|>); pad is ByteTokenizer's 0."""
 
   pad_id = tokenizers.PAD_ID
-  eos_ids = (qv.IM_END_ID,)
-  image_token_id = qv.IMAGE_PAD_ID
-  vocab_size = qv.TINY_VOCAB_SIZE
+  eos_ids = (tokenizers.IM_END_ID,)
+  image_token_id = tokenizers.IMAGE_PAD_ID
+  vocab_size = tokenizers.TINY_CHAT_VOCAB_SIZE
   _names = {i: s for s, i in TINY_SPECIALS.items()}
 
   def encode(self, text: str) -> list[int]:
@@ -245,10 +245,10 @@ class Processor:
 
   @classmethod
   def tiny(cls, config: qv.QwenVLConfig = qv.PRESETS["tiny"], **image_overrides) -> "Processor":
-    if config.image_token_id != qv.IMAGE_PAD_ID or config.vocab_size < qv.TINY_VOCAB_SIZE:
+    if config.image_token_id != tokenizers.IMAGE_PAD_ID or config.vocab_size < tokenizers.TINY_CHAT_VOCAB_SIZE:
       raise ValueError(f"config (image_token_id {config.image_token_id}, vocab {config.vocab_size}) is not a tiny-"
-                       f"world LVLM: the byte tokenizer needs image_token_id {qv.IMAGE_PAD_ID} and vocab >= "
-                       f"{qv.TINY_VOCAB_SIZE}")
+                       f"world LVLM: the byte tokenizer needs image_token_id {tokenizers.IMAGE_PAD_ID} and vocab >= "
+                       f"{tokenizers.TINY_CHAT_VOCAB_SIZE}")
     return cls(ImageConfig.for_model(config, **image_overrides), TinyChatTokenizer())
 
   @classmethod
@@ -272,6 +272,11 @@ class Processor:
       raise ValueError(f"tokenizer's {IMAGE_PAD} id {tok.image_token_id} != config image_token_id "
                        f"{config.image_token_id}")
     return cls(image, tok)
+
+  @property
+  def is_tiny(self) -> bool:
+    """The tiny world's byte-level chat tokenizer (an emojax LVLM export), not a checkpoint's own."""
+    return isinstance(self.tokenizer, TinyChatTokenizer)
 
   @property
   def eos_ids(self) -> tuple[int, ...]:
@@ -320,3 +325,22 @@ def prompt_batch(processor: Processor, images, user_texts, max_prompt_len: int, 
                        f"{len(row) - max_prompt_len} over max_prompt_len={max_prompt_len}")
     ids[i, max_prompt_len - len(row):], mask[i, max_prompt_len - len(row):] = row, 1
   return dict(input_ids=ids, attention_mask=mask, pixel_values=np.concatenate(pixels), image_grid_thw=tuple(grids))
+
+
+def image_grid(processor: Processor, size: int, batch_size: int) -> tuple:
+  """The static image_grid_thw of a batch of size x size images."""
+  _, grid = processor.image(np.zeros((size, size, processor.image_config.in_channels), np.uint8))
+  return (grid,) * batch_size
+
+
+def target_batch(processor: Processor, texts: Sequence[str], target_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """Answer texts -> (ids, mask) (B, target_len) int32: text + end of turn, right-padded with pad_id
+  (the layout `sampling.target_logits` teacher-forces and `sampling.sample` generates)."""
+  ids = np.full((len(texts), target_len), processor.pad_id, np.int32)
+  mask = np.zeros_like(ids)
+  for i, text in enumerate(texts):
+    row = list(processor.tokenizer.encode(text)) + [processor.eos_ids[0]]
+    if len(row) > target_len:
+      raise ValueError(f"target {i} is {len(row)} tokens, over target_len={target_len}: {text!r}")
+    ids[i, :len(row)], mask[i, :len(row)] = row, 1
+  return ids, mask

@@ -18,12 +18,12 @@ Decoding is a lax.while_loop over at most T steps that stops once every row has 
 are pad_id, its log-probs 0 and its mask 0; mask is 1 for generated tokens up to and including
 the end-of-turn token.
 
-Log-probs are always the model's log-softmax at temperature 1, whatever temperature / top_p the
-sampler used: GRPO's ratio is pi_theta / pi_old between two scorings of the same completion, and
-`token_logprobs` (the trainer's scorer) computes exactly this quantity, so the first inner
-iteration's ratio is 1 up to float error. Temperature and nucleus truncation shape only which
-tokens are explored (TRL and verl instead score at the sampling temperature; switching would mean
-dividing the logits by it in both places).
+Log-probs are those of the policy that samples: log_softmax(logits / T) at the sampling temperature
+T (T = 0, greedy, reports temperature-1 log-probs), as TRL and verl score. GRPO's ratio, its old
+log-probs and the k3 KL to the reference are all taken under that same tempered policy, so
+`token_logprobs` / `completion_logprobs` (the trainer's scorer) take the temperature too and the
+first inner iteration's ratio is 1 up to float error. Nucleus truncation (top_p < 1) only restricts
+which tokens are explored; it is not part of the scored density.
 """
 from __future__ import annotations
 
@@ -67,6 +67,11 @@ def _gen_positions(prompt_mask, gen_mask, deltas):
   earlier = prompt_mask.sum(1, keepdims=True) + jnp.cumsum(gen_mask, 1) - gen_mask
   pos = jnp.where(gen_mask > 0, earlier + deltas, 0)
   return jnp.broadcast_to(pos[None], (3, *pos.shape)).astype(jnp.int32)
+
+
+def tempered(logits, temperature: float):
+  """logits / T, the policy's logits at sampling temperature T (T = 0, greedy: the logits as they are)."""
+  return logits if temperature == 0 else logits / temperature
 
 
 def choose(logits, key, temperature: float, top_p: float):
@@ -117,7 +122,7 @@ def _sample(model, params, ids, mask, pixels, key, *, grid, max_new_tokens, num_
   def emit(t, logits, done, out):
     """Choose token t from logits; write token, log-prob and mask; update done."""
     tok = choose(logits, jax.random.fold_in(key, t), temperature, top_p)
-    lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), tok[:, None], -1)[:, 0]
+    lp = jnp.take_along_axis(jax.nn.log_softmax(tempered(logits, temperature), -1), tok[:, None], -1)[:, 0]
     live = ~done
     tok = jnp.where(live, tok, pad_id)
     put = lambda buf, v: jax.lax.dynamic_update_slice(buf, v[:, None].astype(buf.dtype), (0, t))
@@ -151,8 +156,8 @@ def sample(model: qv.QwenVL, params, batch: dict, key, *, max_new_tokens: int, e
   times. Deterministic given key. temperature 0 is greedy. Returns (N = B * num_samples rows, prompt
   b's samples in rows b*G .. b*G + G - 1):
 
-  tokens (N, T) int32 (pad_id after the end of turn), logprobs (N, T) float32 (temperature-1
-  log-softmax of each sampled token, 0 where masked), mask (N, T) int32 (1 for generated tokens up
+  tokens (N, T) int32 (pad_id after the end of turn), logprobs (N, T) float32 (log_softmax(logits /
+  temperature) of each sampled token, temperature 1 when greedy; 0 where masked), mask (N, T) int32 (1 for generated tokens up
   to and including the end-of-turn token), lengths (N,) = mask.sum(1), finished (N,) bool (ended
   its turn within T tokens; False: truncated).
   """
@@ -164,8 +169,9 @@ def sample(model: qv.QwenVL, params, batch: dict, key, *, max_new_tokens: int, e
                  eos_ids=tuple(int(i) for i in np.atleast_1d(eos_ids)), pad_id=int(pad_id), prefill=prefill)
 
 
-def completion_logprobs(model: qv.QwenVL, params, input_ids, attention_mask, pixel_values, tokens, mask, grid):
-  """Traceable core of `token_logprobs` (call it inside a jitted loss; grid static)."""
+def completion_logprobs(model: qv.QwenVL, params, input_ids, attention_mask, pixel_values, tokens, mask, grid,
+                        temperature: float = 1.0):
+  """Traceable core of `token_logprobs` (call it inside a jitted loss; grid and temperature static)."""
   b, l = input_ids.shape
   g = tokens.shape[0] // b
   if g * b != tokens.shape[0]:
@@ -182,20 +188,41 @@ def completion_logprobs(model: qv.QwenVL, params, input_ids, attention_mask, pix
     h, _ = m.language_model(x, pos, jnp.concatenate([prompt_mask, mask.astype(prompt_mask.dtype)], 1))
     return _head(m, h[:, l - 1:-1])  # position i predicts token i + 1: logits of the T completion tokens
 
-  logits = model.apply({"params": params}, method=fn)
+  logits = tempered(model.apply({"params": params}, method=fn), temperature)
   lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), tokens[..., None], -1)[..., 0]
   return jnp.where(mask > 0, lp, 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "grid"))
-def _token_logprobs(model, params, input_ids, attention_mask, pixel_values, tokens, mask, *, grid):
-  return completion_logprobs(model, params, input_ids, attention_mask, pixel_values, tokens, mask, grid)
+def target_logits(model: qv.QwenVL, params, batch: dict, grid) -> jax.Array:
+  """Teacher forcing: fp32 logits (B, T, V) predicting each of the T target tokens (batch
+  target_ids, target_mask: `processor.target_batch`) after its prompt, from one forward over
+  prompt + target (position L - 1 + t predicts target token t); each answer token sits at the
+  position (and M-RoPE position) `sample` would generate it at. Traceable; grid static."""
+  ids = jnp.concatenate([batch["input_ids"], batch["target_ids"]], 1)
+  mask = jnp.concatenate([batch["attention_mask"], batch["target_mask"]], 1)
+  pixels = batch["pixel_values"].reshape(-1, batch["pixel_values"].shape[-1])
+  feats = image_features(model, params, pixels, grid)
+  l, t = batch["input_ids"].shape[1], batch["target_ids"].shape[1]
+
+  def fn(m):
+    x, pos, _ = prompt_inputs(m, ids, mask, feats, grid)
+    return m.decode(x, pos, mask)[0][:, l - 1:l + t - 1]
+
+  return model.apply({"params": params}, method=fn).astype(jnp.float32)
 
 
-def token_logprobs(model: qv.QwenVL, params, batch: dict, tokens, mask):
-  """Per-token temperature-1 log-probs (N, T) of completions `tokens` (N = B * G rows, as `sample`
+@functools.partial(jax.jit, static_argnames=("model", "grid", "temperature"))
+def _token_logprobs(model, params, input_ids, attention_mask, pixel_values, tokens, mask, *, grid, temperature):
+  return completion_logprobs(model, params, input_ids, attention_mask, pixel_values, tokens, mask, grid, temperature)
+
+
+def token_logprobs(model: qv.QwenVL, params, batch: dict, tokens, mask, temperature: float = 1.0):
+  """Per-token log-probs (N, T) at `temperature` of completions `tokens` (N = B * G rows, as `sample`
   returns them) given the prompts of `batch`, in one uncached forward over prompt + completion;
-  0 where mask is 0. The training-time scorer: equals sample's logprobs at masked positions."""
+  0 where mask is 0. The training-time scorer: equals sample's logprobs (same temperature) where
+  mask is 1."""
+  if not temperature > 0:
+    raise ValueError(f"log-probs need a positive temperature, got {temperature}")
   return _token_logprobs(model, params, batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
                          jnp.asarray(tokens, jnp.int32), jnp.asarray(mask, jnp.int32),
-                         grid=qv.static_grid(batch["image_grid_thw"]))
+                         grid=qv.static_grid(batch["image_grid_thw"]), temperature=float(temperature))

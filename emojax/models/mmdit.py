@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from emojax.models import weights
+from emojax.io import hf_weights
 from emojax.models.config_fields import known_fields
 
 Dtype = Any
@@ -400,6 +400,6 @@ def from_pretrained(directory, dtype: Dtype = jnp.float32, param_dtype: Dtype | 
                 f"{directory}")
   config = MMDiTConfig.from_json(config_path)
   param_dtype = param_dtype or dtype
-  state = weights.read_safetensors(directory, "diffusion_pytorch_model", "the SD3 transformer weights")
+  state = hf_weights.read_safetensors(directory, "diffusion_pytorch_model", "the SD3 transformer weights")
   params = load_diffusers_params(state, config, dtype=param_dtype)
   return MMDiT(config, dtype=dtype, param_dtype=param_dtype), params

@@ -56,20 +56,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from emojax.models import tokenizers
-from emojax.models import weights
+from emojax.io import hf_weights
+from emojax.io import tokenizers
 from emojax.models.config_fields import known_fields
 
 Dtype = Any
-
-# The tiny world's byte-level vocabulary (tokenizers.ByteTokenizer: pad/bos/eos + 256 bytes) plus
-# the chat and vision markers Qwen2.5-VL prompts use.
-IM_START_ID = tokenizers.VOCAB_SIZE  # 259
-IM_END_ID = IM_START_ID + 1
-VISION_START_ID = IM_START_ID + 2
-VISION_END_ID = IM_START_ID + 3
-IMAGE_PAD_ID = IM_START_ID + 4
-TINY_VOCAB_SIZE = IM_START_ID + 5  # 264
 
 _ACT = {
   "silu": nn.silu,
@@ -221,10 +212,10 @@ PRESETS = {
   # The EmoShapes LVLM: byte-level vocabulary + markers, 32x32 images -> 8x8 patches -> 16 image
   # tokens; window_size 16 makes 2x2-token (4x4-patch) windows, so window attention is local.
   "tiny": QwenVLConfig(
-    vocab_size=TINY_VOCAB_SIZE, hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+    vocab_size=tokenizers.TINY_CHAT_VOCAB_SIZE, hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
     num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6, rope_theta=10000.0,
-    mrope_section=(4, 6, 6), tie_word_embeddings=True, image_token_id=IMAGE_PAD_ID,
-    vision_start_token_id=VISION_START_ID, vision_end_token_id=VISION_END_ID,
+    mrope_section=(4, 6, 6), tie_word_embeddings=True, image_token_id=tokenizers.IMAGE_PAD_ID,
+    vision_start_token_id=tokenizers.VISION_START_ID, vision_end_token_id=tokenizers.VISION_END_ID,
     vision_config=VisionConfig(
       depth=4, hidden_size=64, intermediate_size=192, num_heads=4, patch_size=4, spatial_merge_size=2,
       temporal_patch_size=2, tokens_per_second=2, window_size=16, out_hidden_size=128, fullatt_block_indexes=(1, 3))),
@@ -643,6 +634,27 @@ def param_shapes(config: QwenVLConfig) -> dict:
   return jax.eval_shape(init, jax.random.key(0))["params"]
 
 
+def init_params(config: QwenVLConfig, rng, std: float = 0.02):
+  """Random weights as transformers initialises Qwen2.5-VL: every kernel and embedding N(0, std²)
+  (initializer_range 0.02), norm scales 1, biases 0. Flax's defaults would give the tied
+  embedding unit variance, i.e. initial logits of std ~sqrt(hidden): a near-one-hot first
+  guess and a large first loss. Built from `param_shapes` (no forward is compiled), all normals
+  drawn as one vector and cut into leaves: one RNG op compiles in a fraction of the time of one
+  per leaf."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(param_shapes(config))
+  kind = [path[-1].key if path[-1].key in ("scale", "bias") else "normal" for path, _ in leaves]
+  sizes = [int(np.prod(s.shape)) if k == "normal" else 0 for k, (_, s) in zip(kind, leaves)]
+  flat = std * jax.random.normal(rng, (sum(sizes),), jnp.float32)
+  offsets = np.cumsum([0] + sizes)
+  out = []
+  for k, (_, s), start, size in zip(kind, leaves, offsets, sizes):
+    if k == "normal":
+      out.append(flat[start:start + size].reshape(s.shape).astype(s.dtype))
+    else:
+      out.append(jnp.full(s.shape, float(k == "scale"), s.dtype))
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
 def _hf_key(path: tuple[str, ...]) -> str:
   """('language_model', 'layers_3', 'mlp', 'up_proj', 'kernel') -> model.language_model.layers.3.mlp.up_proj.weight"""
   leaf = {"kernel": "weight", "scale": "weight", "embedding": "weight"}.get(path[-1], path[-1])
@@ -708,6 +720,6 @@ def from_pretrained(directory, dtype: Dtype = jnp.float32, param_dtype: Dtype | 
   with open(config_path) as f:
     config = QwenVLConfig.from_hf_dict(json.load(f))
   param_dtype = param_dtype or dtype
-  state = weights.read_safetensors(directory, "model", "the Qwen2.5-VL weights")
+  state = hf_weights.read_safetensors(directory, "model", "the Qwen2.5-VL weights")
   params = load_hf_qwen_vl_params(state, config, dtype=param_dtype)
   return QwenVL(config, dtype=dtype, param_dtype=param_dtype), params

@@ -40,7 +40,7 @@ import numpy as np
 from flax import traverse_util
 
 from emojax.models.config_fields import known_fields
-from emojax.models.tokenizers import BOS_ID, EOS_ID, PAD_ID, byte_id
+from emojax.io.tokenizers import BOS_ID, EOS_ID, PAD_ID, byte_id
 
 
 # transformers' ACT2FN: "gelu" is the exact erf form; the tanh approximation is "gelu_new"/"gelu_pytorch_tanh".

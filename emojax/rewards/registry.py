@@ -16,6 +16,9 @@ from typing import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from emojax.emotion.colour import colour_judge
+from emojax.rewards.colour_judge import emotion_reward
+
 RewardFn = Callable[[jax.Array, Mapping[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
 _REGISTRY: dict[str, RewardFn] = {}
 _HOST: dict[str, Callable] = {}
@@ -94,7 +97,6 @@ def combine(images, batch, weights: Mapping[str, float], normalize: bool = False
 @register("colour_emotion")
 def colour_emotion(images, batch):
   """Emotion reward from the untrained Valdez-Mehrabian colour judge (the tiny world's truth)."""
-  from emojax.rewards.colour_judge import colour_judge, emotion_reward
   v_hat, a_hat = colour_judge(images)
   r = emotion_reward(v_hat, a_hat, batch["valence"], batch["arousal"])
   return r, {"v_abs_err": jnp.abs(v_hat - batch["valence"]), "a_abs_err": jnp.abs(a_hat - batch["arousal"])}

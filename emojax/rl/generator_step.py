@@ -2,7 +2,12 @@
 
   experience (jitted): rollout of the SDE sampler -> trajectory, images (and the frozen text states);
   [score (host, the task): rewards that need host code, e.g. the LVLM judge parsing its answers;]
-  train_step (jitted): in-graph rewards + host rewards -> group advantages -> clipped update.
+  train_step (jitted): rewards -> group advantages -> clipped update of the trainable groups.
+
+Rewards and evaluator metrics come in as functions of (images, batch), like the velocity: this
+module knows diffusion and GRPO, not what a reward is. Frozen parameter groups (hp.frozen) are
+split off before differentiation (`emojax.optim`), and the KL reference is the initial copy of the
+trainable groups alone, combined with the (shared, unchanging) frozen groups.
 
 The rollout, the re-scoring of sampled transitions and the reference-model KL all use the same
 classifier-free-guided velocity, so on the first inner epoch the importance ratio is 1 up to float
@@ -11,17 +16,16 @@ rounding (logged as `ratio_dev_first`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from emojax.diffusion.rollout import cfg_velocity, rollout
+from emojax import optim
 from emojax.diffusion import sde as sde_lib
+from emojax.diffusion.rollout import cfg_velocity, rollout
 from emojax.rl import grpo
-from emojax.rewards import registry as rewards
-from emojax.rewards.colour_judge import colour_judge
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,28 +42,33 @@ class GRPOHyper:
   timestep_fraction: float
   grad_accum: int
   inner_epochs: int
-  reward_weights: tuple  # ((name, weight), ...)
-  reward_zscore: bool
   image_shape: tuple  # (H, W, C)
-  text_frozen: bool = True
+  frozen: tuple = ("text",)  # top-level parameter groups kept out of the gradient
 
   @property
   def train_timesteps(self) -> int:
     return max(1, int(round(self.timestep_fraction * self.num_steps)))
 
+  @property
+  def text_frozen(self) -> bool:
+    return "text" in self.frozen
+
 
 def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emotion: Callable,
-                    optimizer: optax.GradientTransformation, hp: GRPOHyper):
+                    reward_fn: Callable, metrics_fn: Callable, optimizer: optax.GradientTransformation,
+                    hp: GRPOHyper):
   """Builds (experience, train_step, sample).
 
   experience(state, batch, rng, constants) -> batch-major pytree: traj_x, traj_x_next (B, T, H, W, C),
     traj_log_prob (B, T), images (B, H, W, C) in [-1, 1], and with hp.text_frozen the text states.
-  train_step(state, batch | experience | host rewards, rng, constants) -> (state, metrics);
-    constants["ref_params"] is the frozen reference generator of the KL term. Host rewards (names
-    registered with registry.register_host) arrive as batch["reward/<name>"].
+  train_step(state, batch | experience | host scores, rng, constants) -> (state, metrics);
+    constants["ref_trainable"] is the reference generator's trainable groups (absent when
+    hp.kl_beta == 0); state["opt_state"] covers the trainable groups.
 
   apply_velocity(params, x, sigma (B,), cond) -> v;  encode_text(params, input_ids) -> text;
-  add_emotion(params, text, va, emotion_mask) -> cond.
+  add_emotion(params, text, va, emotion_mask) -> cond;  reward_fn(images, batch) -> (rewards (B,),
+  {name: (B,) logs}), e.g. a weighted sum of registered rewards;  metrics_fn(images, batch) ->
+  {name: scalar}, e.g. an independent judge's errors (logged, never optimised).
   batch: input_ids (B, L), uncond_ids (B, L), valence (B,), arousal (B,); groups contiguous.
   With hp.text_frozen the text is encoded once per step, in experience, outside the gradient (the
   reference model shares the frozen text encoder, so its text is the same).
@@ -92,8 +101,10 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
     fn = lambda x, s: velocity(params, x, s, cond, uncond)
     return rollout(fn, x_init, sigmas, k_roll, noise_level=hp.noise_level, method="sde")
 
-  def micro_loss(params, ref_params, mb):
+  def micro_loss(trainable, frozen, ref_trainable, mb):
     """Mean GRPO loss of one micro-batch over its chosen timesteps (time-major (K, b, ...))."""
+    params = optim.merge(trainable, frozen)
+    ref_params = optim.merge(ref_trainable, frozen) if hp.kl_beta > 0 else None
     cond, uncond = conditioning(params, mb)
     ref_cond, ref_uncond = conditioning(ref_params, mb) if hp.kl_beta > 0 else (None, None)
 
@@ -122,8 +133,10 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
 
   grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
-  def update(params, ref_params, opt_state, train_batch):
-    """One optimizer update from `grad_accum` micro-batches (a scan, gradients averaged)."""
+  def update(params, ref_trainable, opt_state, train_batch):
+    """One optimizer update of the trainable groups from `grad_accum` micro-batches (a scan,
+    gradients averaged)."""
+    trainable, frozen = optim.partition(params, hp.frozen)
     n = hp.grad_accum
     micro = jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), train_batch)
     # the loss scans over timesteps: per-timestep fields become time-major (K, b, ...)
@@ -131,16 +144,15 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
 
     def acc(carry, mb):
       g_sum, l_sum = carry
-      (l, stats), g = grad_fn(params, ref_params, mb)
+      (l, stats), g = grad_fn(trainable, frozen, ref_trainable, mb)
       return (jax.tree.map(jnp.add, g_sum, g), l_sum + l), stats
 
-    zeros = jax.tree.map(jnp.zeros_like, params)
+    zeros = jax.tree.map(jnp.zeros_like, trainable)
     (g, l), stats = jax.lax.scan(acc, (zeros, 0.0), micro)
     g = jax.tree.map(lambda x: x / n, g)
     stats = jax.tree.map(jnp.mean, stats) | {"ratio_dev": stats["ratio_dev"].max()}
-    updates, opt_state = optimizer.update(g, opt_state, params)
-    stats["grad_norm"] = optax.tree.norm(g)
-    return optax.apply_updates(params, updates), opt_state, l / n, stats
+    trainable, opt_state, stats["grad_norm"] = optim.apply_gradients(optimizer, g, opt_state, trainable)
+    return optim.merge(trainable, frozen), opt_state, l / n, stats
 
   def experience(state, batch, rng, constants):
     params = jax.lax.stop_gradient(state["params"])
@@ -158,7 +170,7 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
     params, opt_state = state["params"], state["opt_state"]
     _, k_time = jax.random.split(rng)
     images = batch["images"]
-    reward, reward_logs = rewards.combine(images, batch, dict(hp.reward_weights), hp.reward_zscore)
+    reward, reward_logs = reward_fn(images, batch)
     adv, adv_stats = grpo.group_advantages(reward, hp.group_size, hp.adv_eps, hp.adv_clip)
 
     b = reward.shape[0]
@@ -175,7 +187,7 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
 
     metrics = {}
     for epoch in range(hp.inner_epochs):
-      params, opt_state, loss, stats = update(params, constants["ref_params"], opt_state, train_batch)
+      params, opt_state, loss, stats = update(params, constants.get("ref_trainable"), opt_state, train_batch)
       if epoch == 0:
         metrics["ratio_dev_first"] = stats["ratio_dev"]
         metrics["loss"] = loss
@@ -183,9 +195,7 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
     metrics.update({"reward_mean": reward.mean(), "reward_std": reward.std(),
                     "zero_std_ratio": adv_stats["zero_std_ratio"]})
     metrics.update({k: v.mean() for k, v in reward_logs.items()})
-    v_hat, a_hat = colour_judge(images)  # the independent evaluator, whatever the reward is
-    metrics["judge/v_abs_err"] = jnp.abs(v_hat - batch["valence"]).mean()
-    metrics["judge/a_abs_err"] = jnp.abs(a_hat - batch["arousal"]).mean()
+    metrics.update(metrics_fn(images, batch))
     return {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
   return experience, train_step, sample

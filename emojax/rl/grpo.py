@@ -1,4 +1,4 @@
-"""GRPO pieces shared by the generator and the LVLM (DESIGN.md §5): pure array functions."""
+"""GRPO pieces shared by the generator and the LVLM: pure array functions."""
 import jax
 import jax.numpy as jnp
 

@@ -1,5 +1,5 @@
 """One LVLM GRPO update as pure functions: token-level clipped loss + β·k3 KL to the frozen reference
-(DESIGN.md §5), gradients accumulated over micro-batches so that the split never changes the update.
+(docs/design.md), gradients accumulated over micro-batches so that the split never changes the update.
 
 Layout. A step's batch holds B prompts (input_ids, attention_mask (B, L), pixel_values (B, P, D)) and
 their N = B·G sampled completions, rows b·G + g as `emojax.lvlm.sampling.sample` returns them:
@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from emojax import optim
 from emojax.rl import grpo
 
 PROMPT_KEYS = ("input_ids", "attention_mask", "pixel_values")  # one row per prompt
@@ -46,7 +47,7 @@ class LVLMHyper:
   inner_epochs: int  # optimizer updates per sampled batch
   adv_eps: float = 1e-4  # std floor in group advantages
   adv_clip: float = 5.0  # advantages clipped to ±adv_clip
-  frozen: tuple = ()  # top-level parameter groups kept out of the gradient
+  frozen: tuple = ()  # top-level parameter groups kept out of the gradient (split off, never differentiated)
   rescore_old: bool = False  # old log-probs re-scored by the training scorer (ratio 1 by construction)
 
   def __post_init__(self):
@@ -92,25 +93,23 @@ def split_micro(batch: dict, n: int, group_size: int) -> dict:
 
 
 def make_train_step(*, logprob_fn: Callable, optimizer: optax.GradientTransformation, hp: LVLMHyper):
-  """Builds train_step(state, batch, rng, constants) -> (state, metrics); constants["ref_params"] is the
-  frozen reference LVLM (unused, and may be absent, when hp.kl_beta == 0).
+  """Builds train_step(state, batch, rng, constants) -> (state, metrics); constants["ref_trainable"] is
+  the reference LVLM's trainable groups, combined with the state's frozen groups (absent when
+  hp.kl_beta == 0); state["opt_state"] covers the trainable groups.
 
-  logprob_fn(params, prompts, tokens, mask) -> (n·G, T) temperature-1 log-probs of completion tokens
+  logprob_fn(params, prompts, tokens, mask) -> (n·G, T) log-probs of completion tokens at the sampling temperature
   (0 where mask is 0), prompts the PROMPT_KEYS of n prompts; traced once per micro-batch shape.
   batch: PROMPT_KEYS (B rows), tokens, old_logprobs, completion_mask (N, T), rewards (N,).
   """
   n = hp.grad_accum
 
-  def freeze(params):
-    return {k: (jax.lax.stop_gradient(v) if k in hp.frozen else v) for k, v in params.items()}
-
   def prompts_of(mb):
     return {k: mb[k] for k in PROMPT_KEYS}
 
-  def micro_loss(params, mb, totals):
+  def micro_loss(trainable, frozen, mb, totals):
     """This micro-batch's loss weighted by its share of the batch count (see the module docstring);
     totals = (the aggregation's count, the token count) over the whole batch."""
-    lp = logprob_fn(freeze(params), prompts_of(mb), mb["tokens"], mb["completion_mask"])
+    lp = logprob_fn(optim.merge(trainable, frozen), prompts_of(mb), mb["tokens"], mb["completion_mask"])
     loss, stats = token_loss(lp, mb["old_logprobs"], mb.get("ref_logprobs"), mb["advantages"], mb["completion_mask"],
                              clip_eps=hp.clip_eps, kl_beta=hp.kl_beta, aggregation=hp.aggregation)
     share = counts(mb["completion_mask"], hp.aggregation) / jnp.maximum(totals[0], 1.0)
@@ -124,15 +123,16 @@ def make_train_step(*, logprob_fn: Callable, optimizer: optax.GradientTransforma
   grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
   def update(params, opt_state, micro, totals):
+    trainable, frozen = optim.partition(params, hp.frozen)
+
     def acc(g_sum, mb):
-      (loss, stats), g = grad_fn(params, mb, totals)
+      (loss, stats), g = grad_fn(trainable, frozen, mb, totals)
       return jax.tree.map(jnp.add, g_sum, g), (loss, stats)
 
-    g, (losses, stats) = jax.lax.scan(acc, jax.tree.map(jnp.zeros_like, params), micro)
+    g, (losses, stats) = jax.lax.scan(acc, jax.tree.map(jnp.zeros_like, trainable), micro)
     stats = {k: (v.max() if k == "ratio_dev" else v.sum()) for k, v in stats.items()}
-    stats["grad_norm"] = optax.tree.norm(g)
-    updates, opt_state = optimizer.update(g, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, losses.sum(), stats
+    trainable, opt_state, stats["grad_norm"] = optim.apply_gradients(optimizer, g, opt_state, trainable)
+    return optim.merge(trainable, frozen), opt_state, losses.sum(), stats
 
   def score(p, micro):
     """Log-probs of every micro-batch's completions under p, in the loss's micro-batch layout."""
@@ -155,7 +155,8 @@ def make_train_step(*, logprob_fn: Callable, optimizer: optax.GradientTransforma
       metrics["sampler_logprob_dev"] = jnp.max(jnp.where(on, jnp.abs(old - micro["old_logprobs"]), 0.0))
       micro["old_logprobs"] = old
     if hp.kl_beta > 0:
-      micro["ref_logprobs"] = score(constants["ref_params"], micro)
+      ref_params = optim.merge(constants["ref_trainable"], optim.partition(params, hp.frozen)[1])
+      micro["ref_logprobs"] = score(ref_params, micro)
     totals = (counts(batch["completion_mask"], hp.aggregation), counts(batch["completion_mask"], "token_mean"))
 
     for epoch in range(hp.inner_epochs):

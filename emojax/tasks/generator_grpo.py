@@ -1,60 +1,72 @@
 """Generator GRPO (the main job): wires the pretrained generator, EmoShapes prompts, rewards
 and the pure functions of emojax.rl.generator_step into the shared trainer's three-stage step:
-rollout (jitted) -> host rewards such as the LVLM judge (score) -> update (jitted)."""
+rollout (jitted) -> host rewards such as the LVLM judge (score) -> update (jitted).
+
+The colour judge is the evaluator whatever the reward is: its errors on the rollout images are
+logged as judge/* every step, and on a fixed prompt x V-A grid (eval/*, a PNG in samples/) every
+eval_every steps. At the end the generator is exported to <workdir>/export (`tiny.export_generator`).
+"""
 from __future__ import annotations
 
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
-from emojax import config_utils, trainer
+from emojax import optim, trainer
 from emojax.data import emoshapes, pipeline
 from emojax.diffusion import schedule
+from emojax.emotion.colour import colour_judge
 from emojax.emotion.space import check_va
-from emojax.rl import generator_step
-from emojax import sampling
+from emojax.evaluation.generator import EvalSet
+from emojax.pipelines import tiny
 from emojax.rewards import registry as reward_registry
-from emojax.tasks import generator_common as common
+from emojax.rl import generator_step
+
+
+def colour_judge_errors(images, batch) -> dict:
+  """The independent evaluator's |error| against the requested V-A (logged, never optimised)."""
+  v_hat, a_hat = colour_judge(images)
+  return {"judge/v_abs_err": jnp.abs(v_hat - batch["valence"]).mean(),
+          "judge/a_abs_err": jnp.abs(a_hat - batch["arousal"]).mean()}
 
 
 class GeneratorGRPO:
   progress_keys = ("reward_mean", "judge/v_abs_err", "judge/a_abs_err")
+  batch_description = "global batch (rl.prompts_per_step * rl.group_size)"
 
   def __init__(self, config):
     self.config = c = config
-    self.gen, self.gcfg, self._pretrained = common.load_generator(c.model.pretrained)
-    self.tok = common.tokenizer_for(self.gcfg)
+    self.gen, self.gcfg, self._pretrained = tiny.load_generator(c.model.pretrained)
+    self.tok = tiny.tokenizer_for(self.gcfg)
     r = c.rl
     self.global_batch_size = r.prompts_per_step * r.group_size
     if self.global_batch_size % r.grad_accum:
       raise ValueError(f"batch {self.global_batch_size} (prompts_per_step*group_size) is not divisible by rl.grad_accum={r.grad_accum}")
-    weights = tuple(sorted((k, float(v)) for k, v in c.rewards.weights.items() if float(v) != 0.0))
+    weights = {k: float(v) for k, v in sorted(c.rewards.weights.items()) if float(v) != 0.0}
     if not weights:
       raise ValueError(f"every reward weight is 0 ({dict(c.rewards.weights)}); give one a nonzero weight, "
                        "e.g. --config.rewards.weights.lvlm_emotion=1")
     # host rewards (the LVLM judge) are built once here: loading a judge is not a per-step cost
-    self.host_rewards = {k: reward_registry.make_host(k, c) for k, _ in weights if reward_registry.is_host(k)}
+    self.host_rewards = {k: reward_registry.make_host(k, c) for k in weights if reward_registry.is_host(k)}
+    self.reward_weights = weights
+    self.frozen = optim.check_frozen(self._pretrained, c.model.frozen, "generator")
     mm = self.gcfg.mmdit
     self.hp = generator_step.GRPOHyper(
         group_size=r.group_size, num_steps=r.num_steps, sigmas=tuple(float(s) for s in schedule.sd3_sigmas(r.num_steps, r.shift)),
         noise_level=r.noise_level, cfg_scale=r.cfg_scale, clip_eps=r.clip_eps, kl_beta=r.kl_beta, adv_clip=r.adv_clip,
         adv_eps=r.adv_eps, timestep_fraction=r.timestep_fraction, grad_accum=r.grad_accum, inner_epochs=r.inner_epochs,
-        reward_weights=weights, reward_zscore=c.rewards.zscore, image_shape=(mm.sample_size, mm.sample_size, mm.in_channels),
-        text_frozen="text" in tuple(c.model.frozen))
-    frozen = tuple(c.model.frozen)
-    unknown = sorted(set(frozen) - set(self._pretrained))
-    if unknown:
-      raise ValueError(f"model.frozen names {unknown}, not parameter groups of the generator {sorted(self._pretrained)}")
-    self.tx = config_utils.masked_optimizer(config_utils.make_optimizer(c.optim, c.total_steps), self._pretrained, frozen)
+        image_shape=(mm.sample_size, mm.sample_size, mm.in_channels), frozen=self.frozen)
+    self.tx = optim.make_optimizer(c.optim, c.total_steps)
     self._experience, self._step, _ = generator_step.make_train_step(
-        apply_velocity=lambda p, x, s, cond: sampling.apply_velocity(self.gen, p, x, s, cond),
-        encode_text=lambda p, ids: sampling.encode_text(self.gen, p, ids),
-        add_emotion=lambda p, text, va, m: sampling.add_emotion(self.gen, p, text, va, m),
-        optimizer=self.tx, hp=self.hp)
-    self.eval_set = common.EvalSet(self.gen, self.gcfg, num_prompts=c.eval.num_prompts, seed=c.eval.seed,
-                                   num_steps=c.eval.num_steps, shift=r.shift, cfg_scale=r.cfg_scale, source="grid")
+        apply_velocity=lambda p, x, s, cond: tiny.apply_velocity(self.gen, p, x, s, cond),
+        encode_text=lambda p, ids: tiny.encode_text(self.gen, p, ids),
+        add_emotion=lambda p, text, va, m: tiny.add_emotion(self.gen, p, text, va, m),
+        reward_fn=lambda images, batch: reward_registry.combine(images, batch, weights, c.rewards.zscore),
+        metrics_fn=colour_judge_errors, optimizer=self.tx, hp=self.hp)
+    self.eval_set = EvalSet(self.gen, self.gcfg, num_prompts=c.eval.num_prompts, seed=c.eval.seed,
+                            num_steps=c.eval.num_steps, shift=r.shift, cfg_scale=r.cfg_scale, source="grid")
     self._uncond = self.tok([""])[0]
 
   def make_loader(self, shard_index, shard_count):
@@ -72,13 +84,16 @@ class GeneratorGRPO:
     return {"input_ids": ids, "uncond_ids": np.broadcast_to(self._uncond, ids.shape).copy(), "valence": v, "arousal": a}
 
   def initial_state(self, rng, shardings):
-    return trainer.pretrained_state(self._pretrained, self.tx, shardings)
+    return trainer.pretrained_state(self._pretrained, self.tx, self.frozen, shardings)
 
   def init_state(self, rng):  # shapes only: the trainer calls it under eval_shape
-    return trainer.pretrained_state(self._pretrained, self.tx)
+    return trainer.pretrained_state(self._pretrained, self.tx, self.frozen)
 
   def constants(self):
-    return {"ref_params": jax.tree.map(jnp.asarray, self._pretrained)}
+    """The KL reference: the pretrained trainable groups only (the frozen ones are the state's own)."""
+    if self.config.rl.kl_beta <= 0:
+      return {}
+    return {"ref_trainable": optim.partition(self._pretrained, self.frozen)[0]}
 
   score_keys = ("images",)  # the experience fields `score` reads (the trainer fetches only these)
 
@@ -102,18 +117,21 @@ class GeneratorGRPO:
     c = self.config
     out = {}
     if metrics.get("ratio_dev_first", 0.0) > c.rl.ratio_tolerance:
-      from absl import logging
       logging.warning("step %d: on-policy ratio deviates from 1 by %.3g (> %.0e): log-prob recomputation is not "
                       "identical to the rollout", step, metrics["ratio_dev_first"], c.rl.ratio_tolerance)
     first = step == 1 and c.eval.at_start
     if first:  # the pretrained model's numbers, for the before/after comparison
-      out.update({f"{k}_start": v for k, v in self.eval_set(self._pretrained, self._png(workdir, 0)).items()})
+      out.update({f"{k}_start": v for k, v in self.eval_set(self._pretrained, _png(workdir, 0)).items()})
     if step % c.eval_every == 0 or step == c.total_steps:
-      out.update(self.eval_set(state["params"], self._png(workdir, step)))
+      out.update(self.eval_set(state["params"], _png(workdir, step)))
     return out
 
-  @staticmethod
-  def _png(workdir, step):
-    path = os.path.join(workdir, "samples", f"step_{step:06d}.png")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    return path
+  def export(self, state, directory):
+    """The fine-tuned generator as a generator directory: `--config.model.pretrained=<it>` reads it."""
+    tiny.export_generator(directory, self.gcfg, trainer.host_params(state), np.dtype(self.config.export_dtype))
+
+
+def _png(workdir, step):
+  path = os.path.join(workdir, "samples", f"step_{step:06d}.png")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  return path

@@ -2,7 +2,7 @@
 
 The trainer's three-stage step (emojax.trainer):
   experience (jitted): G answers per EmoShapes image, sampled with the KV cache at the configured
-    temperature / top_p, with their temperature-1 per-token log-probs (the old policy's);
+    temperature / top_p, with their per-token log-probs at that temperature (the old policy's);
   score (host): answers decoded to text and parsed; `multitask_reward` against the image's own V, A
     and category (the colour judge's labels), per-component rewards kept for the metrics;
   train_step (jitted): group advantages, token-level clipped loss + β·k3 KL to the SFT judge
@@ -10,25 +10,27 @@ The trainer's three-stage step (emojax.trainer):
 The batch has one row per image (B = images_per_step); experience and scores have B·G rows, sample g
 of image b at row b·G + g, so a device holds its images' samples under the same batch sharding.
 
-Old log-probs are the sampler's own, not a recomputation: the first inner iteration's ratio then
-measures how far the cached sampler and the uncached training scorer disagree (ratio_dev_first; 1e-5
-is their tested agreement), which is the numerics bug DESIGN.md §9 warns of.
+Every log-prob (the sampler's, the training scorer's, the old and the reference ones) is taken at the
+sampling temperature: the policy optimised is the policy sampled from. With rescore_old (the default)
+the ratio's old log-probs are the training scorer's own re-scoring of the sampled answers and the
+sampler's gap to them is logged (sampler_logprob_dev); without it they are the sampler's, and the
+first inner iteration's ratio measures that gap instead (ratio_dev_first; 1e-5 is their tested
+agreement): a divergence from 1 is a numerics bug.
 """
 from __future__ import annotations
 
-import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from emojax import config_utils, trainer
-from emojax.lvlm import sampling
-from emojax.models import assets
+from emojax import optim, trainer
+from emojax.data import judge_targets, pipeline
+from emojax.io import assets
+from emojax.lvlm import judge, sampling
+from emojax.lvlm import processor as proc_lib
 from emojax.rewards import lvlm as lvlm_rewards
 from emojax.rl import lvlm_step
-from emojax.tasks import lvlm_common as common
 
 
 SHIPPED_SFT_JUDGE = "lvlm_tiny_sft"
@@ -39,56 +41,54 @@ class LVLMGRPO:
 
   def __init__(self, config):
     self.config = c = config
-    self.model, self.qcfg, self._pretrained, self.processor = common.load_lvlm(
+    self.model, self.qcfg, self._pretrained, self.processor = judge.load_lvlm(
         c.model.pretrained or assets.asset_dir(SHIPPED_SFT_JUDGE))
     self.global_batch_size = c.images_per_step
-    need = common.max_target_tokens(self.processor)
+    need = judge_targets.max_target_tokens(self.processor)
     if c.max_new_tokens < need:  # fine for smoke runs; a real run could never earn the format reward
       logging.warning("max_new_tokens=%d is below the longest SFT answer (%d tokens): full answers get truncated",
                       c.max_new_tokens, need)
     if c.images_per_step % c.grad_accum:
       raise ValueError(f"images_per_step={c.images_per_step} is not divisible by grad_accum={c.grad_accum}")
-    frozen = tuple(c.model.frozen)
-    unknown = sorted(set(frozen) - set(self._pretrained))
-    if unknown:
-      raise ValueError(f"model.frozen names {unknown}, not parameter groups of the LVLM {sorted(self._pretrained)}")
+    self.frozen = frozen = optim.check_frozen(self._pretrained, c.model.frozen, "LVLM")
     self.weights = {k: float(v) for k, v in c.rewards.weights.items()}
     lvlm_rewards.multitask_reward([], [], [], [], self.weights, c.rewards.eps)  # unknown names / bad eps fail here
     self.hp = lvlm_step.LVLMHyper(
         group_size=c.group_size, clip_eps=c.clip_eps, kl_beta=c.kl_beta, aggregation=c.aggregation,
         grad_accum=c.grad_accum, inner_epochs=c.inner_epochs, adv_eps=c.adv_eps, adv_clip=c.adv_clip, frozen=frozen,
         rescore_old=c.rescore_old)
-    self.tx = config_utils.masked_optimizer(config_utils.make_optimizer(c.optim, c.total_steps), self._pretrained, frozen)
-    self._grid = common.image_grid(self.processor, c.data.image_size, 1)[0]  # every image has this (t, h, w)
+    self.tx = optim.make_optimizer(c.optim, c.total_steps)
+    self._grid = proc_lib.image_grid(self.processor, c.data.image_size, 1)[0]  # every image has this (t, h, w)
     self._step = lvlm_step.make_train_step(logprob_fn=self.logprobs, optimizer=self.tx, hp=self.hp)
-    self.eval_split = common.eval_split(c.eval.seed, c.eval.num_examples, c.data.image_size)
+    self.eval_split = pipeline.labelled_split(c.eval.seed, c.eval.num_examples, c.data.image_size)
     self.last_texts: list[str] = []
 
   # ------------------------------------------------------------------------------------------ data
 
   def make_loader(self, shard_index, shard_count):
-    return common.image_loader(self.config.data, batch_size=self.config.images_per_step, seed=self.config.seed,
-                               shard_index=shard_index, shard_count=shard_count)
+    return pipeline.image_loader(self.config.data, batch_size=self.config.images_per_step, seed=self.config.seed,
+                                 shard_index=shard_index, shard_count=shard_count)
 
   def host_batch(self, raw):
     """The judge question per image; pixel_values (B, patches, dim) so each image's patches shard with it."""
     images = np.asarray(raw["image"])
-    p = common.judge_batch(self.processor, images, self.config.max_prompt_len)
+    p = judge.judge_batch(self.processor, images, self.config.max_prompt_len)
     return {"input_ids": p["input_ids"], "attention_mask": p["attention_mask"],
             "pixel_values": p["pixel_values"].reshape(len(images), -1, p["pixel_values"].shape[-1])}
 
   # ----------------------------------------------------------------------------------------- state
 
   def init_state(self, rng):  # shapes only: the trainer calls it under eval_shape
-    return trainer.pretrained_state(self._pretrained, self.tx)
+    return trainer.pretrained_state(self._pretrained, self.tx, self.frozen)
 
   def initial_state(self, rng, shardings):
-    return trainer.pretrained_state(self._pretrained, self.tx, shardings)
+    return trainer.pretrained_state(self._pretrained, self.tx, self.frozen, shardings)
 
   def constants(self):
-    if self.config.kl_beta <= 0:  # no reference forward: do not hold a second copy of the model
+    """The k3 KL's reference: the SFT judge's trainable groups (its frozen ones are the state's own)."""
+    if self.config.kl_beta <= 0:  # no reference forward at all
       return {}
-    return {"ref_params": jax.tree.map(jnp.asarray, self._pretrained)}
+    return {"ref_trainable": optim.partition(self._pretrained, self.frozen)[0]}
 
   # ------------------------------------------------------------------------------------------ step
 
@@ -98,10 +98,11 @@ class LVLMGRPO:
                 pixel_values=px.reshape(-1, px.shape[-1]), image_grid_thw=(self._grid,) * px.shape[0])
 
   def logprobs(self, params, prompts, tokens, mask):
-    """Per-token log-probs of completions (rows b·G + g) for a (micro-)batch of prompts; traceable."""
+    """Per-token log-probs at the sampling temperature of completions (rows b·G + g) for a (micro-)batch of
+    prompts; traceable."""
     p = self._prompts(prompts)
     return sampling.completion_logprobs(self.model, params, p["input_ids"], p["attention_mask"], p["pixel_values"],
-                                        tokens, mask, p["image_grid_thw"])
+                                        tokens, mask, p["image_grid_thw"], self.config.temperature)
 
   def experience(self, state, batch, rng, constants):
     """G sampled answers per image. `sampling.sample` is itself a jit with static model/grid/sizes; called
@@ -138,8 +139,8 @@ class LVLMGRPO:
 
   def evaluate(self, params) -> dict[str, float]:
     c = self.config
-    m = common.evaluate(self.model, params, self.processor, self.eval_split, batch_size=c.eval.batch_size,
-                        max_prompt_len=c.max_prompt_len, max_new_tokens=c.max_new_tokens)
+    m = judge.evaluate(self.model, params, self.processor, self.eval_split, batch_size=c.eval.batch_size,
+                       max_prompt_len=c.max_prompt_len, max_new_tokens=c.max_new_tokens)
     return {f"eval/{k}": v for k, v in m.items() if isinstance(v, float)}
 
   def on_step_end(self, step, state, metrics, workdir):
@@ -156,7 +157,6 @@ class LVLMGRPO:
         logging.info("step %d: a sampled answer: %r", step, self.last_texts[0])
     return out
 
-  def on_finish(self, state, workdir):
-    """Exports params + model config to <workdir>/export, the layout SFT writes and load_lvlm reads."""
-    params = jax.device_get(state["params"])
-    assets.save(os.path.join(workdir, "export"), params, self.qcfg.to_dict(), dtype=np.dtype(self.config.export_dtype))
+  def export(self, state, directory):
+    """params + model config, the layout SFT writes and `judge.load_lvlm` reads."""
+    assets.save(directory, trainer.host_params(state), self.qcfg.to_dict(), dtype=np.dtype(self.config.export_dtype))

@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emojax import config_utils
+from emojax import optim, trainer
 from emojax.data import emoshapes, pipeline
-from emojax.models import assets
+from emojax.evaluation.generator import EvalSet
 from emojax.models import generator as gen_lib
-from emojax.tasks import generator_common as common
+from emojax.pipelines import tiny
 
 FROZEN = ("emotion",)
 
@@ -44,21 +44,17 @@ class PretrainGenerator:
 
   def __init__(self, config):
     self.config = c = config
-    if c.shape_margin < 0:
-      raise ValueError(f"shape_margin={c.shape_margin} must be >= 0 (pixels of background weighted like a shape)")
-    if c.export_weights not in ("ema", "params"):
-      raise ValueError(f"export_weights={c.export_weights!r}; use 'ema' (averaged weights) or 'params' (raw)")
     gcfg = gen_lib.preset(c.model.preset)
     self.gcfg = gen_lib.GeneratorConfig(mmdit=gcfg.mmdit, text=gcfg.text, num_emotion_tokens=c.model.num_emotion_tokens,
                                         max_text_length=c.model.max_text_length)
     self.gen = gen_lib.Generator(self.gcfg)
-    self.tok = common.tokenizer_for(self.gcfg)
+    self.tok = tiny.tokenizer_for(self.gcfg)
     self.global_batch_size = c.batch_size
     self._empty = self.tok([""])[0]
-    self.tx = None
-    self.eval_set = common.EvalSet(self.gen, self.gcfg, num_prompts=c.eval.num_prompts, seed=c.eval.seed,
-                                   num_steps=c.eval.num_steps, shift=c.eval.shift, cfg_scale=c.eval.cfg_scale,
-                                   source="emotional")
+    self.tx = optim.make_optimizer(c.optim, c.total_steps)
+    self.eval_set = EvalSet(self.gen, self.gcfg, num_prompts=c.eval.num_prompts, seed=c.eval.seed,
+                            num_steps=c.eval.num_steps, shift=c.eval.shift, cfg_scale=c.eval.cfg_scale,
+                            source="emotional")
 
   def make_loader(self, shard_index, shard_count):
     d = self.config.data
@@ -79,21 +75,17 @@ class PretrainGenerator:
             "neutral_ids": self.tok(list(raw["prompt"])), "emotional_ids": self.tok(list(raw["emotional_prompt"])),
             "valence": np.asarray(raw["valence"], np.float32), "arousal": np.asarray(raw["arousal"], np.float32)}
 
-  def _optimizer(self, params):
-    return config_utils.masked_optimizer(config_utils.make_optimizer(self.config.optim, self.config.total_steps), params, FROZEN)
-
   def init_state(self, rng):
     params = gen_lib.init_params(self.gen, rng)
     return {"step": jnp.zeros((), jnp.int32), "params": params, "ema": params,
-            "opt_state": self._optimizer(params).init(params)}
+            "opt_state": optim.init_opt_state(self.tx, params, FROZEN)}
 
   def constants(self):
     return {}
 
   def train_step(self, state, batch, rng, constants):
     c = self.config
-    params = state["params"]
-    tx = self._optimizer(params)
+    trainable, frozen = optim.partition(state["params"], FROZEN)
     x0 = batch["image"]
     b = x0.shape[0]
     k_cap, k_sig, k_noise = jax.random.split(rng, 3)
@@ -114,7 +106,8 @@ class PretrainGenerator:
 
     drop_pooled = jax.random.uniform(jax.random.fold_in(k_cap, 1), (b, 1)) < c.caption.p_drop_pooled
 
-    def loss_fn(p):
+    def loss_fn(trainable):
+      p = optim.merge(trainable, frozen)
       text = self.gen.apply({"params": p}, ids, method=gen_lib.Generator.encode_text)
       if c.caption.p_drop_pooled > 0:
         empty = self.gen.apply({"params": p}, jnp.asarray(self._empty)[None], method=gen_lib.Generator.encode_text)
@@ -124,14 +117,13 @@ class PretrainGenerator:
       err = jnp.mean((v - (noise - x0)) ** 2, axis=-1)
       return jnp.mean(weight * err), jnp.mean(err)
 
-    (loss, fm_loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, state["opt_state"], params)
-    params = jax.tree.map(lambda p, u_: p + u_, params, updates)
+    (loss, fm_loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    trainable, opt_state, gnorm = optim.apply_gradients(self.tx, grads, state["opt_state"], trainable)
+    params = optim.merge(trainable, frozen)
     # warmed-up EMA: forgets the random init quickly, then settles at ema_decay
     step = state["step"].astype(jnp.float32)
     decay = jnp.minimum(c.ema_decay, (1.0 + step) / (10.0 + step))
     ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state["ema"], params)
-    gnorm = jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads)))
     return ({"step": state["step"] + 1, "params": params, "ema": ema, "opt_state": opt_state},
             {"loss": loss, "fm_loss": fm_loss, "grad_norm": gnorm})
 
@@ -144,7 +136,7 @@ class PretrainGenerator:
       out = self.eval_set(state[c.export_weights], png)
     return out
 
-  def on_finish(self, state, workdir):
-    """Exports config.export_weights (EMA or raw) as a pretrained-generator directory (the asset's layout)."""
-    params = jax.device_get(state[self.config.export_weights])
-    assets.save(os.path.join(workdir, "export"), params, self.gcfg.to_dict(), dtype=np.dtype(self.config.export_dtype))
+  def export(self, state, directory):
+    """config.export_weights (EMA or raw) as a generator directory (the shipped asset's layout)."""
+    tiny.export_generator(directory, self.gcfg, trainer.host_params(state, self.config.export_weights),
+                          np.dtype(self.config.export_dtype))

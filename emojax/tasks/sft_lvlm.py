@@ -1,23 +1,56 @@
 """Supervised fine-tuning of the Qwen2.5-VL judge on EmoShapes (produces the tiny LVLM).
 
-Teacher forcing on the judge question with the image -> the canonical answer (layout and target
-text: `lvlm_common`). This is what gives the tiny judge its answer format and a first reading of
+Teacher forcing on the judge question with the image -> the canonical answer (target text:
+`emojax.data.judge_targets`; layout: `emojax.lvlm.sampling.target_logits`). This is what gives the tiny judge its answer format and a first reading of
 colour before LVLM GRPO sharpens it with multi-task rewards; the loss is the mean cross-entropy
 over answer tokens only. Every eval_every steps the judge answers a held-out EmoShapes split
 greedily, scored against the colour judge's labels and the predict-the-mean baseline.
 """
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from emojax import config_utils
-from emojax.models import assets
-from emojax.tasks import lvlm_common as common
+from emojax import optim, trainer
+from emojax.data import judge_targets, pipeline
+from emojax.io import assets
+from emojax.lvlm import judge, sampling
+from emojax.lvlm import processor as proc_lib
+from emojax.models import qwen_vl as qv
+
+
+def make_model(model_config):
+  """config.model -> (QwenVL, QwenVLConfig, pretrained host params or None, Processor).
+  `pretrained` (a directory) wins over `preset` (random init, `qwen_vl.init_params`)."""
+  if model_config.pretrained:
+    return judge.load_lvlm(model_config.pretrained)
+  cfg = qv.PRESETS[model_config.preset]
+  return qv.QwenVL(cfg), cfg, None, proc_lib.Processor.tiny(cfg)
+
+
+def sft_batch(processor, raw: dict, max_prompt_len: int, target_len: int) -> dict[str, np.ndarray]:
+  """A loader batch (uint8 images, emotional prompts, V, A, category) -> numpy model inputs.
+  pixel_values is (B, patches per image, patch_dim) so sharding the batch axis keeps each image's
+  patches with its row; the step flattens it back (all images share one size, hence one grid)."""
+  images = np.asarray(raw["image"])
+  p = judge.judge_batch(processor, images, max_prompt_len)
+  texts = [judge_targets.target_text(im, ep, v, a, c) for im, ep, v, a, c in
+           zip(images, raw["emotional_prompt"], raw["valence"], raw["arousal"], raw["category"])]
+  ids, mask = proc_lib.target_batch(processor, texts, target_len)
+  return {"input_ids": p["input_ids"], "attention_mask": p["attention_mask"],
+          "pixel_values": p["pixel_values"].reshape(len(images), -1, p["pixel_values"].shape[-1]),
+          "target_ids": ids, "target_mask": mask}
+
+
+def sft_loss(logits, target_ids, target_mask) -> tuple[jax.Array, jax.Array]:
+  """(mean cross-entropy, argmax accuracy) over the target tokens of the batch (token mean: every
+  answer token weighs the same); prompt, image and padding never enter. fp32 log-softmax."""
+  lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+  nll = -jnp.take_along_axis(lp, target_ids[..., None], -1)[..., 0]
+  m = target_mask.astype(jnp.float32)
+  n = jnp.maximum(m.sum(), 1.0)
+  return (nll * m).sum() / n, ((jnp.argmax(lp, -1) == target_ids) * m).sum() / n
 
 
 class SFTLVLM:
@@ -25,56 +58,50 @@ class SFTLVLM:
 
   def __init__(self, config):
     self.config = c = config
-    self.model, self.qcfg, self._pretrained, self.processor = common.make_model(c.model)
+    self.model, self.qcfg, self._pretrained, self.processor = make_model(c.model)
     self.global_batch_size = c.batch_size
-    need = common.max_target_tokens(self.processor)
+    need = judge_targets.max_target_tokens(self.processor)
     if c.target_len < need:
       raise ValueError(f"target_len={c.target_len} is below the longest SFT answer ({need} tokens)")
-    self.grid = common.image_grid(self.processor, c.data.image_size, c.batch_size)
-    self.tx = config_utils.make_optimizer(c.optim, c.total_steps)
-    self.eval_split = common.eval_split(c.eval.seed, c.eval.num_examples, c.data.image_size)
+    self.grid = proc_lib.image_grid(self.processor, c.data.image_size, c.batch_size)
+    self.tx = optim.make_optimizer(c.optim, c.total_steps)
+    self.eval_split = pipeline.labelled_split(c.eval.seed, c.eval.num_examples, c.data.image_size)
 
   def make_loader(self, shard_index, shard_count):
-    return common.image_loader(self.config.data, batch_size=self.global_batch_size, seed=self.config.seed,
-                               shard_index=shard_index, shard_count=shard_count)
+    return pipeline.image_loader(self.config.data, batch_size=self.global_batch_size, seed=self.config.seed,
+                                 shard_index=shard_index, shard_count=shard_count)
 
   def host_batch(self, raw):
-    return common.sft_batch(self.processor, raw, self.config.max_prompt_len, self.config.target_len)
-
-  def _params(self, rng):
-    if self._pretrained is None:
-      return common.init_params(self.qcfg, rng, self.config.model.init_std)
-    return jax.tree.map(jnp.asarray, self._pretrained)
+    return sft_batch(self.processor, raw, self.config.max_prompt_len, self.config.target_len)
 
   def init_state(self, rng):  # the trainer jits it (random init) or only takes its shapes (pretrained)
-    params = self._params(rng)
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params)}
+    if self._pretrained is not None:
+      return trainer.pretrained_state(self._pretrained, self.tx)
+    params = qv.init_params(self.qcfg, rng, self.config.model.init_std)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optim.init_opt_state(self.tx, params, ())}
 
   def initial_state(self, rng, shardings):
     if self._pretrained is None:
       return jax.jit(self.init_state, out_shardings=shardings)(rng)
-    params = jax.device_put(jax.tree.map(jnp.asarray, self._pretrained), shardings["params"])
-    opt_state = jax.jit(self.tx.init, out_shardings=shardings["opt_state"])(params)
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
+    return trainer.pretrained_state(self._pretrained, self.tx, (), shardings)
 
   def constants(self):
     return {}
 
   def train_step(self, state, batch, rng, constants):
     def loss_fn(p):
-      logits = common.target_logits(self.model, p, batch, self.grid)
-      return common.sft_loss(logits, batch["target_ids"], batch["target_mask"])
+      logits = sampling.target_logits(self.model, p, batch, self.grid)
+      return sft_loss(logits, batch["target_ids"], batch["target_mask"])
 
     (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
+    params, opt_state, gnorm = optim.apply_gradients(self.tx, grads, state["opt_state"], state["params"])
     return ({"step": state["step"] + 1, "params": params, "opt_state": opt_state},
-            {"loss": loss, "token_acc": acc, "grad_norm": optax.tree.norm(grads)})
+            {"loss": loss, "token_acc": acc, "grad_norm": gnorm})
 
   def evaluate(self, params) -> dict[str, float]:
     c = self.config
-    m = common.evaluate(self.model, params, self.processor, self.eval_split, batch_size=c.eval.batch_size,
-                        max_prompt_len=c.max_prompt_len, max_new_tokens=c.target_len)
+    m = judge.evaluate(self.model, params, self.processor, self.eval_split, batch_size=c.eval.batch_size,
+                       max_prompt_len=c.max_prompt_len, max_new_tokens=c.target_len)
     return {f"eval/{k}": v for k, v in m.items() if isinstance(v, float)}  # the baseline too, to read beside it
 
   def on_step_end(self, step, state, metrics, workdir):
@@ -83,8 +110,7 @@ class SFTLVLM:
       return self.evaluate(state["params"])
     return {}
 
-  def on_finish(self, state, workdir):
-    """Exports params + model config (emojax/models/assets layout) to <workdir>/export, which
-    `python -m emojax.evaluate --config.lvlm=` and LVLM GRPO's model.pretrained read."""
-    params = jax.device_get(state["params"])
-    assets.save(os.path.join(workdir, "export"), params, self.qcfg.to_dict(), dtype=np.dtype(self.config.export_dtype))
+  def export(self, state, directory):
+    """params + model config (`emojax.io.assets` layout), which `python -m emojax.evaluate --config.lvlm=`
+    and LVLM GRPO's model.pretrained read."""
+    assets.save(directory, trainer.host_params(state), self.qcfg.to_dict(), dtype=np.dtype(self.config.export_dtype))

@@ -1,4 +1,5 @@
-"""Reading Hugging Face weight files: one safetensors file or an index of shards."""
+"""Hugging Face weight files: reading one safetensors file or an index of shards, and writing a
+model directory (config.json + <stem>.safetensors) that diffusers / transformers load."""
 from __future__ import annotations
 
 import json
@@ -33,3 +34,13 @@ def read_safetensors(directory: str, stem: str, what: str) -> dict[str, np.ndarr
       for k in f.keys():
         state[k] = f.get_tensor(k)
   return state
+
+
+def write_pretrained(directory: str, stem: str, state: dict[str, np.ndarray], config: dict) -> None:
+  """`<directory>/config.json` + `<directory>/<stem>.safetensors` (one file), e.g. a diffusers model
+  directory (`stem` "diffusion_pytorch_model") that `from_pretrained` reads."""
+  from safetensors.numpy import save_file
+  os.makedirs(directory, exist_ok=True)
+  save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, os.path.join(directory, f"{stem}.safetensors"))
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    json.dump(config, f, indent=1, sort_keys=True)

@@ -1,49 +1,18 @@
-"""Pieces both generator jobs share: model from config, tokenisation, fixed evaluation set."""
+"""Evaluating a tiny-world generator: a fixed prompt x V-A set judged by the colour judge (emotion)
+and the layout judge (shapes), and probes of which prompt words the generator uses."""
 from __future__ import annotations
 
-import os
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emojax import sampling
 from emojax.data import emoshapes
-from emojax.models import assets
-from emojax.models import generator as gen_lib
-from emojax.models.tokenizers import ByteTokenizer
-from emojax.rewards import layout_judge
-from emojax.rewards.colour_judge import colour_judge
-
-SHIPPED_GENERATOR = "generator_tiny"
-PRETRAIN_HINT = ("make it with `python -m emojax.train --config=configs/pretrain_generator.py --workdir=DIR` "
-                 "and point config.model.pretrained at DIR/export")
-
-
-def pretrained_dir(path: str) -> str:
-  return path or assets.asset_dir(SHIPPED_GENERATOR)
-
-
-def load_generator(path: str):
-  """-> (Generator, GeneratorConfig, params numpy tree) from a pretrained directory."""
-  directory = pretrained_dir(path)
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"pretrained generator directory {directory} does not exist; {PRETRAIN_HINT}")
-  params, cfg_dict = assets.load(directory, "pretrained generator", PRETRAIN_HINT)
-  gcfg = gen_lib.GeneratorConfig.from_dict(cfg_dict)
-  gen = gen_lib.Generator(gcfg)
-  expected = jax.eval_shape(lambda: gen_lib.init_params(gen, jax.random.key(0)))
-  assets.check_tree_matches(params, expected, f"pretrained generator {directory}")
-  return gen, gcfg, params
-
-
-def tokenizer_for(gcfg: gen_lib.GeneratorConfig) -> ByteTokenizer:
-  return ByteTokenizer(gcfg.max_text_length)
-
-
-def trainable_mask(params, frozen: tuple[str, ...]):
-  return {k: jax.tree.map(lambda _: k not in frozen, v) for k, v in params.items()}
+from emojax.emotion.colour import colour_judge
+from emojax.evaluation import layout
+from emojax.io import images as images_io
+from emojax.pipelines import tiny
 
 
 class EvalSet:
@@ -59,7 +28,7 @@ class EvalSet:
 
   def __init__(self, gen, gcfg, *, num_prompts: int, seed: int, num_steps: int, shift: float, cfg_scale: float,
                source: str = "grid", targets_per_axis: int = 3):
-    tok = tokenizer_for(gcfg)
+    tok = tiny.tokenizer_for(gcfg)
     examples = [emoshapes.make_example(seed, i, gcfg.mmdit.sample_size) for i in range(num_prompts)]
     if source == "grid":
       grid = np.linspace(-2.4, 2.4, targets_per_axis, dtype=np.float32)
@@ -80,15 +49,15 @@ class EvalSet:
 
   def sample(self, params) -> jax.Array:
     """The set's images under `params`: fixed prompts, targets and noise, ODE."""
-    return sampling.generate(self.gen, params, self.ids, self.uncond, jnp.asarray(self.va), self.key, **self.kw)
+    return tiny.generate(self.gen, params, self.ids, self.uncond, jnp.asarray(self.va), self.key, **self.kw)
 
   def __call__(self, params, png_path: str | None = None) -> dict[str, float]:
     images = self.sample(params)
     v, a = jax.device_get(colour_judge(images))
     if png_path:
-      sampling.save_grid(images, png_path, self.ncol)
-    layout = layout_judge.layout_scores(jax.device_get(images), self.prompts)
-    return {**{"eval/" + k.replace("/", "_"): x for k, x in layout.items()},
+      images_io.save_grid(images, png_path, self.ncol)
+    scores = layout.layout_scores(jax.device_get(images), self.prompts)
+    return {**{"eval/" + k.replace("/", "_"): x for k, x in scores.items()},
             "eval/v_abs_err": float(np.abs(v - self.va[:, 0]).mean()),
             "eval/a_abs_err": float(np.abs(a - self.va[:, 1]).mean()),
             "eval/v_corr": float(np.corrcoef(v, self.va[:, 0])[0, 1]),
@@ -102,7 +71,7 @@ def edited_prompts(prompts, seed: int = 0) -> dict[str, list[str]]:
   other = lambda seq, x: seq[(seq.index(x) + rng.integers(1, len(seq))) % len(seq)]
   return {
       "correct": list(prompts),
-      "places_moved": [layout_judge.PLACE_RE.sub(lambda m: other(emoshapes.PLACES, m.group(0)), p) for p in prompts],
+      "places_moved": [layout.PLACE_RE.sub(lambda m: other(emoshapes.PLACES, m.group(0)), p) for p in prompts],
       "shapes_swapped": [shape_re.sub(lambda m: other(emoshapes.SHAPES, m.group(0)), p) for p in prompts],
       "background_only": ["a shape" + "".join(p.rpartition(emoshapes.BACKGROUND_PREFIX)[1:]) for p in prompts],
       "empty": [""] * len(prompts),
@@ -115,19 +84,19 @@ def text_use_losses(gen, gcfg, params, examples, sigmas, key=None) -> dict[float
 
   {sigma: {"all": {edit: loss}, "shapes": {edit: loss on shape pixels only}}}; fixed noise, emotion input zero.
   """
-  tok = tokenizer_for(gcfg)
+  tok = tiny.tokenizer_for(gcfg)
   x0 = jnp.asarray(np.stack([e["image"] for e in examples]).astype(np.float32) / 127.5 - 1.0)
   on_shape = jnp.asarray(np.stack([e["shape_mask"] for e in examples]), jnp.float32)
   noise = jax.random.normal(jax.random.key(0) if key is None else key, x0.shape)
   n = len(examples)
-  conds = {name: sampling.add_emotion(gen, params, sampling.encode_text(gen, params, tok(p)), jnp.zeros((n, 2)), None)
+  conds = {name: tiny.add_emotion(gen, params, tiny.encode_text(gen, params, tok(p)), jnp.zeros((n, 2)), None)
            for name, p in edited_prompts([e["emotional_prompt"] for e in examples]).items()}
   out = {}
   for sigma in sigmas:
     x_t = (1.0 - sigma) * x0 + sigma * noise
     out[sigma] = {"all": {}, "shapes": {}}
     for name, cond in conds.items():
-      err = jnp.mean((sampling.apply_velocity(gen, params, x_t, jnp.full((n,), sigma), cond) - (noise - x0)) ** 2, -1)
+      err = jnp.mean((tiny.apply_velocity(gen, params, x_t, jnp.full((n,), sigma), cond) - (noise - x0)) ** 2, -1)
       out[sigma]["all"][name] = float(jnp.mean(err))
       out[sigma]["shapes"][name] = float(jnp.sum(on_shape * err) / jnp.sum(on_shape))
   return out
@@ -135,10 +104,10 @@ def text_use_losses(gen, gcfg, params, examples, sigmas, key=None) -> dict[float
 
 def kind_confusion(gen, gcfg, params, *, per_cell: int = 2, num_steps: int = 20, cfg_scale: float = 3.0,
                    shift: float = 3.0, seed: int = 0) -> np.ndarray:
-  """`layout_judge.kind_confusion` of ODE samples of "a <kind> <place>", every kind in every cell `per_cell` times."""
+  """`layout.kind_confusion` of ODE samples of "a <kind> <place>", every kind in every cell `per_cell` times."""
   prompts = [f"a {k} {p}" for k in emoshapes.SHAPES for p in emoshapes.PLACES for _ in range(per_cell)]
-  tok = tokenizer_for(gcfg)
+  tok = tiny.tokenizer_for(gcfg)
   n = len(prompts)
-  images = sampling.generate(gen, params, tok(prompts), tok([""] * n), jnp.zeros((n, 2)), jax.random.key(seed),
+  images = tiny.generate(gen, params, tok(prompts), tok([""] * n), jnp.zeros((n, 2)), jax.random.key(seed),
                              num_steps=num_steps, shift=shift, cfg_scale=cfg_scale, method="ode")
-  return layout_judge.kind_confusion(jax.device_get(images), prompts)
+  return layout.kind_confusion(jax.device_get(images), prompts)

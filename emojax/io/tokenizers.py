@@ -1,4 +1,5 @@
-"""Byte-level tokenizer of the tiny world: no vocabulary file, any UTF-8 text round-trips."""
+"""Token ids of the tiny world: the byte-level tokenizer (no vocabulary file, any UTF-8 text
+round-trips) and the chat/vision marker ids its Qwen2.5-VL-architecture LVLM adds after the bytes."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -8,6 +9,14 @@ import numpy as np
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 _OFFSET = 3  # byte b has id b + 3
 VOCAB_SIZE = 256 + _OFFSET
+
+# The tiny LVLM's vocabulary: the byte ids, then Qwen2.5-VL's chat and vision markers.
+IM_START_ID = VOCAB_SIZE  # 259
+IM_END_ID = IM_START_ID + 1
+VISION_START_ID = IM_START_ID + 2
+VISION_END_ID = IM_START_ID + 3
+IMAGE_PAD_ID = IM_START_ID + 4
+TINY_CHAT_VOCAB_SIZE = IM_START_ID + 5  # 264
 
 
 def byte_id(char: str) -> int:

@@ -22,6 +22,7 @@ import re
 import numpy as np
 
 from emojax.data.emoshapes import PLACES, SHAPES, draw_shape
+from emojax.io.images import to_uint8
 
 FOREGROUND = 32  # half the smallest shape-background gap (0.25 * 255 ~ 64 levels)
 NOISE_SCALE = 1.5  # x the border's 90% deviation: ~3 std for Gaussian noise (2.7 if clipped)
@@ -55,19 +56,12 @@ def _cells(size):
   return of, start, int(np.bincount(of, minlength=3).max())
 
 
-def _to_uint8(images):
-  images = np.asarray(images)
-  if images.dtype == np.uint8:
-    return images
-  return np.round(np.clip((images.astype(np.float32) + 1) / 2, 0, 1) * 255).astype(np.uint8)
-
-
 def read_layout(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """(occupied (B, 9) bool, kinds (B, 9) int index into SHAPES, -1 where empty).
 
   images: (B, S, S, 3) uint8, or float in [-1, 1] (the generator's range).
   """
-  images = _to_uint8(images).astype(np.int16)
+  images = to_uint8(images).astype(np.int16)
   b, size = images.shape[0], images.shape[1]
   if images.shape[1:] != (size, size, 3) or size < 6:
     raise ValueError(f"expected (B, S, S, 3) images with S >= 6, got {images.shape}")

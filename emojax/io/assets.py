@@ -1,13 +1,15 @@
-"""Pretrained-weight directories: config.json + params.safetensors (flat '/'-joined names).
+"""emojax weight directories ("exports"): config.json + params.safetensors (flat '/'-joined names).
 
-The shipped tiny assets live in emojax/assets/<name>/; real weights come from directories the
-user names. Nothing here downloads anything.
+The shipped tiny assets live in emojax/assets/<name>/, jobs export to <workdir>/export/; real
+weights come from Hugging Face directories the user names (`emojax.io.hf_weights`). Nothing here
+downloads anything.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import shutil
+from typing import Any, Callable
 
 import numpy as np
 from flax import traverse_util
@@ -20,19 +22,33 @@ def asset_dir(name: str) -> str:
   return os.path.join(ASSET_ROOT, name)
 
 
-def save(directory: str, params: Any, config: dict[str, Any], dtype=np.float32) -> None:
-  """Writes atomically: a temporary directory renamed over the target."""
-  tmp = directory.rstrip("/") + ".tmp"
-  os.makedirs(tmp, exist_ok=True)
+def is_export(directory: str) -> bool:
+  return os.path.isfile(os.path.join(directory, "params.safetensors")) and os.path.isfile(
+      os.path.join(directory, "config.json"))
+
+
+def save(directory: str, params: Any, config: dict[str, Any], dtype=np.float32,
+         write_more: Callable[[str], None] | None = None) -> None:
+  """Writes an export directory atomically: a temporary directory renamed over the target, so a
+  kill leaves the old export or the new one. `write_more(tmp_dir)` adds files (e.g. the MMDiT in
+  the diffusers layout). A non-empty directory that is not an export is refused, never replaced."""
+  directory = os.path.abspath(directory)
+  if os.path.isdir(directory) and os.listdir(directory) and not is_export(directory):
+    raise FileExistsError(f"refusing to export into {directory}: it is not empty and holds no export "
+                          "(config.json + params.safetensors); choose an empty or new directory")
+  tmp, old = directory + ".tmp", directory + ".old"
+  for d in (tmp, old):
+    shutil.rmtree(d, ignore_errors=True)  # left by a killed export
+  os.makedirs(tmp)
   flat = traverse_util.flatten_dict(params, sep="/")
   save_file({k: np.asarray(v, dtype) for k, v in flat.items()}, os.path.join(tmp, "params.safetensors"))
   with open(os.path.join(tmp, "config.json"), "w") as f:
     json.dump(config, f, indent=1, sort_keys=True)
+  if write_more is not None:
+    write_more(tmp)
   if os.path.exists(directory):
-    old = directory.rstrip("/") + ".old"
     os.replace(directory, old)
     os.replace(tmp, directory)
-    import shutil
     shutil.rmtree(old)
   else:
     os.replace(tmp, directory)

@@ -1,0 +1,62 @@
+"""What every emojax command line shares: flag parsing with one-line errors, the config file's declared
+ranges checked before anything runs, the compilation cache, and exit code 2 for bad input."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+from absl import app, flags
+
+from emojax import config_utils
+
+BAD_INPUT = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, app.UsageError)
+
+
+def parse_flags(argv):
+  """absl flag parsing whose errors are one line naming the culprit (a --config.field override)."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:  # e.g. --config.no_such_field=1
+    lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
+    cause = lines[-1] if lines else type(e).__name__  # config-file errors arrive wrapped with a traceback
+    name = cause.strip("\"'")
+    culprits = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and name in a.split("=")[0].split(".")]
+    if culprits:  # ml_collections reports only the leaf name: say which override it was
+      raise app.UsageError(f"unknown config field {culprits[0].removeprefix('--config.')} "
+                           "(config fields are listed in the config file)") from None
+    raise app.UsageError(f"bad flag or config: {cause} (config fields are listed in the config file)") from None
+
+
+def config_ranges(flag_name: str = "config") -> dict:
+  """The RANGES table of the config file the --config flag named."""
+  from ml_collections import config_flags
+  path = config_flags.get_config_filename(flags.FLAGS[flag_name])
+  spec = importlib.util.spec_from_file_location("_emojax_config_ranges", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  ranges = getattr(module, "RANGES", None)
+  if ranges is None:
+    raise ValueError(f"{path} declares no RANGES table of its fields' valid values")
+  return ranges
+
+
+def check_config(config, flag_name: str = "config") -> None:
+  """Every field within its declared range (one-line ValueError otherwise)."""
+  config_utils.validate(config, config_ranges(flag_name))
+
+
+def use_compilation_cache() -> None:
+  import jax
+  jax.config.update("jax_compilation_cache_dir", os.environ.get(
+      "EMOJAX_COMPILATION_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "emojax", "jax")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+
+
+def run(main, prog: str) -> None:
+  """app.run(main) where bad input is `<prog>: error: <one line>` on stderr and exit code 2."""
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except BAD_INPUT as e:
+    print(f"{prog}: error: {e}", file=sys.stderr)
+    sys.exit(2)

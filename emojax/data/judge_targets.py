@@ -1,0 +1,43 @@
+"""What a judge should answer for an EmoShapes example: the SFT target of the tiny emotion judge.
+
+  <think>{bg} background, {overall} overall</think><answer>{"valence": .., "arousal": ..,
+  "emotion": ".."}</answer>
+
+{bg} is the background's colour words, as the image's emotional prompt says them ("dim muted
+cool"); {overall} is `emoshapes.colour_words` of the whole image. Both are read off the pixels.
+The background words are the caption vocabulary the generator is steered with, so the judge
+learns to name what the feedback loop rewrites; the overall words are the brightness and
+saturation thirds of the very means the colour model turns into (V, A), so the reasoning is a
+coarse first reading that the numbers then refine. At most 55 bytes: with the byte tokenizer
+the longest target is 148 tokens incl. the end of turn (`max_target_tokens`).
+"""
+from __future__ import annotations
+
+from emojax.data import emoshapes
+from emojax.emotion.answer import format_answer
+from emojax.emotion.space import CATEGORIES
+
+
+def background_words(emotional_prompt: str) -> str:
+  """'..., on a dim muted cool background' -> 'dim muted cool'."""
+  head, sep, tail = str(emotional_prompt).rpartition(emoshapes.BACKGROUND_PREFIX)
+  if not sep or not tail.endswith(" background"):
+    raise ValueError(f"emotional prompt {emotional_prompt!r} does not end in ', on a ... background'")
+  return tail[:-len(" background")]
+
+
+def reasoning(image, emotional_prompt: str) -> str:
+  return f"{background_words(emotional_prompt)} background, {emoshapes.colour_words(image)} overall"
+
+
+def target_text(image, emotional_prompt: str, valence, arousal, category) -> str:
+  """The answer SFT teaches for one EmoShapes example (without the end-of-turn token)."""
+  return format_answer(float(valence), float(arousal), CATEGORIES[int(category)], reasoning(image, emotional_prompt))
+
+
+def max_target_tokens(processor) -> int:
+  """Tokens of the longest possible SFT target incl. end of turn (exact for the byte tokenizer: the
+  longest words, V and A of 4 characters, the longest category name)."""
+  words = "bright muted warm"
+  text = format_answer(-1.5, -1.5, max(CATEGORIES, key=len), f"{words} background, {words} overall")
+  return len(processor.tokenizer.encode(text)) + 1

@@ -1,0 +1,83 @@
+"""The LVLM as an emotion judge: load one, put the judge question to it with each image, answer
+greedily in fixed-size jitted batches, and score the answers against labels.
+
+The question is the model's: an emojax tiny-world LVLM (byte tokenizer) was taught the short
+question by SFT, a transformers Qwen2.5-VL checkpoint gets the full one (`emojax.emotion.prompts`).
+Scoring rules: `emojax.emotion.scoring`.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+
+from emojax.emotion import prompts, scoring
+from emojax.io import assets
+from emojax.lvlm import processor as proc_lib
+from emojax.lvlm import sampling
+from emojax.models import qwen_vl as qv
+
+SFT_HINT = ("make one with `python -m emojax.train --config=configs/sft_lvlm.py --workdir=DIR` and pass DIR/export "
+            "(or a transformers Qwen2.5-VL directory)")
+
+
+def load_lvlm(path: str):
+  """-> (QwenVL, QwenVLConfig, host params, Processor) from an emojax LVLM export (config.json +
+  params.safetensors, as the LVLM jobs export) or a transformers Qwen2.5-VL directory
+  (config.json + model*.safetensors + tokenizer files). One-line errors otherwise."""
+  path = os.fspath(path or "")
+  if not path:
+    raise ValueError(f"no LVLM directory given; {SFT_HINT}")
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"LVLM directory {path} does not exist; {SFT_HINT}")
+  if os.path.isfile(os.path.join(path, "params.safetensors")):
+    params, cfg_dict = assets.load(path, f"LVLM export {path}", SFT_HINT)
+    cfg = qv.QwenVLConfig.from_dict(cfg_dict)
+    assets.check_tree_matches(params, qv.param_shapes(cfg), f"LVLM export {path}")
+    return qv.QwenVL(cfg), cfg, params, proc_lib.Processor.tiny(cfg)
+  if any(os.path.isfile(os.path.join(path, f)) for f in ("model.safetensors", "model.safetensors.index.json")):
+    model, params = qv.from_pretrained(path)
+    return model, model.config, params, proc_lib.Processor.from_pretrained(path, model.config)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    raise FileNotFoundError(f"{path} is a training workdir, not an LVLM export: pass {os.path.join(path, 'export')} "
+                            f"(or write it with `python -m emojax.export --workdir={path}`)")
+  raise FileNotFoundError(f"{path} holds neither params.safetensors (emojax export) nor model.safetensors "
+                          f"(transformers); {SFT_HINT}")
+
+
+def question(processor: proc_lib.Processor) -> str:
+  """The judge question this model answers: the short one for the byte-level tiny world."""
+  return prompts.judge_prompt(short=processor.is_tiny)
+
+
+def judge_batch(processor: proc_lib.Processor, images, max_prompt_len: int) -> dict:
+  """The judge question for each uint8 image, left-padded to max_prompt_len (`prompt_batch`)."""
+  return proc_lib.prompt_batch(processor, images, question(processor), max_prompt_len)
+
+
+def judge(model, params, processor, images, *, batch_size: int, max_prompt_len: int, max_new_tokens: int) -> list[str]:
+  """Greedy answers (text, special tokens dropped) for uint8 images, in fixed-size jitted batches
+  (the last one padded with copies of its final image, whose answers are dropped)."""
+  images = np.asarray(images)
+  texts = []
+  for start in range(0, len(images), batch_size):
+    chunk = images[start:start + batch_size]
+    n = len(chunk)
+    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, 0)])
+    out = sampling.sample(model, params, judge_batch(processor, chunk, max_prompt_len), jax.random.key(0),
+                          max_new_tokens=max_new_tokens, eos_ids=processor.eos_ids, pad_id=processor.pad_id,
+                          temperature=0.0)
+    tokens, mask = np.asarray(out["tokens"]), np.asarray(out["mask"])
+    texts += [processor.decode(tok[m > 0], skip_special_tokens=True) for tok, m in zip(tokens[:n], mask[:n])]
+  return texts
+
+
+def evaluate(model, params, processor, split: dict, *, batch_size: int, max_prompt_len: int,
+             max_new_tokens: int) -> dict:
+  """Greedy judging of a labelled split (image, valence, arousal, category): `scoring.answer_metrics`
+  and the predict-the-mean baseline."""
+  texts = judge(model, params, processor, split["image"], batch_size=batch_size, max_prompt_len=max_prompt_len,
+                max_new_tokens=max_new_tokens)
+  return (scoring.answer_metrics(texts, split["valence"], split["arousal"], split["category"])
+          | scoring.mean_baseline(split["valence"], split["arousal"], split["category"]))
