@@ -62,8 +62,8 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-    items = {"state": ocp.args.StandardRestore(abstract)}
+    abstract = None if abstract_state is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    items = {"state": ocp.args.StandardRestore(abstract)}  # None: as saved, on the default device
     has_rng = os.path.isdir(os.path.join(self.directory, str(step), "rng"))
     if has_rng:
       items["rng"] = ocp.args.StandardRestore()

@@ -31,7 +31,7 @@ def parse_flags(argv):
 def config_ranges(flag_name: str = "config") -> dict:
   """The RANGES table of the config file the --config flag named."""
   from ml_collections import config_flags
-  path = config_flags.get_config_filename(flags.FLAGS[flag_name])
+  path = config_flags.get_config_filename(flags.FLAGS[flag_name]).split(":")[0]  # drop a ":preset" suffix
   spec = importlib.util.spec_from_file_location("_emojax_config_ranges", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -25,7 +25,8 @@ def main(argv):
     raise app.UsageError("--workdir=DIR (a training workdir) is required")
   import os
   import ml_collections
-  from emojax import checkpoint, trainer, train
+  from emojax import checkpoint, trainer
+  from emojax.tasks import make_task
   if not os.path.isdir(os.path.join(_WORKDIR.value, "checkpoints")):
     raise FileNotFoundError(f"{_WORKDIR.value} has no checkpoints/: pass the --workdir of a training run")
   cli.use_compilation_cache()
@@ -37,7 +38,7 @@ def main(argv):
     raise FileNotFoundError(f"no complete checkpoint{'' if step is None else f' {step}'} with a saved config in "
                             f"{_WORKDIR.value}/checkpoints")
   config = ml_collections.ConfigDict(saved)
-  out = trainer.export_checkpoint(config, _WORKDIR.value, train.make_task(config), step, _OUTDIR.value)
+  out = trainer.export_checkpoint(config, _WORKDIR.value, make_task(config), step, _OUTDIR.value)
   print(out, flush=True)
 
 

@@ -53,7 +53,7 @@ def _rewind(workdir: str, start_step: int) -> list[dict]:
     fresh, old = tb_dir + ".tmp", tb_dir + ".old"
     for d in (fresh, old):
       shutil.rmtree(d, ignore_errors=True)
-    tb = SummaryWriter(fresh)
+    tb = SummaryWriter(fresh, filename_suffix=".rewound")  # never the name of the run's own new file
     for r in rows:
       for k, v in _scalars(r):
         tb.add_scalar(k, v, r["step"])

@@ -12,30 +12,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from emojax import cli
+from emojax.tasks import make_task
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file (path[:arg]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, samples and the export.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
-
-TASKS = ("generator_grpo", "lvlm_grpo", "pretrain_generator", "sft_lvlm")
-
-
-def make_task(config):
-  task = config.get("task")
-  if task == "generator_grpo":
-    from emojax.tasks.generator_grpo import GeneratorGRPO
-    return GeneratorGRPO(config)
-  if task == "pretrain_generator":
-    from emojax.tasks.pretrain_generator import PretrainGenerator
-    return PretrainGenerator(config)
-  if task == "sft_lvlm":
-    from emojax.tasks.sft_lvlm import SFTLVLM
-    return SFTLVLM(config)
-  if task == "lvlm_grpo":
-    from emojax.tasks.lvlm_grpo import LVLMGRPO
-    return LVLMGRPO(config)
-  raise ValueError(f"unknown config.task {task!r}; known: {', '.join(TASKS)}")
-
 
 class _QuietLibraries(logging_std.Filter):
   """Drops orbax's per-save INFO chatter; its warnings and errors still show."""

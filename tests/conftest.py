@@ -12,3 +12,62 @@ import jax  # noqa: E402
 _CACHE = os.environ.get("EMOJAX_TEST_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "emojax_jax_tests"))
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+import dataclasses  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "asset: pinned to a shipped asset's measured quality (thresholds have margins)")
+
+
+@pytest.fixture(scope="session")
+def tiny_asset(tmp_path_factory):
+  """A random miniature generator saved in the shipped-asset layout, its emotion path made live (random
+  instead of zero output layers) so GRPO updates are not all zero-gradient noise."""
+  from emojax.io import assets
+  from emojax.models import generator as gen_lib
+  from emojax.models import mmdit, text_encoder
+  mm = dataclasses.replace(mmdit.PRESETS["tiny"], num_layers=2, num_attention_heads=2, attention_head_dim=16,
+                           joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=32)
+  tx = dataclasses.replace(text_encoder.PRESETS["tiny"], hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2, projection_dim=32, max_position_embeddings=24)
+  gcfg = gen_lib.GeneratorConfig(mmdit=mm, text=tx, num_emotion_tokens=2, emotion_hidden=32, max_text_length=96)
+  gen = gen_lib.Generator(gcfg)
+  params = jax.jit(lambda k: gen_lib.init_params(gen, k))(jax.random.key(3))
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, x: x + 0.02 * jax.random.normal(jax.random.key(hash(str(p)) % 2**31), x.shape)
+      if "emotion" in str(p) else x, params)
+  path = str(tmp_path_factory.mktemp("asset") / "generator")
+  assets.save(path, jax.device_get(params), gcfg.to_dict())
+  return path
+
+
+def set_fields(c, **over):
+  """c with dotted-path overrides ("rl.group_size": 4), unlocked."""
+  c.unlock()
+  for k, v in over.items():
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def generator_config(asset, **over):
+  """The smoke GRPO config on `asset`, colour-judge reward (in-graph: exact comparisons), MMDiT trained too."""
+  from configs import generator as generator_cfg
+  c = generator_cfg.get_config("smoke")
+  return set_fields(c, **{"model.pretrained": asset, "model.frozen": ("text",),
+                          "rewards.weights": {"colour_emotion": 1.0}, "eval.at_start": False, "eval_every": 1000,
+                          "total_steps": 4, "checkpoint_every": 2, "rl.grad_accum": 2, **over})
+
+
+def cli_env() -> dict:
+  """Environment of CLI subprocesses: one CPU device, the tests' compilation cache."""
+  return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "EMOJAX_COMPILATION_CACHE": _CACHE}

@@ -10,7 +10,8 @@ import optax
 import pytest
 
 from configs import lvlm as lvlm_config
-from emojax import optim, train, trainer
+from emojax import optim, trainer
+from emojax.tasks import make_task
 from emojax.io import assets
 from emojax.models import qwen_vl as qv
 from emojax.rl import grpo, lvlm_step
@@ -64,6 +65,7 @@ def smoke(tiny_export, tmp_path_factory):
   config.mesh.num_devices = 1
   config.total_steps, config.eval_every = 3, 3
   config.optim.learning_rate = 1e-3
+  config.rescore_old = False  # the ratio's old log-probs are the sampler's own: ratio 1 is then a real check
   workdir = tmp_path_factory.mktemp("grpo")
   task = _SpreadRewards(config)
   result = trainer.run(config, str(workdir), task, progress=False)
@@ -79,25 +81,43 @@ def test_smoke_run_logs_rewards_and_exports(smoke):
   for k in (*COMPONENTS, "reward_mean", "reward_std", "zero_std_ratio", "ratio_dev_first", "ratio_mean",
             "clip_frac_high", "clip_frac_low", "approx_kl", "kl", "loss", "grad_norm", "completion_len"):
     assert all(k in l for l in lines), k
-  for k in ("eval/valence_mae", "eval/arousal_mae", "eval/category_acc", "eval/format_rate"):
-    assert k in lines[-1]
   assert lines[0]["reward_std"] > 0 and lines[0]["zero_std_ratio"] < 1  # the spread reached the advantages
   _, _, params, _ = judge.load_lvlm(str(workdir / "export"))
   final = jax.device_get(result.state["params"])
   jax.tree.map(np.testing.assert_array_equal, params, final)
+  # the logged evaluation is the final judge's, scored independently here
+  want = judge.evaluate(task.model, params, task.processor, task.eval_split, batch_size=config.eval.batch_size,
+                        max_prompt_len=config.max_prompt_len, max_new_tokens=config.max_new_tokens)
+  for k in ("valence_mae", "arousal_mae", "category_acc", "format_rate"):
+    assert lines[-1][f"eval/{k}"] == pytest.approx(want[k], abs=1e-6), k
   moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), final, task._pretrained)
   assert max(jax.tree.leaves(moved["language_model"])) > 0
   assert max(jax.tree.leaves(moved["visual"])) == 0  # model.frozen = ("visual",)
 
 
 def test_on_policy_ratio_is_one(smoke):
-  """inner_epochs = 1: old log-probs re-scored in the loss's layout give a ratio of 1 to rounding (the
-  gradient's forward and a plain forward round apart by ~2e-6), and the sampler's own log-probs agree
-  with the scorer's, on every step."""
-  _, _, _, result = smoke
+  """inner_epochs = 1, old log-probs from the KV-cache sampler at temperature 0.7: the training scorer (one
+  uncached forward, same temperature) gives a ratio of 1 to float rounding on every step. Scoring at
+  temperature 1 would put it off by ~0.3 per token (the sampler reports log_softmax(logits / 0.7))."""
+  config, _, _, result = smoke
+  assert config.temperature == 0.7
   devs = [m["ratio_dev_first"] for m in result.metrics]
   assert max(devs) <= 1e-5, devs
-  assert max(m["sampler_logprob_dev"] for m in result.metrics) <= 1e-5
+
+
+def test_rescore_old_takes_the_scorer_and_logs_the_sampler_gap():
+  """With rescore_old the ratio's old log-probs are the scorer's re-scoring (off-policy old log-probs given
+  by the sampler, shifted by 0.3 nats, are replaced: nothing is clipped) and their gap is logged."""
+  hp = lvlm_step.LVLMHyper(group_size=G, clip_eps=0.2, kl_beta=0.0, aggregation="token_mean", grad_accum=2,
+                           inner_epochs=1, rescore_old=True)
+  tx = optax.sgd(0.5)
+  params, _, batch = _toy_problem()
+  exact = _toy_logprobs(params, batch, batch["tokens"], batch["completion_mask"])
+  batch["old_logprobs"] = np.where(batch["completion_mask"] > 0, np.asarray(exact) + 0.3, 0.0).astype(np.float32)
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+  _, m = jax.jit(lvlm_step.make_train_step(logprob_fn=_toy_logprobs, optimizer=tx, hp=hp))(state, batch, None, {})
+  assert float(m["sampler_logprob_dev"]) == pytest.approx(0.3, abs=1e-5)
+  assert float(m["ratio_dev_first"]) <= 1e-6 and float(m["clip_frac_high"] + m["clip_frac_low"]) == 0.0
 
 
 def test_kl_zero_at_reference_positive_after(smoke):
@@ -270,4 +290,4 @@ def test_missing_pretrained_names_the_sft_command(tmp_path):
   config = lvlm_config.get_config("smoke")
   config.model.pretrained = str(tmp_path / "no_judge")
   with pytest.raises(FileNotFoundError, match="no_judge does not exist; make one with .*configs/sft_lvlm.py"):
-    train.make_task(config)
+    make_task(config)

@@ -6,6 +6,7 @@ import pytest
 
 from emojax import config_utils
 from emojax.data import pipeline
+from emojax.io import images
 from emojax.rewards import lvlm_judge, registry
 from emojax.emotion.colour import colour_judge
 
@@ -35,7 +36,7 @@ def test_combine_reads_host_rewards_from_the_batch():
 
 def test_to_uint8_rounds_like_the_sample_pngs():
   x = np.array([-1.5, -1.0, 0.0, 0.999, 1.0, 2.0], np.float32)
-  np.testing.assert_array_equal(lvlm_judge.to_uint8(x), [0, 0, 128, 255, 255, 255])
+  np.testing.assert_array_equal(images.to_uint8(x), [0, 0, 128, 255, 255, 255])
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,7 @@ def judge():
   return lvlm_judge.LVLMJudgeReward.from_config(config_utils.lvlm_judge(batch_size=16))
 
 
+@pytest.mark.asset
 def test_shipped_judge_rewards_the_requested_emotion(judge):
   """EmoShapes images of a world the judge never saw, as the generator would emit them ([-1, 1]):
   asked for their own V-A they earn more than asked for the opposite corner's, and the reward is
@@ -64,18 +66,34 @@ def test_shipped_judge_rewards_the_requested_emotion(judge):
   np.testing.assert_allclose(a, split["arousal"], atol=1e-3)
 
 
+@pytest.mark.asset
 def test_generator_step_with_the_lvlm_reward(tmp_path):
-  """One GRPO step whose reward is the LVLM judge: the host stage's rewards reach the update."""
+  """One GRPO step rewarded by the LVLM judge and the colour judge together (weights 1 and 0.5): the
+  rewards the update logs are those a separate judge gives the very images the rollout made, row for
+  row, so the host stage's scores reach the update aligned with their samples."""
   from configs import generator as generator_config
   from emojax import trainer
   from emojax.tasks.generator_grpo import GeneratorGRPO
   c = generator_config.get_config("smoke")
   c.total_steps, c.eval.at_start, c.eval_every, c.mesh.num_devices = 1, False, 1000, 1
+  c.rewards.weights.colour_emotion = 0.5
   task = GeneratorGRPO(c)
   assert set(task.host_rewards) == {"lvlm_emotion"}
+  seen = {}
+  score = task.score
+
+  def spy(rows, raw):
+    seen["images"], seen["raw"] = np.asarray(rows["images"]), raw
+    return score(rows, raw)
+
+  task.score = spy
   m = trainer.run(c, str(tmp_path), task, progress=False).metrics[0]
-  assert m["lvlm_emotion/parsed"] == 1.0
-  assert m["reward_mean"] == pytest.approx(m["reward/lvlm_emotion"], abs=1e-6)
+  target = {"valence": seen["raw"]["valence"], "arousal": seen["raw"]["arousal"]}
+  judge = lvlm_judge.LVLMJudgeReward.from_config(c.rewards.lvlm)  # the shipped judge, loaded separately
+  lvlm, ext = judge(seen["images"], target)
+  colour, _ = registry.get("colour_emotion")(jnp.asarray(seen["images"]), {k: jnp.asarray(v) for k, v in target.items()})
+  assert m["reward/lvlm_emotion"] == pytest.approx(float(lvlm.mean()), abs=1e-6)
+  assert m["reward_mean"] == pytest.approx(float(lvlm.mean() + 0.5 * np.mean(colour)), abs=1e-5)
+  assert m["reward_std"] == pytest.approx(float(np.std(lvlm + 0.5 * np.asarray(colour))), abs=1e-5)
+  assert m["lvlm_emotion/v_abs_err"] == pytest.approx(float(ext["v_abs_err"].mean()), abs=1e-6)
   assert m["reward_std"] > 0 and m["ratio_dev_first"] < 1e-5
-  answers_err = 1.0 - m["reward/lvlm_emotion"]  # the mean reward is 1 - mean(|dV| + |dA|) / 12
-  assert answers_err == pytest.approx((m["lvlm_emotion/v_abs_err"] + m["lvlm_emotion/a_abs_err"]) / 12, abs=1e-5)

@@ -19,7 +19,6 @@ HUB_PREPROCESSOR = {  # Qwen/Qwen2.5-VL-7B-Instruct preprocessor_config.json
 
 def hf_image_processor(config: P.ImageConfig):
   """transformers' numpy/PIL Qwen2-VL image processor (transformers 5: ...Pil; 4.x: the plain class)."""
-  pytest.importorskip("transformers")
   from transformers.models.qwen2_vl import image_processing_qwen2_vl as ipq
   try:
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil as cls
@@ -83,7 +82,6 @@ def test_tiny_tokenizer():
 
 def make_hf_tokenizer(directory):
   """A byte-level BPE tokenizer with Qwen's chat/vision tokens, saved as transformers files (no download)."""
-  pytest.importorskip("transformers")
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers
   from transformers import PreTrainedTokenizerFast
   vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}

@@ -121,14 +121,25 @@ def test_sd35m_parameter_count():
   assert want["num_parameters"] == 2_243_171_520
 
 
-def test_tiny_forward():
+def test_tiny_forward_rows_are_independent_and_read_every_input():
+  """The pixel-space tiny preset (patch 4): each sample's output is its own (batched = one at a time, to
+  float rounding) and depends on its noise, timestep, context and pooled vector."""
   config = mmdit.PRESETS["tiny"]
   module = mmdit.MMDiT(config)
-  inputs = mmdit.dummy_inputs(config, batch_size=2, context_len=7)
   # Random params from the abstract tree: module.init compiles for ~20 s on a 2-core CPU.
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: rng.normal(0, 0.05, s.shape).astype(s.dtype), mmdit.param_shapes(config))
-  x = jax.random.normal(jax.random.key(1), inputs[0].shape)
-  out = forward(module)(params, x, *inputs[1:3], jnp.array([900.0, 10.0]))
-  assert out.shape == (2, 32, 32, 3)
-  assert bool(jnp.isfinite(out).all())
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  ctx = jax.random.normal(jax.random.key(2), (2, 7, config.joint_attention_dim))
+  pooled = jax.random.normal(jax.random.key(3), (2, config.pooled_projection_dim))
+  t = jnp.array([900.0, 10.0])
+  f = forward(module)
+  out = np.asarray(f(params, x, ctx, pooled, t))
+  assert out.shape == (2, 32, 32, 3) and np.isfinite(out).all()
+  alone = np.asarray(f(params, x[1:], ctx[1:], pooled[1:], t[1:]))
+  np.testing.assert_allclose(out[1:], alone, atol=1e-5)
+  for i, changed in enumerate([(x[::-1], ctx, pooled, t), (x, ctx[::-1], pooled, t), (x, ctx, pooled[::-1], t),
+                               (x, ctx, pooled, t[::-1])]):
+    assert np.abs(np.asarray(f(params, *changed)) - out).max() > 1e-3, f"input {i} is ignored"
+
+

@@ -73,12 +73,16 @@ def test_smoke_run_overfits_and_exports(smoke_run):
   assert abs(losses[0] - np.log(264)) < 0.3  # the transformers-style init starts near uniform over the vocabulary
   assert losses[-1] < losses[0] - 1.0  # a fixed batch: the loss must fall
   last = result.metrics[-1]
-  for k in ("token_acc", "grad_norm", "eval/valence_mae", "eval/arousal_mae", "eval/category_acc", "eval/format_rate",
-            "eval/baseline_valence_mae"):
-    assert k in last
-  model, cfg, params, _ = judge.load_lvlm(str(workdir / "export"))
+  assert 0 < last["token_acc"] <= 1 and last["grad_norm"] > 0
+  model, cfg, params, processor = judge.load_lvlm(str(workdir / "export"))
   assert cfg == sft_lvlm.make_model(config.model)[1]
   jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(result.state["params"]))
+  # the logged evaluation is the exported judge's on the held-out split, scored independently here
+  split = pipeline.labelled_split(config.eval.seed, config.eval.num_examples, config.data.image_size)
+  want = judge.evaluate(model, params, processor, split, batch_size=config.eval.batch_size,
+                        max_prompt_len=config.max_prompt_len, max_new_tokens=config.target_len)
+  for k in ("valence_mae", "arousal_mae", "category_acc", "format_rate", "baseline_valence_mae"):
+    assert last[f"eval/{k}"] == pytest.approx(want[k], abs=1e-6), k
 
 
 def test_evaluate_cli_prints_one_json_line(smoke_run, tmp_path):
@@ -162,6 +166,7 @@ def test_answer_metrics_hand_case():
   assert scoring.answer_metrics(["?"], [0.0], [0.0], [0])["valence_mae_parsed"] is None
 
 
+@pytest.mark.asset
 @pytest.mark.parametrize("asset", ["lvlm_tiny_sft", "lvlm_tiny"])
 @pytest.mark.parametrize("noise", [0.0, 0.4])
 def test_shipped_judges_beat_the_mean_baseline(asset, noise):

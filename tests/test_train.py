@@ -1,5 +1,4 @@
 """The GRPO job through the shared trainer: resume equality, sharding equality, error paths."""
-import dataclasses
 import os
 import signal
 
@@ -7,51 +6,9 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import generator_config
 from emojax import trainer
-from emojax.io import assets
-from emojax.models import generator as gen_lib
-from emojax.models import mmdit, text_encoder
 from emojax.tasks.generator_grpo import GeneratorGRPO
-from configs import generator as generator_config
-
-
-@pytest.fixture(scope="module")
-def tiny_asset(tmp_path_factory):
-  """A random miniature generator saved in the shipped-asset layout."""
-  mm = dataclasses.replace(mmdit.PRESETS["tiny"], num_layers=2, num_attention_heads=2, attention_head_dim=16,
-                           joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=32)
-  tx = dataclasses.replace(text_encoder.PRESETS["tiny"], hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=2, projection_dim=32, max_position_embeddings=24)
-  gcfg = gen_lib.GeneratorConfig(mmdit=mm, text=tx, num_emotion_tokens=2, emotion_hidden=32, max_text_length=96)
-  gen = gen_lib.Generator(gcfg)
-  params = jax.jit(lambda k: gen_lib.init_params(gen, k))(jax.random.key(3))
-  # make the emotion path live so GRPO updates are not all zero-gradient noise
-  params = jax.tree_util.tree_map_with_path(
-      lambda p, x: x + 0.02 * jax.random.normal(jax.random.key(hash(str(p)) % 2**31), x.shape)
-      if "emotion" in str(p) else x, params)
-  path = str(tmp_path_factory.mktemp("asset") / "generator")
-  assets.save(path, jax.device_get(params), gcfg.to_dict())
-  return path
-
-
-def make_config(asset, **over):
-  c = generator_config.get_config("smoke")
-  c.unlock()
-  c.model.pretrained = asset
-  c.model.frozen = ("text",)  # the MMDiT trains too, so sharded gradients of every kind are compared
-  c.rewards.weights = {"colour_emotion": 1.0}  # in-graph reward: exact comparisons (the LVLM judge: test_lvlm_judge)
-  c.eval.at_start = False
-  c.eval_every = 1000
-  c.total_steps = 4
-  c.checkpoint_every = 2
-  c.rl.grad_accum = 2
-  for k, v in over.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
 
 
 def run(config, workdir, task=None):
@@ -63,7 +20,7 @@ def _params(result):
 
 
 def test_sigterm_resume_equals_uninterrupted(tiny_asset, tmp_path):
-  config = make_config(tiny_asset, **{"mesh.num_devices": 1})
+  config = generator_config(tiny_asset, **{"mesh.num_devices": 1})
   full = run(config, tmp_path / "full")
 
   task = GeneratorGRPO(config)
@@ -89,7 +46,7 @@ def test_sigterm_resume_equals_uninterrupted(tiny_asset, tmp_path):
 @pytest.mark.parametrize("mesh", [dict(data=1, fsdp=8), dict(data=4, fsdp=2)], ids=["fsdp8", "data4_fsdp2"])
 def test_sharded_step_equals_single_device(tiny_asset, tmp_path, mesh, single_device_step):
   over = {"total_steps": 1, "mesh.num_devices": 8, "mesh.data": mesh["data"], "mesh.fsdp": mesh["fsdp"], **_ONE_STEP}
-  sharded = run(make_config(tiny_asset, **over), tmp_path / "sharded")
+  sharded = run(generator_config(tiny_asset, **over), tmp_path / "sharded")
   ref_metrics, ref_params = single_device_step
   got = sharded.metrics[0]
   # Reductions run in another order on 8 shards: equal to float32 rounding, not bitwise.
@@ -109,19 +66,19 @@ _ONE_STEP = {"rl.prompts_per_step": 2, "rl.group_size": 4, "optim.eps": 1e-2, "o
 @pytest.fixture(scope="module")
 def single_device_step(tiny_asset, tmp_path_factory):
   over = {"total_steps": 1, "mesh.num_devices": 1, **_ONE_STEP}
-  res = run(make_config(tiny_asset, **over), tmp_path_factory.mktemp("single"))
+  res = run(generator_config(tiny_asset, **over), tmp_path_factory.mktemp("single"))
   return res.metrics[0], _params(res)
 
 
 def test_batch_the_mesh_cannot_divide_is_a_startup_error(tiny_asset, tmp_path):
-  config = make_config(tiny_asset, **{"mesh.num_devices": 8, "rl.prompts_per_step": 3, "rl.group_size": 2})
+  config = generator_config(tiny_asset, **{"mesh.num_devices": 8, "rl.prompts_per_step": 3, "rl.group_size": 2})
   with pytest.raises(ValueError, match="not divisible by mesh data\\*fsdp = 8"):
     run(config, tmp_path)
-  assert not os.path.exists(tmp_path / "checkpoints" / "0")
+  assert os.listdir(tmp_path) == []  # nothing written: the check runs before any file is made
 
 
 def test_non_finite_loss_stops_with_step_and_keeps_last_checkpoint(tiny_asset, tmp_path):
-  config = make_config(tiny_asset, **{"mesh.num_devices": 1})
+  config = generator_config(tiny_asset, **{"mesh.num_devices": 1})
   task = GeneratorGRPO(config)
   step_fn = task.train_step
 
@@ -137,20 +94,20 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_checkpoint(tiny_asset, t
 
 
 def test_missing_pretrained_directory_is_one_actionable_line(tmp_path):
-  config = make_config(str(tmp_path / "nowhere"))
+  config = generator_config(str(tmp_path / "nowhere"))
   with pytest.raises(FileNotFoundError, match="does not exist; make it with `python -m emojax.train"):
     GeneratorGRPO(config)
 
 
 def test_zero_weight_rewards_are_skipped_and_all_zero_is_an_error(tiny_asset):
-  task = GeneratorGRPO(make_config(tiny_asset, **{"rewards.weights": {"lvlm_emotion": 0.0, "colour_emotion": 1.0}}))
+  task = GeneratorGRPO(generator_config(tiny_asset, **{"rewards.weights": {"lvlm_emotion": 0.0, "colour_emotion": 1.0}}))
   assert task.host_rewards == {} and task.reward_weights == {"colour_emotion": 1.0}  # the LVLM is not loaded
   with pytest.raises(ValueError, match="every reward weight is 0"):
-    GeneratorGRPO(make_config(tiny_asset, **{"rewards.weights": {"lvlm_emotion": 0.0}}))
+    GeneratorGRPO(generator_config(tiny_asset, **{"rewards.weights": {"lvlm_emotion": 0.0}}))
 
 
 def test_out_of_range_targets_are_rejected(tiny_asset):
-  task = GeneratorGRPO(make_config(tiny_asset))
+  task = GeneratorGRPO(generator_config(tiny_asset))
   raw = {"prompt": np.array(["a circle"], object), "valence": np.array([3.5], np.float32),
          "arousal": np.array([0.0], np.float32)}
   with pytest.raises(ValueError, match="valence=3.5 is outside"):
@@ -158,8 +115,62 @@ def test_out_of_range_targets_are_rejected(tiny_asset):
 
 
 def test_guided_step_is_on_policy(tiny_asset, tmp_path):
-  """With classifier-free guidance in rollouts and re-scoring (each sample at its own timesteps)."""
-  res = run(make_config(tiny_asset, **{"total_steps": 1, "mesh.num_devices": 1, "rl.cfg_scale": 3.0, **_ONE_STEP}),
-            tmp_path)
+  """With classifier-free guidance in rollouts and re-scoring (each sample at its own timesteps): guidance
+  changes what the rollout draws (the same noise gives other images than at scale 1), and scoring the
+  transitions with the same guided velocity keeps the ratio at 1 (scoring without guidance would not)."""
+  over = {"total_steps": 1, "mesh.num_devices": 1, **_ONE_STEP}
+  guided, plain = (GeneratorGRPO(generator_config(tiny_asset, **over, **{"rl.cfg_scale": s})) for s in (3.0, 1.0))
+  raw = next(iter(guided.make_loader(0, 1)))
+  batch = jax.tree.map(jax.numpy.asarray, guided.host_batch(raw))
+  rng = jax.random.key(5)
+  images = [np.asarray(jax.jit(t.experience)(t.init_state(rng), batch, rng, t.constants())["images"])
+            for t in (guided, plain)]
+  assert np.abs(images[0] - images[1]).mean() > 1e-2
+  res = run(generator_config(tiny_asset, **over, **{"rl.cfg_scale": 3.0}), tmp_path)
   m = res.metrics[0]
   assert np.isfinite(m["loss"]) and m["ratio_dev_first"] < 1e-5 and m["reward_std"] > 0
+
+
+def _update_flops(task):
+  """XLA's FLOP estimate of one jitted update (lowered, not compiled), from abstract inputs."""
+  rng = jax.random.key(0)
+  state = jax.eval_shape(task.init_state, rng)
+  constants = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), task.constants())
+  raw = next(iter(task.make_loader(0, 1)))
+  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), task.host_batch(raw))
+  experience = jax.eval_shape(task.experience, state, batch, rng, constants)
+  return jax.jit(task.train_step).lower(state, {**batch, **experience}, rng, constants).cost_analysis()["flops"]
+
+
+def test_frozen_groups_cost_no_weight_gradients(tiny_asset):
+  """With the MMDiT frozen (the default: only the V-A embedding learns) the update computes no MMDiT weight
+  gradients and the optimizer holds no state for it, and the KL reference is the trainable group alone."""
+  only_emotion = GeneratorGRPO(generator_config(tiny_asset, **{"model.frozen": ("text", "mmdit")}))
+  with_mmdit = GeneratorGRPO(generator_config(tiny_asset, **{"model.frozen": ("text",)}))
+  adam = lambda task: jax.eval_shape(task.init_state, jax.random.key(0))["opt_state"][1][0]  # (clip, adamw[scale_by_adam, ...])
+  assert set(adam(only_emotion).mu) == {"emotion"} and set(adam(with_mmdit).mu) == {"emotion", "mmdit"}
+  assert set(only_emotion.constants()["ref_trainable"]) == {"emotion"}
+  assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(only_emotion.constants()))  # host arrays
+  frozen, full = _update_flops(only_emotion), _update_flops(with_mmdit)
+  print(f"update GFLOP: MMDiT frozen {frozen / 1e9:.3f}, trained {full / 1e9:.3f}")
+  # a dense layer's weight gradient costs as much as its input gradient; attention, norms and the
+  # rollout-independent rest do not shrink
+  assert frozen < 0.9 * full  # measured 0.83; XLA counts FLOPs analytically, so this holds on any CPU
+
+
+def test_weights_go_from_host_straight_into_their_shardings(tiny_asset):
+  """Placing the pretrained state and the reference makes no implicit host-to-device transfer (a
+  jnp.asarray of the host tree would: the whole model on one device first) and leaves the weights sharded."""
+  config = generator_config(tiny_asset, **{"mesh.num_devices": 8, "mesh.data": 1, "mesh.fsdp": 8, "rl.kl_beta": 0.01})
+  task = GeneratorGRPO(config)
+  mesh = trainer.parallel.mesh_from_config(config.mesh)
+  rules = trainer._rules(config)
+  init_rng = jax.random.key(0)
+  _, shardings = trainer._abstract_state(task, init_rng, mesh, rules)
+  with jax.transfer_guard_host_to_device("disallow"):
+    state = trainer.place_initial_state(task, init_rng, shardings)
+    constants, _ = trainer.place_constants(task, mesh, rules)
+  kernel = state["params"]["mmdit"]["transformer_blocks_0"]["attn"]["to_q"]["kernel"]
+  assert kernel.sharding.spec[0] == "fsdp" and kernel.addressable_shards[0].data.shape[0] == kernel.shape[0] // 8
+  ref = constants["ref_trainable"]["emotion"]["linear_2"]["kernel"]
+  assert ref.addressable_shards[0].data.shape[0] == ref.shape[0] // 8
