@@ -21,10 +21,6 @@ import pytest  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def pytest_configure(config):
-  config.addinivalue_line("markers", "asset: pinned to a shipped asset's measured quality (thresholds have margins)")
-
-
 @pytest.fixture(scope="session")
 def tiny_asset(tmp_path_factory):
   """A random miniature generator saved in the shipped-asset layout, its emotion path made live (random

@@ -12,6 +12,7 @@ from emojax.pipelines import tiny
 from emojax.tasks.pretrain_generator import PretrainGenerator, pixel_weights
 
 
+@pytest.mark.asset
 def test_shipped_asset_matches_its_config():
   gen, gcfg, params = tiny.load_generator("")
   assert gcfg.mmdit.sample_size == 32 and gcfg.mmdit.in_channels == 3
@@ -20,16 +21,19 @@ def test_shipped_asset_matches_its_config():
     assert not np.any(leaf)
 
 
+@pytest.mark.asset
 def test_shipped_generator_reads_place_and_shape_words():
   gen, gcfg, params = tiny.load_generator("")
   examples = [emoshapes.make_example(12345, i) for i in range(32)]
   shapes = gen_eval.text_use_losses(gen, gcfg, params, examples, sigmas=(0.7,))[0.7]["shapes"]
-  # measured (loss on shape pixels): places moved 4.3x, no prompt 1.9x, shape names swapped 1.56x the right
-  # prompt's; the previous asset drew the same block whatever the name (swapped 1.05x)
-  assert shapes["places_moved"] > 2 * shapes["correct"] and shapes["empty"] > 1.5 * shapes["correct"]
+  # measured (loss on shape pixels, x the right prompt's) on worlds 12345-12348: places moved 3.4-4.4x, no
+  # prompt 1.64-1.90x, shape names swapped 1.54-1.58x; the previous asset drew the same block whatever the
+  # name (swapped 1.05x). Thresholds sit below the measured range.
+  assert shapes["places_moved"] > 2 * shapes["correct"] and shapes["empty"] > 1.4 * shapes["correct"]
   assert shapes["shapes_swapped"] > 1.3 * shapes["correct"]
 
 
+@pytest.mark.asset
 def test_shipped_generator_draws_the_named_shapes_in_the_named_cells():
   gen, gcfg, params = tiny.load_generator("")
   evals = gen_eval.EvalSet(gen, gcfg, num_prompts=16, seed=12345, num_steps=8, shift=3.0, cfg_scale=3.0,
@@ -37,10 +41,11 @@ def test_shipped_generator_draws_the_named_shapes_in_the_named_cells():
   occupied, kinds = layout_judge.read_layout(np.asarray(evals.sample(params)))
   want = layout_judge.named_kinds(evals.prompts)
   named = want >= 0
-  # measured: shapes in 100% of the named cells, 1% of the others, 50% of the named kind (chance 20%);
-  # previous assets: 69% / 8% / 16% (blocks in the right cells), 56% / 39% (specks everywhere)
+  # measured on worlds 12345-12348: shapes in 100% of the named cells, 0-1.8% of the others, 37-50% of the
+  # named kind (chance 20%); previous assets: 69% / 8% / 16% (blocks in the right cells), 56% / 39% (specks
+  # everywhere). Thresholds sit below the measured range.
   assert occupied[named].mean() > 0.85 and occupied[~named].mean() < 0.05
-  assert (kinds[named] == want[named]).mean() > 0.35
+  assert (kinds[named] == want[named]).mean() > 0.3
 
 
 def test_pretrain_smoke_exports_a_loadable_generator(tmp_path):

@@ -173,13 +173,15 @@ def test_shipped_judges_beat_the_mean_baseline(asset, noise):
   """emojax/assets/lvlm_tiny_sft (configs/sft_lvlm.py) and lvlm_tiny (then configs/lvlm.py) read colour on
   a world they never saw, clean and with pixel noise (what generated images look like to them): on 16
   images their V/A errors are well under those of predicting the split's mean. The judges trained on
-  clean images only do not, on the noisy split (V MAE 0.94-1.18x the mean's, category accuracy below it)."""
+  clean images only do not, on the noisy split (V MAE 0.94-1.18x the mean's, category accuracy below it).
+  Measured over worlds 777-781 (16 images each) for these judges and two other GRPO seeds: error / the
+  mean's at most 0.63 clean and 0.70 noisy, category accuracy at least 0.31 above the mean's."""
   from emojax.io import assets
   model, _, params, processor = judge.load_lvlm(assets.asset_dir(asset))
   split = pipeline.labelled_split(777, 16, noise_max_std=noise)
   out = judge.evaluate(model, params, processor, split, batch_size=16, max_prompt_len=120, max_new_tokens=152)
   assert out["parse_rate"] == 1.0
-  factor = 0.6 if noise == 0 else 0.8  # measured: clean <= 0.48, noisy <= 0.70 (the SFT judge's V)
+  factor = 0.75 if noise == 0 else 0.85  # above the measured 0.63 / 0.70
   assert out["valence_mae"] < factor * out["baseline_valence_mae"], out
   assert out["arousal_mae"] < factor * out["baseline_arousal_mae"], out
-  assert out["category_acc"] > out["baseline_category_acc"], out
+  assert out["category_acc"] > out["baseline_category_acc"] + 0.15, out
