@@ -17,7 +17,6 @@ import os
 import tempfile
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 from diffusers import SD3Transformer2DModel

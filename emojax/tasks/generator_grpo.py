@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import os
 
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from emojax import optim, trainer
 from emojax.data import emoshapes, pipeline
 from emojax.diffusion import schedule
-from emojax.emotion.colour import colour_judge
 from emojax.emotion.space import check_va
 from emojax.evaluation.generator import EvalSet
 from emojax.pipelines import tiny
@@ -27,9 +25,8 @@ from emojax.rl import generator_step
 
 def colour_judge_errors(images, batch) -> dict:
   """The independent evaluator's |error| against the requested V-A (logged, never optimised)."""
-  v_hat, a_hat = colour_judge(images)
-  return {"judge/v_abs_err": jnp.abs(v_hat - batch["valence"]).mean(),
-          "judge/a_abs_err": jnp.abs(a_hat - batch["arousal"]).mean()}
+  _, err = reward_registry.get("colour_emotion")(images, batch)
+  return {"judge/v_abs_err": err["v_abs_err"].mean(), "judge/a_abs_err": err["a_abs_err"].mean()}
 
 
 class GeneratorGRPO:
