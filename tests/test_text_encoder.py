@@ -103,7 +103,7 @@ def test_config_dicts():
 
 def test_gelu_is_exact_erf():  # transformers' "gelu" (CLIP-G / SD3 text_encoder_2) is not the tanh approximation
   x = jnp.linspace(-4, 4, 101)
-  np.testing.assert_allclose(te._ACT["gelu"](x), 0.5 * x * (1 + jax.scipy.special.erf(x / np.sqrt(2))), atol=1e-6)
+  np.testing.assert_allclose(te.ACTIVATIONS["gelu"](x), 0.5 * x * (1 + jax.scipy.special.erf(x / np.sqrt(2))), atol=1e-6)
 
 
 def test_byte_tokenizer():

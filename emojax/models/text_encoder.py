@@ -44,7 +44,7 @@ from emojax.io.tokenizers import BOS_ID, EOS_ID, PAD_ID, byte_id
 
 
 # transformers' ACT2FN: "gelu" is the exact erf form; the tanh approximation is "gelu_new"/"gelu_pytorch_tanh".
-_ACT = {
+ACTIVATIONS = {
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
     "gelu": functools.partial(nn.gelu, approximate=False),
     "gelu_new": functools.partial(nn.gelu, approximate=True),
@@ -77,8 +77,8 @@ class TextEncoderConfig:
   def __post_init__(self):
     if self.pooling not in ("first_eos", "argmax_ids"):
       raise ValueError(f"TextEncoderConfig.pooling must be 'first_eos' or 'argmax_ids', got {self.pooling!r}")
-    if self.hidden_act not in _ACT:
-      raise ValueError(f"TextEncoderConfig.hidden_act {self.hidden_act!r} not supported; known: {sorted(_ACT)}")
+    if self.hidden_act not in ACTIVATIONS:
+      raise ValueError(f"TextEncoderConfig.hidden_act {self.hidden_act!r} not supported; known: {sorted(ACTIVATIONS)}")
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "TextEncoderConfig":
@@ -130,7 +130,7 @@ def word_slots(input_ids, max_bytes: int):
 
 
 class _Attention(nn.Module):
-  cfg: TextEncoderConfig
+  cfg: Any  # TextEncoderConfig or clip.VisionConfig: hidden_size, num_attention_heads
   dtype: Any
 
   @nn.compact
@@ -144,27 +144,30 @@ class _Attention(nn.Module):
     return dense("out_proj")(out.reshape(b, l, c.hidden_size))
 
 
-class _Layer(nn.Module):
-  cfg: TextEncoderConfig
+class EncoderLayer(nn.Module):
+  """transformers' CLIPEncoderLayer (pre-LN attention + MLP), shared by the text and vision towers."""
+  cfg: Any  # TextEncoderConfig or clip.VisionConfig
   dtype: Any
 
   @nn.compact
-  def __call__(self, x, mask):
+  def __call__(self, x, mask=None):
     c = self.cfg
     ln = lambda name: nn.LayerNorm(c.layer_norm_eps, dtype=jnp.float32, name=name)
     x = x + _Attention(c, self.dtype, name="self_attn")(ln("layer_norm1")(x), mask)
     h = nn.Dense(c.intermediate_size, dtype=self.dtype, name="fc1")(ln("layer_norm2")(x))
-    return x + nn.Dense(c.hidden_size, dtype=self.dtype, name="fc2")(_ACT[c.hidden_act](h))
+    return x + nn.Dense(c.hidden_size, dtype=self.dtype, name="fc2")(ACTIVATIONS[c.hidden_act](h))
 
 
 class TextEncoder(nn.Module):
-  """input_ids (B, L) int32 -> (token_states (B, L, hidden), pooled (B, projection_dim))."""
+  """input_ids (B, L) int32 [, attention_mask (B, L)] -> (token_states (B, L, hidden), pooled
+  (B, projection_dim)). The attention mask (1 = real token) hides padding keys as transformers does;
+  it changes no state before the EOS, so pooled is the same with or without it."""
 
   config: TextEncoderConfig
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, input_ids):
+  def __call__(self, input_ids, attention_mask=None):
     c = self.config
     b, n = input_ids.shape
     k = c.merge_size
@@ -185,9 +188,13 @@ class TextEncoder(nn.Module):
       x = nn.Dense(c.hidden_size, dtype=self.dtype, name="merge")(x.reshape(b, l, k * c.hidden_size))
     x = x + nn.Embed(c.max_position_embeddings, c.hidden_size, name="position_embedding")(jnp.arange(l))
     mask = nn.make_causal_mask(jnp.zeros((b, l)), dtype=bool)
+    if attention_mask is not None:
+      if k > 1 or c.word_merge:
+        raise ValueError("attention_mask needs one token per id (merge_size 1, word_merge 0)")
+      mask = mask & (attention_mask > 0)[:, None, None, :]
     states = [x]
     for i in range(c.num_hidden_layers):
-      x = _Layer(c, self.dtype, name=f"layers_{i}")(x, mask)
+      x = EncoderLayer(c, self.dtype, name=f"layers_{i}")(x, mask)
       states.append(x)
     final = nn.LayerNorm(c.layer_norm_eps, dtype=jnp.float32, name="final_layer_norm")(x)
     tokens = final if c.output_layer == -1 else states[c.output_layer]

@@ -1,0 +1,120 @@
+"""CLIP inputs from a transformers CLIP directory: uint8 images -> pixel_values, prompts -> token ids.
+
+Images follow transformers' CLIPImageProcessor (its PIL backend, `CLIPImageProcessorPil`): resize so
+the shortest side is `size.shortest_edge` (the long side int(shortest · long / short)) with PIL
+bicubic on the uint8 image, centre crop to `crop_size` (zero-padded if the image is smaller), x/255,
+normalise by the directory's image_mean / image_std; read from preprocessor_config.json (transformers'
+defaults where it says nothing). Output is NHWC float32 (transformers' NCHW, transposed).
+
+Prompts are tokenised by the directory's own tokenizer through transformers (local files only),
+padded to the text tower's max_position_embeddings and truncated there, so every batch has one shape.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # transformers.image_utils.OPENAI_CLIP_MEAN
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageConfig:
+  shortest_edge: int = 224
+  crop_height: int = 224
+  crop_width: int = 224
+  image_mean: tuple = CLIP_MEAN
+  image_std: tuple = CLIP_STD
+  do_resize: bool = True
+  do_center_crop: bool = True
+
+  @classmethod
+  def from_directory(cls, directory) -> "ImageConfig":
+    path = os.path.join(os.fspath(directory), "preprocessor_config.json")
+    if not os.path.isfile(path):
+      return cls()
+    with open(path) as f:
+      d = json.load(f)
+    size, crop = d.get("size", {"shortest_edge": 224}), d.get("crop_size", {"height": 224, "width": 224})
+    if isinstance(size, int):
+      size = {"shortest_edge": size}
+    if isinstance(crop, int):
+      crop = {"height": crop, "width": crop}
+    if "shortest_edge" not in size:
+      raise ValueError(f"{path}: size {size} has no shortest_edge (CLIPImageProcessor resizes the shortest side)")
+    return cls(shortest_edge=int(size["shortest_edge"]), crop_height=int(crop["height"]), crop_width=int(crop["width"]),
+               image_mean=tuple(d.get("image_mean", CLIP_MEAN)), image_std=tuple(d.get("image_std", CLIP_STD)),
+               do_resize=bool(d.get("do_resize", True)), do_center_crop=bool(d.get("do_center_crop", True)))
+
+
+def check_images(images) -> np.ndarray:
+  """(N, H, W, 3) uint8, or a one-line ValueError saying what is wrong."""
+  images = np.asarray(images)
+  if images.dtype != np.uint8:
+    raise ValueError(f"images must be uint8 (N, H, W, 3); got dtype {images.dtype} (quantise [-1, 1] floats "
+                     "with emojax.io.images.to_uint8)")
+  if images.ndim != 4 or images.shape[-1] != 3 or 0 in images.shape:
+    raise ValueError(f"images must be a non-empty (N, H, W, 3) uint8 batch; got shape {images.shape}")
+  return images
+
+
+def _resize_shape(h: int, w: int, shortest: int) -> tuple[int, int]:
+  short, long = (w, h) if w <= h else (h, w)
+  new_long = int(shortest * long / short)
+  return (new_long, shortest) if w <= h else (shortest, new_long)
+
+
+def _center_crop(x: np.ndarray, ch: int, cw: int) -> np.ndarray:
+  h, w = x.shape[:2]
+  top, left = (h - ch) // 2, (w - cw) // 2
+  if top >= 0 and left >= 0:
+    return x[top:top + ch, left:left + cw]
+  out_h, out_w = max(ch, h), max(cw, w)  # too small: zero-pad to at least the crop, then crop
+  padded = np.zeros((out_h, out_w, x.shape[2]), x.dtype)
+  t, l = -(-(out_h - h) // 2), -(-(out_w - w) // 2)
+  padded[t:t + h, l:l + w] = x
+  top, left = (out_h - ch) // 2, (out_w - cw) // 2
+  return padded[top:top + ch, left:left + cw]
+
+
+def preprocess(images, config: ImageConfig) -> np.ndarray:
+  """uint8 (N, H, W, 3) -> pixel_values (N, crop_h, crop_w, 3) float32."""
+  from PIL import Image
+  images = check_images(images)
+  mean, std = np.asarray(config.image_mean, np.float32), np.asarray(config.image_std, np.float32)
+  out = []
+  for im in images:
+    if config.do_resize:
+      h, w = _resize_shape(im.shape[0], im.shape[1], config.shortest_edge)
+      if (h, w) != im.shape[:2]:
+        im = np.asarray(Image.fromarray(im).resize((w, h), resample=Image.BICUBIC))
+    if config.do_center_crop:
+      im = _center_crop(im, config.crop_height, config.crop_width)
+    out.append((im.astype(np.float32) * np.float32(1 / 255) - mean) / std)
+  return np.stack(out)
+
+
+class Tokenizer:
+  """The CLIP directory's tokenizer (transformers AutoTokenizer, local files only) -> fixed-length ids."""
+
+  def __init__(self, directory, max_length: int):
+    directory = os.fspath(directory)
+    if not any(os.path.isfile(os.path.join(directory, f)) for f in _TOKENIZER_FILES):
+      raise FileNotFoundError(f"no tokenizer.json (or vocab.json + merges.txt) in {directory}: copy the CLIP "
+                              "checkpoint's tokenizer files there")
+    from transformers import AutoTokenizer
+    self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    self.max_length = int(max_length)
+
+  def __call__(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask), each (B, max_length) int32."""
+    if isinstance(prompts, str):
+      prompts = [prompts]
+    out = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=self.max_length,
+                         return_tensors="np")
+    return out["input_ids"].astype(np.int32), out["attention_mask"].astype(np.int32)
