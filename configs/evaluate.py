@@ -12,6 +12,7 @@ def get_config(arg=None):
   if arg:
     raise ValueError(f"configs/evaluate.py takes no preset (got {arg!r}); set fields with --config.field=value")
   c = ml_collections.ConfigDict()
+  c.mode = "lvlm"  # what emojax.evaluate evaluates: an LVLM judge (this file) or a generator (evaluate_generator.py)
   c.lvlm = ""  # LVLM export directory (<workdir>/export of an LVLM job) or a transformers Qwen2.5-VL directory
   c.batch_size = 64  # images per jitted greedy-decoding batch (the last batch is padded)
   c.max_prompt_len = 120  # prompt tokens, left-padded; must hold the judge prompt and the image tokens
@@ -26,7 +27,7 @@ def get_config(arg=None):
 
 
 RANGES = {
-    "lvlm": cu.STR, "batch_size": cu.Int(1), "max_prompt_len": cu.Int(1), "max_new_tokens": cu.Int(1),
+    "mode": cu.OneOf("lvlm"), "lvlm": cu.STR, "batch_size": cu.Int(1), "max_prompt_len": cu.Int(1), "max_new_tokens": cu.Int(1),
     "data.seed": cu.Int(0), "data.num_examples": cu.Int(1), "data.image_size": cu.Int(8, 4096),
     "data.noise_max_std": cu.Fraction(),
 }

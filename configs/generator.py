@@ -49,15 +49,18 @@ def get_config(arg=None):
   # --config.rewards.weights.lvlm_emotion=0 --config.rewards.weights.colour_emotion=1 switches judges.
   # lvlm_emotion: the LVLM judge's greedy reading; colour_emotion: the colour judge, which stays the
   # independent evaluator (judge/* metrics) either way
-  c.rewards.weights = ml_collections.ConfigDict({"lvlm_emotion": 1.0, "colour_emotion": 0.0})
-  c.rewards.zscore = False  # z-score each reward over the batch before the weighted sum
+  # pickscore: the preference model's PickScore / rewards.pickscore.scale, the defence against painting noise
+  c.rewards.weights = ml_collections.ConfigDict({"lvlm_emotion": 1.0, "colour_emotion": 0.0, "pickscore": 0.0})
+  c.rewards.normalize = "none"  # "none", "batch" or "group": z-score each reward over the batch / each group first
   c.rewards.lvlm = cu.lvlm_judge()  # the LVLM judge of lvlm_emotion
+  c.rewards.pickscore = cu.preference_model(scale=1.0)  # the preference model of pickscore and the eval/pickscore metric
 
   c.eval = ml_collections.ConfigDict()
   c.eval.seed = 12345  # held-out EmoShapes seed for eval prompts and noise
   c.eval.num_prompts = 4  # neutral prompts, each sampled at a 3x3 grid of V-A targets
   c.eval.num_steps = 8  # ODE steps
   c.eval.at_start = True  # also evaluate the pretrained generator at step 1 (the "before")
+  c.eval.preference = False  # also log eval/pickscore and eval/clip_iqa with rewards.pickscore's model
 
   c.optim = cu.optimizer(lr=3e-3, grad_clip=1.0)
   c.mesh = cu.mesh()
@@ -84,6 +87,8 @@ RANGES = {
     "rl.clip_eps": cu.Positive(), "rl.kl_beta": cu.Float(0.0), "rl.adv_clip": cu.Positive(), "rl.adv_eps": cu.Positive(),
     "rl.timestep_fraction": cu.Fraction(lo_open=True), "rl.grad_accum": cu.Int(1), "rl.inner_epochs": cu.Int(1),
     "rl.ratio_tolerance": cu.Float(0.0),
-    "rewards.weights.*": cu.Float(0.0), "rewards.zscore": cu.BOOL,
+    **cu.preference_model_ranges("rewards.pickscore"),
+    "rewards.weights.*": cu.Float(0.0), "rewards.normalize": cu.OneOf("none", "batch", "group"),
     "eval.seed": cu.Int(0), "eval.num_prompts": cu.Int(1), "eval.num_steps": cu.Int(1, 1000), "eval.at_start": cu.BOOL,
+    "eval.preference": cu.BOOL,
 }

@@ -40,7 +40,9 @@ def get_config(arg=None):
   c.uniform_sigma_frac = 0.0  # share of samples with sigma ~ U(0, 1) instead (logit-normal puts ~1% below 0.1)
 
   c.model = ml_collections.ConfigDict()
-  c.model.preset = "tiny"  # MMDiT / text encoder preset
+  c.model.preset = "tiny"  # MMDiT / text encoder preset (of a random init)
+  c.model.init_from = ""  # generator directory to start from instead of a random init ("" = random)
+  c.model.frozen = ("emotion",)  # parameter groups left untouched (the V-A stage: ("text", "mmdit"))
   c.model.num_emotion_tokens = 4  # V-A tokens appended to the text context (zero, frozen here)
   c.model.max_text_length = 176  # byte ids per prompt incl. BOS/EOS (at most 44 words)
 
@@ -79,7 +81,7 @@ RANGES = {
     "export_weights": cu.OneOf("ema", "params"), "export_dtype": cu.OneOf(*cu.DTYPES),
     "logit_mean": cu.Float(), "logit_std": cu.Positive(), "shape_weight": cu.Float(0.0), "shape_margin": cu.Int(0, 16),
     "uniform_sigma_frac": cu.Fraction(),
-    "model.preset": cu.OneOf("tiny"), "model.num_emotion_tokens": cu.Int(1), "model.max_text_length": cu.Int(3),
+    "model.preset": cu.OneOf("tiny"), "model.init_from": cu.STR, "model.frozen": cu.Names("text", "emotion", "mmdit"), "model.num_emotion_tokens": cu.Int(1), "model.max_text_length": cu.Int(3),
     "caption.p_empty": cu.Fraction(), "caption.p_neutral": cu.Fraction(), "caption.p_drop_pooled": cu.Fraction(),
     "data.seed": cu.Int(0), "data.num_examples": cu.Int(1),
     "eval.seed": cu.Int(0), "eval.num_prompts": cu.Int(1), "eval.num_steps": cu.Int(1, 1000), "eval.shift": cu.Positive(),

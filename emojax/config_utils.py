@@ -40,7 +40,7 @@ DEFAULT_LOGICAL_RULES = (
 @dataclasses.dataclass(frozen=True)
 class Range:
   """A field's valid values: a number interval, a set of choices, or a type (see the helpers below)."""
-  kind: str  # "int" | "float" | "bool" | "str" | "choice" | "names" | "any"
+  kind: str  # "int" | "float" | "bool" | "str" | "choice" | "names" | "floats" | "any"
   lo: float | None = None
   hi: float | None = None
   lo_open: bool = False
@@ -53,6 +53,8 @@ class Range:
       return "one of " + ", ".join(map(repr, self.choices))
     if self.kind == "names":
       return "a tuple of names" + (" from " + ", ".join(map(repr, self.choices)) if self.choices else "")
+    if self.kind == "floats":
+      return f"a non-empty tuple of numbers in [{self.lo:g}, {self.hi:g}]"
     if self.kind in ("bool", "str", "any"):
       return {"bool": "True or False", "str": "a string", "any": "anything"}[self.kind]
     noun = "an integer" if self.kind == "int" else "a number"
@@ -78,6 +80,9 @@ class Range:
     if self.kind == "names":
       return (isinstance(v, (tuple, list)) and all(isinstance(x, str) for x in v) and len(set(v)) == len(v)
               and (not self.choices or set(v) <= set(self.choices)))
+    if self.kind == "floats":
+      return (isinstance(v, (tuple, list)) and len(v) > 0 and all(
+          isinstance(x, (int, float)) and not isinstance(x, bool) and self.lo <= x <= self.hi for x in v))
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (self.kind == "int" and not float(v).is_integer()):
       return False
     if v in self.also:
@@ -111,6 +116,10 @@ def OneOf(*choices) -> Range:
 
 def Names(*allowed) -> Range:
   return Range("names", choices=allowed)
+
+
+def Floats(lo: float, hi: float) -> Range:
+  return Range("floats", lo, hi)
 
 
 BOOL, STR, ANY = Range("bool"), Range("str"), Range("any")
@@ -237,6 +246,21 @@ def lvlm_judge(path: str = "", batch_size: int = 32, max_prompt_len: int = 120,
 def lvlm_judge_ranges(prefix: str) -> dict[str, Range]:
   return {f"{prefix}.path": STR, f"{prefix}.batch_size": Int(1), f"{prefix}.max_prompt_len": Int(1),
           f"{prefix}.max_new_tokens": Int(1)}
+
+
+def preference_model(path: str = "", scale: float = 1.0, batch_size: int = 32) -> ml_collections.ConfigDict:
+  """The preference model of the generator's pickscore reward and metrics."""
+  c = ml_collections.ConfigDict()
+  c.path = path  # transformers CLIP directory (e.g. PickScore_v1); "" = the shipped tiny preference model
+  c.scale = scale  # the reward is PickScore / scale (PickScore_v1: 26, as Flow-GRPO; the tiny model: see its README)
+  c.iqa_pair = ("a clean picture", "a noisy picture")  # CLIP-IQA antonyms (positive first); real CLIP: Good/Bad photo.
+  c.batch_size = batch_size  # images per jitted scoring batch
+  return c
+
+
+def preference_model_ranges(prefix: str) -> dict[str, Range]:
+  return {f"{prefix}.path": STR, f"{prefix}.scale": Positive(), f"{prefix}.iqa_pair": Names(),
+          f"{prefix}.batch_size": Int(1)}
 
 
 def lvlm_data(seed: int) -> ml_collections.ConfigDict:

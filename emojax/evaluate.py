@@ -1,16 +1,17 @@
-"""python -m emojax.evaluate --config=configs/evaluate.py --config.lvlm=DIR
-    [--config.data.seed=S --config.data.num_examples=N]
+"""python -m emojax.evaluate --config=configs/evaluate.py --config.lvlm=DIR            (an LVLM judge)
+   python -m emojax.evaluate --config=configs/evaluate_generator.py --workdir=OUT     (a generator)
 
-Judges EmoShapes examples 0..N-1 of world S with the LVLM in DIR (greedy, batched, jitted, with the
-judge question its model was taught) and prints ONE JSON line on stdout: valence_mae, arousal_mae
-(an unparsable answer counts as the worst in-range answer, 3 + |target|), valence_mae_parsed,
-arousal_mae_parsed (parsed answers only), category_acc, format_rate, parse_rate, n, and the
-predict-the-mean baseline (baseline_valence_mae, baseline_arousal_mae, baseline_category_acc and its
-constants), so a reader sees whether the judge beats copying the split's mean. Scoring rules:
-emojax.emotion.scoring.
+LVLM mode judges EmoShapes examples 0..N-1 of world `data.seed` (greedy, batched, jitted, with the judge
+question its model was taught) and prints ONE JSON line: valence_mae, arousal_mae (an unparsable answer
+counts as the worst in-range answer, 3 + |target|), their *_parsed versions, category_acc, format_rate,
+parse_rate, n, and the predict-the-mean baseline, so a reader sees whether the judge beats copying the
+split's mean (rules: emojax.emotion.scoring). DIR is an LVLM export or a transformers Qwen2.5-VL directory.
 
-DIR is an LVLM export (config.json + params.safetensors: <workdir>/export of an LVLM job) or a
-transformers Qwen2.5-VL directory. A workdir's checkpoint is exported with `python -m emojax.export`.
+Generator mode generates every prompt (an EmoShapes split's neutral prompts or `prompts_file`) at every
+V-A of `grid` from fixed noise and reads each image with the LVLM judge, the colour judge and the
+preference model (emojax.evaluation.report); writes OUT/metrics.json (also printed as one JSON line),
+OUT/per_image.csv, OUT/images/, OUT/va_grid.png and OUT/va_scatter.png. OUT is written whole or not at
+all; a non-empty OUT that holds no earlier evaluation is refused.
 """
 from __future__ import annotations
 
@@ -18,21 +19,18 @@ import json
 import os
 import time
 
-from absl import app, logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from emojax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/evaluate.py", "ml_collections config file (path[:arg]).",
                                           lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of a generator evaluation.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}; config fields are set as --config.field=value")
-  c = _CONFIG.value
-  cli.check_config(c)
-  cli.use_compilation_cache()
+def evaluate_lvlm(c) -> dict:
   from emojax.data import pipeline
   from emojax.lvlm import judge
   model, _, params, processor = judge.load_lvlm(c.lvlm)
@@ -41,8 +39,62 @@ def main(argv):
   out = judge.evaluate(model, params, processor, split, batch_size=min(c.batch_size, c.data.num_examples),
                        max_prompt_len=c.max_prompt_len, max_new_tokens=c.max_new_tokens)
   logging.info("judged %d images in %.1f s", c.data.num_examples, time.perf_counter() - t0)
-  meta = {"lvlm": os.path.abspath(c.lvlm), "data_seed": c.data.seed, "noise_max_std": c.data.noise_max_std}
-  print(json.dumps(meta | out), flush=True)
+  return {"lvlm": os.path.abspath(c.lvlm), "data_seed": c.data.seed, "noise_max_std": c.data.noise_max_std} | out
+
+
+def read_prompts(path: str) -> list[str]:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"prompts file {path} does not exist")
+  with open(path) as f:
+    prompts = [line.strip() for line in f if line.strip()]
+  if not prompts:
+    raise ValueError(f"prompts file {path} holds no prompt (one per line)")
+  return prompts
+
+
+def evaluate_generator(c, workdir: str) -> dict:
+  from emojax.data import emoshapes
+  from emojax.evaluation import report
+  from emojax.io import assets
+  from emojax.pipelines import tiny
+  from emojax.rewards.clip_scores import PickScoreReward
+  from emojax.rewards.lvlm_judge import LVLMJudgeReward
+  out_dir = os.path.abspath(workdir)
+  if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, "metrics.json")):
+    raise FileExistsError(f"refusing to write the evaluation into {out_dir}: it is not empty and holds no earlier "
+                          "evaluation (metrics.json); choose an empty or new --workdir")
+  prompts = (read_prompts(c.prompts_file) if c.prompts_file else
+             [emoshapes.make_example(c.data.seed, i)["prompt"] for i in range(c.data.num_prompts)])
+  rows_prompts, va = report.grid_rows(prompts, c.grid)
+  gen, gcfg, params = tiny.load_generator(c.generator)
+  lvlm = LVLMJudgeReward.from_config(c.lvlm)
+  preference = PickScoreReward.from_config(c.preference)
+  t0 = time.perf_counter()
+  images = report.generate(gen, gcfg, params, rows_prompts, va, seed=c.seed, batch_size=c.batch_size,
+                           num_steps=c.num_steps, shift=c.shift, cfg_scale=c.cfg_scale, progress=_PROGRESS.value)
+  logging.info("generated %d images in %.1f s", len(images), time.perf_counter() - t0)
+  rows = report.judge_rows(images, rows_prompts, va, lvlm_answers=lvlm.answers(images), scorer=preference.scorer,
+                           iqa_pair=preference.iqa_pair)
+  summary = {"generator": os.path.abspath(tiny.generator_dir(c.generator)), **report.summary(rows)}
+
+  def write(tmp):
+    report.write(tmp, rows_prompts, images, rows, c.grid)
+    with open(os.path.join(tmp, "metrics.json"), "w") as f:
+      json.dump(summary, f, indent=1)
+  assets.save_directory(out_dir, write, is_export=lambda d: os.path.isfile(os.path.join(d, "metrics.json")))
+  return summary
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; config fields are set as --config.field=value")
+  c = _CONFIG.value
+  cli.check_config(c)
+  if c.mode == "generator" and not _WORKDIR.value:
+    raise app.UsageError("a generator evaluation needs --workdir=OUT for its images, CSV and plots")
+  cli.use_compilation_cache()
+  out = evaluate_lvlm(c) if c.mode == "lvlm" else evaluate_generator(c, _WORKDIR.value)
+  print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":

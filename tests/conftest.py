@@ -43,6 +43,21 @@ def tiny_asset(tmp_path_factory):
   return path
 
 
+@pytest.fixture(scope="session")
+def tiny_preference(tmp_path_factory):
+  """(config, workdir, task, result) of a 3-step smoke run of the preference job; workdir/export is a CLIP
+  directory (weights, config, tokenizer, preprocessor) that ClipScorer.from_pretrained reads."""
+  from configs import pretrain_preference
+  from emojax import trainer
+  from emojax.tasks.pretrain_preference import PretrainPreference
+  config = pretrain_preference.get_config("smoke")
+  config.unlock()
+  config.mesh.num_devices = 1
+  workdir = tmp_path_factory.mktemp("pref")
+  task = PretrainPreference(config)
+  return config, workdir, task, trainer.run(config, str(workdir), task, progress=False)
+
+
 def set_fields(c, **over):
   """c with dotted-path overrides ("rl.group_size": 4), unlocked."""
   c.unlock()

@@ -1,8 +1,11 @@
 """The command lines turn bad input into one actionable line and exit code 2, with nothing written."""
+import csv
+import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -49,3 +52,54 @@ def test_loading_a_config_imports_no_jax_flax_or_model():
   proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.strip() == "[]", proc.stdout
+
+
+def _evaluate(*args):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  return subprocess.run([sys.executable, "-m", "emojax.evaluate", *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=600, stdin=subprocess.DEVNULL)
+
+
+def test_generator_evaluation_writes_metrics_csv_images_and_plots(tmp_path, tiny_preference):
+  out = tmp_path / "eval"
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("a circle in the center\n\na star at the top left\n")
+  proc = _evaluate("--config=configs/evaluate_generator.py", f"--workdir={out}", f"--config.prompts_file={prompts}",
+                   "--config.grid=(-3.0,3.0)", "--config.batch_size=3",
+                   f"--config.preference.path={tiny_preference[1] / 'export'}", "--config.num_steps=2", "--progress=false")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert summary == json.loads((out / "metrics.json").read_text())
+  assert summary["n"] == 8 and 0 <= summary["clip_iqa"] <= 1 and summary["parse_rate"] > 0
+  rows = list(csv.DictReader((out / "per_image.csv").open()))
+  assert len(rows) == 8 and {r["prompt"] for r in rows} == {"a circle in the center", "a star at the top left"}
+  assert [(float(r["target_valence"]), float(r["target_arousal"])) for r in rows[:4]] == [(-3, -3), (-3, 3), (3, -3), (3, 3)]
+  colour_err = np.mean([abs(float(r["colour_valence"]) - float(r["target_valence"])) for r in rows])
+  assert summary["colour_valence_error"] == pytest.approx(colour_err, abs=1e-3)  # the summary is the CSV's mean
+  assert all((out / r["file"]).is_file() for r in rows)
+  assert (out / "va_grid.png").stat().st_size > 1000 and (out / "va_scatter.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.grid=(-3.0,3.5)"], "config field grid=(-3.0, 3.5) is out of range"),
+    (["--config.prompts_file=EMPTY"], "holds no prompt"),
+    (["--config.generator=/nowhere/gen"], "/nowhere/gen does not exist"),
+    (["--config.preference.path=/nowhere/clip"], "CLIP directory /nowhere/clip does not exist"),
+])
+def test_generator_evaluation_bad_input_is_one_line(args, message, tmp_path):
+  empty = tmp_path / "empty.txt"
+  empty.write_text("\n  \n")
+  args = [a.replace("EMPTY", str(empty)) for a in args]
+  out = tmp_path / "eval"
+  proc = _evaluate("--config=configs/evaluate_generator.py", f"--workdir={out}", *args)
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("emojax.evaluate: error:")]
+  assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+  assert not out.exists()
+
+
+def test_generator_evaluation_refuses_another_runs_directory(tmp_path):
+  (tmp_path / "checkpoints").mkdir()
+  proc = _evaluate("--config=configs/evaluate_generator.py", f"--workdir={tmp_path}")
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("emojax.evaluate: error:")]
+  assert proc.returncode == 2 and len(errors) == 1 and "not empty and holds no earlier evaluation" in errors[0]
+  assert os.listdir(tmp_path) == ["checkpoints"]

@@ -114,3 +114,20 @@ def test_learning_rate_warms_up_holds_then_decays_to_zero_at_total_steps():
   with pytest.raises(ValueError, match="overlaps the warmup"):
     optim.learning_rate_schedule(c, total_steps=45)
   assert float(optim.learning_rate_schedule(config_utils.optimizer(lr=0.5))(7)) == 0.5
+
+
+def test_supervised_va_stage_trains_only_the_emotion_embedding(tiny_asset, tmp_path):
+  """A later stage from a generator directory with the text encoder and the MMDiT frozen: only the V-A
+  embedding moves, and the export is loadable with the same config as its start."""
+  config = pretrain_generator.get_config("smoke")
+  config.unlock()
+  config.mesh.num_devices, config.total_steps, config.eval_every = 1, 2, 2
+  config.model.init_from, config.model.frozen = tiny_asset, ("text", "mmdit")
+  config.caption.p_neutral, config.export_weights, config.export_dtype = 0.9, "params", "float32"
+  result = trainer.run(config, str(tmp_path), PretrainGenerator(config), progress=False)
+  start, end = tiny.load_generator(tiny_asset), tiny.load_generator(str(tmp_path / "export"))
+  assert end[1] == start[1]
+  moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), end[2], start[2])
+  assert max(jax.tree.leaves(moved["emotion"])) > 0
+  assert max(jax.tree.leaves(moved["mmdit"])) == 0 and max(jax.tree.leaves(moved["text"])) == 0
+  assert np.isfinite(result.metrics[-1]["loss"])

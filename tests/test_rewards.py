@@ -22,8 +22,13 @@ def test_combine_is_the_weighted_sum_and_zscore_normalises():
   r, _ = registry.get("colour_emotion")(images, batch)
   total, logs = registry.combine(images, batch, {"colour_emotion": 2.0})
   np.testing.assert_allclose(total, 2.0 * r, rtol=1e-6)
-  z, _ = registry.combine(images, batch, {"colour_emotion": 1.0}, normalize=True)
+  z, _ = registry.combine(images, batch, {"colour_emotion": 1.0}, normalize="batch")
   np.testing.assert_allclose([z.mean(), z.std()], [0.0, 1.0], atol=1e-4)
+  g, _ = registry.combine(images, batch, {"colour_emotion": 1.0}, normalize="group", group_size=3)
+  g = np.asarray(g).reshape(2, 3)
+  np.testing.assert_allclose([g.mean(1), g.std(1)], [[0.0, 0.0], [1.0, 1.0]], atol=1e-4)  # per group, not per batch
+  with pytest.raises(ValueError, match="normalize='yes'"):
+    registry.combine(images, batch, {"colour_emotion": 1.0}, normalize="yes")
   assert set(logs) >= {"reward/colour_emotion", "colour_emotion/v_abs_err", "colour_emotion/a_abs_err"}
   with pytest.raises(ValueError, match="no rewards configured"):
     registry.combine(images, batch, {})

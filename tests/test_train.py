@@ -174,3 +174,34 @@ def test_weights_go_from_host_straight_into_their_shardings(tiny_asset):
   assert kernel.sharding.spec[0] == "fsdp" and kernel.addressable_shards[0].data.shape[0] == kernel.shape[0] // 8
   ref = constants["ref_trainable"]["emotion"]["linear_2"]["kernel"]
   assert ref.addressable_shards[0].data.shape[0] == ref.shape[0] // 8
+
+
+def test_pickscore_reward_and_eval_metrics_are_the_preference_models(tiny_asset, tiny_preference, tmp_path):
+  """Both rewards are logged apart, the pickscore reward is the scorer's PickScore / scale of the rollout
+  images, and each eval logs the eval grid's scaled PickScore and CLIP-IQA."""
+  from emojax.io.images import to_uint8
+  from emojax.rewards.clip_scores import ClipScorer
+  export = str(tiny_preference[1] / "export")
+  config = generator_config(tiny_asset, **{
+      "mesh.num_devices": 1, "total_steps": 1, "eval_every": 1, "eval.preference": True,
+      "rewards.weights": {"colour_emotion": 1.0, "pickscore": 0.5}, "rewards.pickscore.path": export,
+      "rewards.pickscore.scale": 4.0})
+  task = GeneratorGRPO(config)
+  seen = {}
+  score = task.score
+
+  def spy(rows, raw):
+    seen["images"], seen["prompts"], seen["out"] = np.asarray(rows["images"]), list(raw["prompt"]), score(rows, raw)
+    return seen["out"]
+
+  task.score = spy
+  res = run(config, tmp_path, task)
+  m = res.metrics[-1]
+  scorer = ClipScorer.from_pretrained(export)
+  want = scorer.pickscore(to_uint8(seen["images"]), seen["prompts"]) / 4.0
+  np.testing.assert_allclose(seen["out"]["reward/pickscore"], want, rtol=1e-5, atol=1e-5)
+  assert m["reward/pickscore"] == pytest.approx(float(want.mean()), abs=1e-4) and "reward/colour_emotion" in m
+  grid = to_uint8(jax.device_get(task.eval_set.sample(res.state["params"])))
+  assert m["eval/pickscore"] == pytest.approx(float(scorer.pickscore(grid, task.eval_set.prompts).mean()) / 4.0, abs=1e-4)
+  assert m["eval/clip_iqa"] == pytest.approx(float(scorer.clip_iqa(grid, tuple(config.rewards.pickscore.iqa_pair)).mean()),
+                                             abs=1e-5)

@@ -86,39 +86,58 @@ def _join(phrases):
   return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
-def make_example(seed: int, index: int, size: int = 32) -> dict:
-  """The example at `index` of the world `seed`; a pure function of (seed, index, size)."""
-  rng = np.random.default_rng((seed, index))
-  cell = size / 3
-  max_r = 0.45 * cell - 0.5  # with the jitter below, shapes keep off the cell borders
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  kind: str
+  place: int  # cell index row * 3 + col
+  colour: np.ndarray  # RGB in [0, 1]
+  offset: np.ndarray  # (dy, dx) jitter of the centre, in cells
+  scale: float  # radius as a fraction of the largest that fits the cell
+
+
+def sample_layout(rng, size: int = 32) -> tuple[np.ndarray, list[Shape]]:
+  """(background RGB, shapes) of one example: 1-3 shapes in distinct cells, each visible on the
+  background (some channel differs by >= 0.25)."""
   background = _hsv_colour(rng)
-  colours = np.empty((size, size, 3))
-  colours[:] = background
-  regions = np.zeros((size, size), np.int32)  # 0 is background, k is the k-th shape
-  y, x = _pixel_centres(size)
-  names = []
+  shapes = []
   for place in np.sort(rng.choice(9, rng.integers(1, 4), replace=False)):
     kind = SHAPES[rng.integers(len(SHAPES))]
     colour = _hsv_colour(rng)
     while np.abs(colour - background).max() < 0.25:  # keep every shape visible
       colour = _hsv_colour(rng)
-    cy, cx = (np.array(divmod(place, 3)) + 0.5 + rng.uniform(-0.05, 0.05, 2)) * cell
-    mask = draw_shape(kind, y - cy, x - cx, rng.uniform(0.6, 1.0) * max_r)
-    colours[mask] = colour
-    names.append((kind, PLACES[place]))
-    regions[mask] = len(names)
-  image = np.round(colours * 255).astype(np.uint8)
+    offset = rng.uniform(-0.05, 0.05, 2)
+    shapes.append(Shape(kind, int(place), colour, offset, float(rng.uniform(0.6, 1.0))))
+  return background, shapes
+
+
+def render(background, shapes: list[Shape], size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+  """(uint8 image (size, size, 3), regions (size, size): 0 background, k the k-th shape)."""
+  cell = size / 3
+  max_r = 0.45 * cell - 0.5  # with the jitter, shapes keep off the cell borders
+  colours = np.empty((size, size, 3))
+  colours[:] = background
+  regions = np.zeros((size, size), np.int32)
+  y, x = _pixel_centres(size)
+  for k, shape in enumerate(shapes, 1):
+    cy, cx = (np.array(divmod(shape.place, 3)) + 0.5 + shape.offset) * cell
+    mask = draw_shape(shape.kind, y - cy, x - cx, shape.scale * max_r)
+    colours[mask] = shape.colour
+    regions[mask] = k
+  return np.round(colours * 255).astype(np.uint8), regions
+
+
+def describe(image, regions, shapes: list[Shape]) -> dict:
+  """An image's labels: prompt, emotional_prompt (colour words measured on its pixels), V, A, category."""
   b, s = brightness_saturation_np(image)
   valence, arousal = va_from_means(b.mean(), s.mean())  # = colour_judge_np(image)
   # Mean brightness, saturation and RGB of each region (background first) describe it.
-  labels, n = regions.ravel(), len(names) + 1
+  labels, n = regions.ravel(), len(shapes) + 1
   per_pixel = np.column_stack([b.ravel(), s.ravel(), image.reshape(-1, 3)])
   sums = np.stack([np.bincount(labels, weights, n) for weights in per_pixel.T], axis=1)
   means = sums / np.maximum(np.bincount(labels, None, n), 1)[:, None]
   words = [_words(m[0], m[1], m[2:]) for m in means]
+  names = [(sh.kind, PLACES[sh.place]) for sh in shapes]
   return dict(
-      image=image,
-      shape_mask=(regions > 0).astype(np.uint8),  # (size, size): 1 on shape pixels, 0 on background
       prompt=_join([f"a {kind} {place}" for kind, place in names]),
       emotional_prompt=_join([f"a {w} {kind} {place}" for w, (kind, place) in zip(words[1:], names)])
       + f"{BACKGROUND_PREFIX}{words[0]} background",
@@ -126,6 +145,15 @@ def make_example(seed: int, index: int, size: int = 32) -> dict:
       arousal=np.float32(arousal),
       category=np.int32(nearest_category(valence, arousal)),
   )
+
+
+def make_example(seed: int, index: int, size: int = 32) -> dict:
+  """The example at `index` of the world `seed`; a pure function of (seed, index, size)."""
+  background, shapes = sample_layout(np.random.default_rng((seed, index)), size)
+  image, regions = render(background, shapes, size)
+  return dict(image=image,
+              shape_mask=(regions > 0).astype(np.uint8),  # (size, size): 1 on shape pixels, 0 on background
+              **describe(image, regions, shapes))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -158,3 +158,10 @@ def labelled_split(seed: int, num_examples: int, size: int = 32, noise_max_std: 
           "valence": np.array([e["valence"] for e in ex], np.float32),
           "arousal": np.array([e["arousal"] for e in ex], np.float32),
           "category": np.array([e["category"] for e in ex], np.int32)}
+
+
+def pairs_loader(source, batch_size: int, seed: int, shard_index: int, shard_count: int, *, worker_count=0,
+                 read_options=None):
+  """Endless shuffled batches of preference pairs (caption, preferred, rejected uint8, kind, image_fault)."""
+  return _loader(source, [grain.Batch(batch_size, drop_remainder=True)], seed=seed, shard_index=shard_index,
+                 shard_count=shard_count, num_epochs=None, worker_count=worker_count, read_options=read_options)

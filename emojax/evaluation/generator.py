@@ -27,7 +27,7 @@ class EvalSet:
   """
 
   def __init__(self, gen, gcfg, *, num_prompts: int, seed: int, num_steps: int, shift: float, cfg_scale: float,
-               source: str = "grid", targets_per_axis: int = 3):
+               source: str = "grid", targets_per_axis: int = 3, preference=None):
     tok = tiny.tokenizer_for(gcfg)
     examples = [emoshapes.make_example(seed, i, gcfg.mmdit.sample_size) for i in range(num_prompts)]
     if source == "grid":
@@ -46,6 +46,7 @@ class EvalSet:
     self.uncond = tok([""] * len(self.prompts))
     self.gen, self.kw = gen, dict(num_steps=num_steps, shift=shift, cfg_scale=cfg_scale, method="ode")
     self.key = jax.random.key(seed)
+    self.preference = preference  # a PickScoreReward: eval/pickscore (scaled, as the reward) and eval/clip_iqa
 
   def sample(self, params) -> jax.Array:
     """The set's images under `params`: fixed prompts, targets and noise, ODE."""
@@ -57,6 +58,9 @@ class EvalSet:
     if png_path:
       images_io.save_grid(images, png_path, self.ncol)
     scores = layout.layout_scores(jax.device_get(images), self.prompts)
+    if self.preference is not None:
+      pick, extra = self.preference(jax.device_get(images), {"prompt": self.prompts})
+      scores |= {"pickscore": float(np.mean(pick)), "clip_iqa": float(np.mean(extra["clip_iqa"]))}
     return {**{"eval/" + k.replace("/", "_"): x for k, x in scores.items()},
             "eval/v_abs_err": float(np.abs(v - self.va[:, 0]).mean()),
             "eval/a_abs_err": float(np.abs(a - self.va[:, 1]).mean()),

@@ -27,31 +27,39 @@ def is_export(directory: str) -> bool:
       os.path.join(directory, "config.json"))
 
 
-def save(directory: str, params: Any, config: dict[str, Any], dtype=np.float32,
-         write_more: Callable[[str], None] | None = None) -> None:
-  """Writes an export directory atomically: a temporary directory renamed over the target, so a
-  kill leaves the old export or the new one. `write_more(tmp_dir)` adds files (e.g. the MMDiT in
-  the diffusers layout). A non-empty directory that is not an export is refused, never replaced."""
+def save_directory(directory: str, write: Callable[[str], None], is_export: Callable[[str], bool]) -> None:
+  """Writes an export directory atomically: `write(tmp_dir)` fills a temporary directory that is then
+  renamed over the target, so a kill leaves the old export or the new one, never half of one. A
+  non-empty directory for which is_export is false is refused, never replaced."""
   directory = os.path.abspath(directory)
   if os.path.isdir(directory) and os.listdir(directory) and not is_export(directory):
-    raise FileExistsError(f"refusing to export into {directory}: it is not empty and holds no export "
-                          "(config.json + params.safetensors); choose an empty or new directory")
+    raise FileExistsError(f"refusing to export into {directory}: it is not empty and holds no export; "
+                          "choose an empty or new directory")
   tmp, old = directory + ".tmp", directory + ".old"
   for d in (tmp, old):
     shutil.rmtree(d, ignore_errors=True)  # left by a killed export
   os.makedirs(tmp)
-  flat = traverse_util.flatten_dict(params, sep="/")
-  save_file({k: np.asarray(v, dtype) for k, v in flat.items()}, os.path.join(tmp, "params.safetensors"))
-  with open(os.path.join(tmp, "config.json"), "w") as f:
-    json.dump(config, f, indent=1, sort_keys=True)
-  if write_more is not None:
-    write_more(tmp)
+  write(tmp)
   if os.path.exists(directory):
     os.replace(directory, old)
     os.replace(tmp, directory)
     shutil.rmtree(old)
   else:
     os.replace(tmp, directory)
+
+
+def save(directory: str, params: Any, config: dict[str, Any], dtype=np.float32,
+         write_more: Callable[[str], None] | None = None) -> None:
+  """An emojax export (config.json + params.safetensors), atomically (`save_directory`);
+  `write_more(tmp_dir)` adds files (e.g. the MMDiT in the diffusers layout)."""
+  def write(tmp):
+    flat = traverse_util.flatten_dict(params, sep="/")
+    save_file({k: np.asarray(v, dtype) for k, v in flat.items()}, os.path.join(tmp, "params.safetensors"))
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(config, f, indent=1, sort_keys=True)
+    if write_more is not None:
+      write_more(tmp)
+  save_directory(directory, write, is_export)
 
 
 def load(directory: str, what: str, how_to_make: str) -> tuple[Any, dict[str, Any]]:

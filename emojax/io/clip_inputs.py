@@ -52,6 +52,19 @@ class ImageConfig:
                do_resize=bool(d.get("do_resize", True)), do_center_crop=bool(d.get("do_center_crop", True)))
 
 
+  def to_hf_dict(self) -> dict:
+    """preprocessor_config.json of transformers' CLIPImageProcessor for this config."""
+    return {"image_processor_type": "CLIPImageProcessor", "do_resize": self.do_resize,
+            "size": {"shortest_edge": self.shortest_edge}, "resample": 3, "do_center_crop": self.do_center_crop,
+            "crop_size": {"height": self.crop_height, "width": self.crop_width}, "do_rescale": True,
+            "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std), "do_convert_rgb": True}
+
+  def save(self, directory) -> None:
+    with open(os.path.join(os.fspath(directory), "preprocessor_config.json"), "w") as f:
+      json.dump(self.to_hf_dict(), f, indent=1)
+
+
 def check_images(images) -> np.ndarray:
   """(N, H, W, 3) uint8, or a one-line ValueError saying what is wrong."""
   images = np.asarray(images)
@@ -102,14 +115,17 @@ def preprocess(images, config: ImageConfig) -> np.ndarray:
 class Tokenizer:
   """The CLIP directory's tokenizer (transformers AutoTokenizer, local files only) -> fixed-length ids."""
 
-  def __init__(self, directory, max_length: int):
+  def __init__(self, directory, max_length: int, tokenizer=None):
+    self.max_length = int(max_length)
+    if tokenizer is not None:  # an already loaded transformers tokenizer (e.g. one being trained)
+      self.tokenizer = tokenizer
+      return
     directory = os.fspath(directory)
     if not any(os.path.isfile(os.path.join(directory, f)) for f in _TOKENIZER_FILES):
       raise FileNotFoundError(f"no tokenizer.json (or vocab.json + merges.txt) in {directory}: copy the CLIP "
                               "checkpoint's tokenizer files there")
     from transformers import AutoTokenizer
     self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-    self.max_length = int(max_length)
 
   def __call__(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(input_ids, attention_mask), each (B, max_length) int32."""

@@ -41,6 +41,6 @@ def write_pretrained(directory: str, stem: str, state: dict[str, np.ndarray], co
   directory (`stem` "diffusion_pytorch_model") that `from_pretrained` reads."""
   from safetensors.numpy import save_file
   os.makedirs(directory, exist_ok=True)
-  save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, os.path.join(directory, f"{stem}.safetensors"))
+  save_file({k: np.array(v, order="C") for k, v in state.items()}, os.path.join(directory, f"{stem}.safetensors"))
   with open(os.path.join(directory, "config.json"), "w") as f:
     json.dump(config, f, indent=1, sort_keys=True)

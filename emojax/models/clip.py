@@ -228,6 +228,58 @@ def load_hf_clip_params(state_dict: dict[str, np.ndarray], config: CLIPConfig, d
   return traverse_util.unflatten_dict(params)
 
 
+def init_params(config: CLIPConfig, rng, std: float = 0.02) -> dict:
+  """Random weights for training from scratch: kernels, embeddings and the class token N(0, std²), norm
+  scales 1, biases 0, logit_scale at logit_scale_init_value. Built from param_shapes (nothing compiled)."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(param_shapes(config))
+  keys = jax.random.split(rng, len(leaves))
+  out = []
+  for key, (path, s) in zip(keys, leaves):
+    name = path[-1].key
+    if name == "logit_scale":
+      out.append(jnp.full(s.shape, config.logit_scale_init_value, s.dtype))
+    elif name in ("scale", "bias"):
+      out.append(jnp.full(s.shape, float(name == "scale"), s.dtype))
+    else:
+      out.append(std * jax.random.normal(key, s.shape, s.dtype))
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def to_hf_state_dict(params) -> dict[str, np.ndarray]:
+  """Inverse of `load_hf_clip_params`: transformers CLIPModel key -> array (Linear (out, in), Conv2d OIHW)."""
+  out = {}
+  for path, w in traverse_util.flatten_dict(params).items():
+    w = np.asarray(w)
+    if path[-1] == "kernel":
+      w = w.T if w.ndim == 2 else w.transpose(3, 2, 0, 1)
+    out[_hf_key(path)] = np.array(w, order="C")  # (ascontiguousarray would make logit_scale 1-d)
+  return out
+
+
+def hf_config_dict(config: CLIPConfig) -> dict[str, Any]:
+  """A transformers CLIPConfig dict (config.json) for `config`; `CLIPConfig.from_hf_dict` inverts it."""
+  t, v = config.text, config.vision
+  if t.output_layer != -1:
+    raise ValueError("a CLIPModel's text tower outputs its last layer (output_layer -1)")
+  text = {k: getattr(t, k) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                     "num_attention_heads", "max_position_embeddings", "hidden_act", "layer_norm_eps",
+                                     "eos_token_id")}
+  if (t.pooling == "argmax_ids") != (t.eos_token_id == 2):
+    raise ValueError(f"transformers pools at argmax(ids) exactly when eos_token_id == 2; pooling {t.pooling!r} "
+                     f"with eos_token_id {t.eos_token_id} has no transformers config")
+  vision = {k: getattr(v, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                       "num_channels", "image_size", "patch_size", "hidden_act", "layer_norm_eps")}
+  return {"architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": config.projection_dim,
+          "logit_scale_init_value": config.logit_scale_init_value, "text_config": {**text, "model_type": "clip_text_model"},
+          "vision_config": {**vision, "model_type": "clip_vision_model"}}
+
+
+def save_pretrained(directory: str, config: CLIPConfig, params) -> None:
+  """config.json + model.safetensors in transformers' CLIPModel layout (float32)."""
+  state = {k: v.astype(np.float32) for k, v in to_hf_state_dict(params).items()}
+  hf_weights.write_pretrained(directory, "model", state, hf_config_dict(config))
+
+
 def read_config(directory) -> CLIPConfig:
   path = os.path.join(os.fspath(directory), "config.json")
   if not os.path.isfile(path):

@@ -27,6 +27,7 @@ from emojax.io import clip_inputs
 from emojax.models import clip as clip_lib
 
 DEFAULT_IQA_PAIR = ("Good photo.", "Bad photo.")
+SHIPPED_PREFERENCE = "pickscore_tiny"  # emojax/assets/pickscore_tiny: configs/pretrain_preference.py
 
 
 def _batched(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
@@ -107,3 +108,25 @@ class ClipScorer:
       raise ValueError(f"CLIP-IQA takes one antonym pair (positive, negative), got {len(prompts)} prompts")
     logits = 100.0 * self.image_embeds(clip_inputs.check_images(images)) @ self.text_embeds(prompts).T
     return np.asarray(jax.nn.softmax(logits, -1)[:, 0], np.float32)
+
+
+class PickScoreReward:
+  """Host reward "pickscore": PickScore of generated images ([-1, 1], quantised as PNGs are) for their
+  prompts, divided by `scale` (26 for PickScore_v1, as Flow-GRPO does, which puts it near [0, 1]);
+  the CLIP-IQA probability of the model's quality pair is logged beside it."""
+
+  def __init__(self, scorer: ClipScorer, scale: float, iqa_pair: tuple[str, str]):
+    self.scorer, self.scale, self.iqa_pair = scorer, float(scale), tuple(iqa_pair)
+
+  @classmethod
+  def from_config(cls, c) -> "PickScoreReward":
+    """c: `config_utils.preference_model()` fields (path, scale, iqa_pair, batch_size)."""
+    from emojax.io import assets
+    path = c.path or assets.asset_dir(SHIPPED_PREFERENCE)
+    return cls(ClipScorer.from_pretrained(path, batch_size=c.batch_size), c.scale, tuple(c.iqa_pair))
+
+  def __call__(self, images, batch) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    from emojax.io.images import to_uint8
+    images = to_uint8(images)
+    raw = self.scorer.pickscore(images, [str(p) for p in batch["prompt"]])
+    return raw / np.float32(self.scale), {"raw": raw, "clip_iqa": self.scorer.clip_iqa(images, self.iqa_pair)}

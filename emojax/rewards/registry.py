@@ -70,14 +70,25 @@ def make_host(name: str, config) -> Callable:
   return _HOST[name](config)
 
 
-def zscore(x: jax.Array, eps: float = 1e-6) -> jax.Array:
-  return (x - x.mean()) / (x.std() + eps)
+NORMALIZE = ("none", "batch", "group")
 
 
-def combine(images, batch, weights: Mapping[str, float], normalize: bool = False):
-  """Sum of weight * reward (each optionally z-scored over the batch) and per-reward logs."""
+def zscore(x: jax.Array, eps: float = 1e-6, group_size: int | None = None) -> jax.Array:
+  """(x - mean) / (std + eps) over the batch, or within each contiguous group of group_size rows."""
+  if group_size is None:
+    return (x - x.mean()) / (x.std() + eps)
+  g = x.reshape(-1, group_size)
+  return ((g - g.mean(1, keepdims=True)) / (g.std(1, keepdims=True) + eps)).reshape(x.shape)
+
+
+def combine(images, batch, weights: Mapping[str, float], normalize: str = "none", group_size: int | None = None):
+  """Sum of weight * reward and per-reward logs. normalize: "none", "batch" (each reward z-scored over
+  the batch first) or "group" (within each GRPO group of group_size rows, so a reward whose spread
+  differs between groups cannot drown the others)."""
   if not weights:
     raise ValueError("no rewards configured: set config.rewards to {name: weight}")
+  if normalize not in NORMALIZE:
+    raise ValueError(f"normalize={normalize!r}; known: {NORMALIZE}")
   total = 0.0
   logs = {}
   for name, w in sorted(weights.items()):
@@ -90,7 +101,9 @@ def combine(images, batch, weights: Mapping[str, float], normalize: bool = False
       r, extras = get(name)(images, batch)
     logs[f"reward/{name}"] = r
     logs.update({f"{name}/{k}": v for k, v in extras.items()})
-    total = total + w * (zscore(r) if normalize else r)
+    if normalize != "none":
+      r = zscore(r, group_size=group_size if normalize == "group" else None)
+    total = total + w * r
   return jnp.asarray(total), logs
 
 
@@ -124,3 +137,10 @@ def lvlm_emotion(config):
   """Emotion reward from the LVLM judge's greedy reading of each image (emojax.rewards.lvlm_judge)."""
   from emojax.rewards.lvlm_judge import LVLMJudgeReward
   return LVLMJudgeReward.from_config(config.rewards.lvlm)
+
+
+@register_host("pickscore")
+def pickscore(config):
+  """PickScore of each image for its prompt, divided by config.rewards.pickscore.scale (emojax.rewards.clip_scores)."""
+  from emojax.rewards.clip_scores import PickScoreReward
+  return PickScoreReward.from_config(config.rewards.pickscore)

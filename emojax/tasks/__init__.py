@@ -1,6 +1,6 @@
 """The jobs: one module each, built from a config by `make_task` (only the command lines call it)."""
 
-TASKS = ("generator_grpo", "lvlm_grpo", "pretrain_generator", "sft_lvlm")
+TASKS = ("generator_grpo", "lvlm_grpo", "pretrain_generator", "pretrain_preference", "sft_lvlm")
 
 
 def make_task(config):
@@ -11,6 +11,9 @@ def make_task(config):
   if task == "pretrain_generator":
     from emojax.tasks.pretrain_generator import PretrainGenerator
     return PretrainGenerator(config)
+  if task == "pretrain_preference":
+    from emojax.tasks.pretrain_preference import PretrainPreference
+    return PretrainPreference(config)
   if task == "sft_lvlm":
     from emojax.tasks.sft_lvlm import SFTLVLM
     return SFTLVLM(config)

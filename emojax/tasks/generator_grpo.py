@@ -60,10 +60,15 @@ class GeneratorGRPO:
         apply_velocity=lambda p, x, s, cond: tiny.apply_velocity(self.gen, p, x, s, cond),
         encode_text=lambda p, ids: tiny.encode_text(self.gen, p, ids),
         add_emotion=lambda p, text, va, m: tiny.add_emotion(self.gen, p, text, va, m),
-        reward_fn=lambda images, batch: reward_registry.combine(images, batch, weights, c.rewards.zscore),
+        reward_fn=lambda images, batch: reward_registry.combine(images, batch, weights, c.rewards.normalize,
+                                                                r.group_size),
         metrics_fn=colour_judge_errors, optimizer=self.tx, hp=self.hp)
+    preference = None
+    if c.eval.preference:
+      preference = self.host_rewards.get("pickscore") or reward_registry.make_host("pickscore", c)
     self.eval_set = EvalSet(self.gen, self.gcfg, num_prompts=c.eval.num_prompts, seed=c.eval.seed,
-                            num_steps=c.eval.num_steps, shift=r.shift, cfg_scale=r.cfg_scale, source="grid")
+                            num_steps=c.eval.num_steps, shift=r.shift, cfg_scale=r.cfg_scale, source="grid",
+                            preference=preference)
     self._uncond = self.tok([""])[0]
 
   def make_loader(self, shard_index, shard_count):
@@ -99,7 +104,8 @@ class GeneratorGRPO:
 
   def score(self, rows, raw):
     """Host rewards of this host's images against their requested V-A (nothing if none is configured)."""
-    target = {"valence": np.asarray(raw["valence"], np.float32), "arousal": np.asarray(raw["arousal"], np.float32)}
+    target = {"valence": np.asarray(raw["valence"], np.float32), "arousal": np.asarray(raw["arousal"], np.float32),
+              "prompt": [str(p) for p in raw[self.config.data.prompt_field]]}
     out = {}
     for name, fn in self.host_rewards.items():
       r, extras = fn(rows["images"], target)

@@ -4,7 +4,10 @@ Captions mix the neutral prompt, the emotional prompt (colour adjectives) and th
 prompt (for classifier-free guidance), so text steers colour. Layout needs two more pushes
 (`shape_weight`, `caption.p_drop_pooled`): without them the model reads its prompt through the
 pooled vector alone, which cannot say where a shape goes. The emotion tokens stay at
-their zero initialisation (frozen): emotion control is what GRPO teaches later.
+their zero initialisation (frozen) in these stages. A later, supervised V-A stage starts from a
+generator directory (`model.init_from`), freezes the text encoder and the MMDiT and trains only the
+V-A embedding on neutral captions with each image's exact (V, A): EmoShapes knows the emotion of
+every image, so the V-A input learns to carry the colour the neutral prompt does not name.
 """
 from __future__ import annotations
 
@@ -19,9 +22,6 @@ from emojax.data import emoshapes, pipeline
 from emojax.evaluation.generator import EvalSet
 from emojax.models import generator as gen_lib
 from emojax.pipelines import tiny
-
-FROZEN = ("emotion",)
-
 
 def pixel_weights(shape_mask, shape_weight, margin: int = 0):
   """(B, H, W) flow-matching loss weights: 1 + shape_weight within `margin` px of a shape, mean 1 per image.
@@ -44,10 +44,16 @@ class PretrainGenerator:
 
   def __init__(self, config):
     self.config = c = config
-    gcfg = gen_lib.preset(c.model.preset)
-    self.gcfg = gen_lib.GeneratorConfig(mmdit=gcfg.mmdit, text=gcfg.text, num_emotion_tokens=c.model.num_emotion_tokens,
-                                        max_text_length=c.model.max_text_length)
-    self.gen = gen_lib.Generator(self.gcfg)
+    self._init = None
+    if c.model.init_from:  # a later stage of training: start from a generator directory's weights
+      self.gen, self.gcfg, self._init = tiny.load_generator(c.model.init_from)
+    else:
+      gcfg = gen_lib.preset(c.model.preset)
+      self.gcfg = gen_lib.GeneratorConfig(mmdit=gcfg.mmdit, text=gcfg.text, num_emotion_tokens=c.model.num_emotion_tokens,
+                                          max_text_length=c.model.max_text_length)
+      self.gen = gen_lib.Generator(self.gcfg)
+    groups = jax.eval_shape(lambda: gen_lib.init_params(self.gen, jax.random.key(0)))
+    self.frozen = optim.check_frozen(groups, c.model.frozen, "generator")
     self.tok = tiny.tokenizer_for(self.gcfg)
     self.global_batch_size = c.batch_size
     self._empty = self.tok([""])[0]
@@ -75,17 +81,23 @@ class PretrainGenerator:
             "neutral_ids": self.tok(list(raw["prompt"])), "emotional_ids": self.tok(list(raw["emotional_prompt"])),
             "valence": np.asarray(raw["valence"], np.float32), "arousal": np.asarray(raw["arousal"], np.float32)}
 
+  def initial_state(self, rng, shardings):
+    if self._init is None:
+      return jax.jit(self.init_state, out_shardings=shardings)(rng)
+    state = trainer.pretrained_state(self._init, self.tx, self.frozen, shardings)
+    return {**state, "ema": jax.device_put(self._init, shardings["ema"])}
+
   def init_state(self, rng):
-    params = gen_lib.init_params(self.gen, rng)
+    params = gen_lib.init_params(self.gen, rng) if self._init is None else jax.tree.map(jnp.asarray, self._init)
     return {"step": jnp.zeros((), jnp.int32), "params": params, "ema": params,
-            "opt_state": optim.init_opt_state(self.tx, params, FROZEN)}
+            "opt_state": optim.init_opt_state(self.tx, params, self.frozen)}
 
   def constants(self):
     return {}
 
   def train_step(self, state, batch, rng, constants):
     c = self.config
-    trainable, frozen = optim.partition(state["params"], FROZEN)
+    trainable, frozen = optim.partition(state["params"], self.frozen)
     x0 = batch["image"]
     b = x0.shape[0]
     k_cap, k_sig, k_noise = jax.random.split(rng, 3)

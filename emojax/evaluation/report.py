@@ -1,0 +1,153 @@
+"""Evaluating any generator export on prompts x a V-A grid, as the paper reports it.
+
+Every (prompt, V, A) is generated from fixed noise (ODE, JIT-batched), then read by every judge:
+the LVLM judge's V̂, Â and category (its greedy answer), the colour judge's V and A (the tiny world's
+definition of emotion), and the preference model's PickScore, CLIP-Score and CLIP-IQA.
+
+Summary (one JSON object): valence_error / arousal_error (LVLM-judged mean absolute errors; an
+unparsed answer counts as the worst in-range one, `emotion.scoring`), colour_valence_error /
+colour_arousal_error, category_acc (judged category = the target's nearest Mikels category),
+clip_score, pickscore (raw), clip_iqa, parse_rate, n. Files: per_image.csv, images/, va_grid.png
+(per prompt: rows arousal high -> low, columns valence low -> high), va_scatter.png (target vs
+judged V and A, identity line).
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from emojax.emotion import scoring
+from emojax.emotion.answer import parse_answer
+from emojax.emotion.colour import colour_judge_np
+from emojax.emotion.space import CATEGORIES, check_va, nearest_category
+from emojax.io.images import to_uint8
+from emojax.pipelines import tiny
+
+CSV_FIELDS = ("file", "prompt", "target_valence", "target_arousal", "judged_valence", "judged_arousal",
+              "judged_category", "colour_valence", "colour_arousal", "clip_score", "pickscore", "clip_iqa")
+
+
+def grid_rows(prompts, grid) -> tuple[list[str], np.ndarray]:
+  """Every prompt at every (V, A) of grid x grid: (prompts, targets (N, 2)), prompt-major, then V, then A."""
+  grid = np.asarray(grid, np.float32)
+  check_va(grid, grid)
+  if not len(prompts):
+    raise ValueError("no prompts to evaluate")
+  va = np.array([(v, a) for v in grid for a in grid], np.float32)
+  return [p for p in prompts for _ in va], np.tile(va, (len(prompts), 1))
+
+
+def generate(gen, gcfg, params, prompts, va, *, seed: int, batch_size: int, num_steps: int, shift: float,
+             cfg_scale: float, progress: bool = True) -> np.ndarray:
+  """uint8 images (N, H, W, 3): row i from the noise fold_in(key(seed), i), whatever the batching."""
+  tok = tiny.tokenizer_for(gcfg)
+  key = jax.random.key(seed)
+  out = []
+  starts = range(0, len(prompts), batch_size)
+  if progress:
+    from tqdm import tqdm
+    starts = tqdm(starts, desc="generate", unit="batch")
+  for start in starts:
+    idx = np.arange(start, min(start + batch_size, len(prompts)))
+    pad = np.concatenate([idx, np.full(batch_size - len(idx), idx[-1])])
+    batch_prompts = [prompts[i] for i in pad]
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(pad))
+    images = _generate_rows(gen, params, tok(batch_prompts), tok([""] * batch_size), jnp.asarray(va[pad]), keys,
+                            num_steps=num_steps, shift=shift, cfg_scale=cfg_scale)
+    out.append(to_uint8(np.asarray(images))[:len(idx)])
+  return np.concatenate(out)
+
+
+@functools.partial(jax.jit, static_argnames=("gen", "num_steps", "shift", "cfg_scale"))
+def _generate_rows(gen, params, ids, uncond, va, keys, *, num_steps, shift, cfg_scale):
+  """One jitted batch where each row has its own noise key (so batching never changes a row)."""
+  kw = dict(num_steps=num_steps, shift=shift, cfg_scale=cfg_scale)
+  return jax.vmap(lambda i, u, v, k: tiny.generate(gen, params, i[None], u[None], v[None], k, **kw)[0])(
+      ids, uncond, va, keys)
+
+
+def judge_rows(images, prompts, va, *, lvlm_answers, scorer, iqa_pair) -> dict[str, np.ndarray]:
+  """Per-image readings of every judge (see the module docstring)."""
+  answers = [parse_answer(t) for t in lvlm_answers]
+  read = lambda f: np.array([getattr(a, f) if a is not None else np.nan for a in answers], np.float32)
+  colour_v, colour_a = colour_judge_np(images)
+  return {"judged_valence": read("valence"), "judged_arousal": read("arousal"),
+          "judged_category": np.array([a.emotion if a is not None and a.emotion else "" for a in answers]),
+          "colour_valence": np.asarray(colour_v, np.float32), "colour_arousal": np.asarray(colour_a, np.float32),
+          "clip_score": scorer.clip_score(images, prompts), "pickscore": scorer.pickscore(images, prompts),
+          "clip_iqa": scorer.clip_iqa(images, iqa_pair), "target_valence": va[:, 0], "target_arousal": va[:, 1]}
+
+
+def summary(rows: dict[str, np.ndarray]) -> dict[str, float]:
+  tv, ta = rows["target_valence"], rows["target_arousal"]
+  ok = np.isfinite(rows["judged_valence"]) & np.isfinite(rows["judged_arousal"])
+  err = lambda judged, target: float(np.where(ok, np.abs(judged - target), scoring.worst_error(target)).mean())
+  want = [CATEGORIES[int(c)] for c in nearest_category(tv, ta)]
+  return {"valence_error": err(rows["judged_valence"], tv), "arousal_error": err(rows["judged_arousal"], ta),
+          "colour_valence_error": float(np.abs(rows["colour_valence"] - tv).mean()),
+          "colour_arousal_error": float(np.abs(rows["colour_arousal"] - ta).mean()),
+          "category_acc": float(np.mean([c == w for c, w in zip(rows["judged_category"], want)])),
+          "clip_score": float(rows["clip_score"].mean()), "pickscore": float(rows["pickscore"].mean()),
+          "clip_iqa": float(rows["clip_iqa"].mean()), "parse_rate": float(ok.mean()), "n": int(len(tv))}
+
+
+def write(directory: str, prompts, images, rows: dict[str, np.ndarray], grid) -> None:
+  """per_image.csv, images/<i>.png, va_grid.png, va_scatter.png into directory."""
+  from PIL import Image
+  os.makedirs(os.path.join(directory, "images"))
+  files = [os.path.join("images", f"{i:05d}.png") for i in range(len(images))]
+  for f, im in zip(files, images):
+    Image.fromarray(im).save(os.path.join(directory, f))
+  with open(os.path.join(directory, "per_image.csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(CSV_FIELDS)
+    for i in range(len(images)):
+      w.writerow([files[i], prompts[i]] + [_fmt(rows[k][i]) for k in CSV_FIELDS[2:]])
+  _plots(directory, images, prompts, rows, np.asarray(grid, np.float32))
+
+
+def _fmt(x):
+  return x if isinstance(x, str) else ("" if not np.isfinite(x) else f"{float(x):.4f}")
+
+
+def _plots(directory, images, prompts, rows, grid):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  k = len(grid)
+  per_prompt = k * k
+  unique = [prompts[i] for i in range(0, len(prompts), per_prompt)]
+  fig, axes = plt.subplots(len(unique), 1, figsize=(1.1 * k + 1.5, (1.1 * k + 1.0) * len(unique)), squeeze=False)
+  for p, ax in enumerate(axes[:, 0]):
+    block = images[p * per_prompt:(p + 1) * per_prompt].reshape(k, k, *images.shape[1:])  # (V, A, H, W, 3)
+    h, w = images.shape[1:3]
+    canvas = np.full((k * (h + 2), k * (w + 2), 3), 255, np.uint8)
+    for vi in range(k):
+      for ai in range(k):
+        r, c = k - 1 - ai, vi  # rows: arousal high -> low; columns: valence low -> high
+        canvas[r * (h + 2) + 1:r * (h + 2) + 1 + h, c * (w + 2) + 1:c * (w + 2) + 1 + w] = block[vi, ai]
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_xticks([(c + 0.5) * (w + 2) for c in range(k)], [f"{v:g}" for v in grid])
+    ax.set_yticks([(r + 0.5) * (h + 2) for r in range(k)], [f"{a:g}" for a in grid[::-1]])
+    ax.set_xlabel("valence")
+    ax.set_ylabel("arousal")
+    ax.set_title(unique[p], fontsize=7, wrap=True)
+  fig.tight_layout()
+  fig.savefig(os.path.join(directory, "va_grid.png"), dpi=110)
+  plt.close(fig)
+  fig, axes = plt.subplots(1, 2, figsize=(8, 4))
+  for ax, name in zip(axes, ("valence", "arousal")):
+    t, j, c = rows[f"target_{name}"], rows[f"judged_{name}"], rows[f"colour_{name}"]
+    ax.scatter(t, j, s=8, alpha=0.6, label="LVLM judge")
+    ax.scatter(t, c, s=8, alpha=0.6, marker="x", label="colour judge")
+    ax.plot([-3, 3], [-3, 3], "k--", lw=1, label="identity")
+    ax.set(xlim=(-3.2, 3.2), ylim=(-3.2, 3.2), xlabel=f"target {name}", ylabel=f"judged {name}")
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(os.path.join(directory, "va_scatter.png"), dpi=110)
+  plt.close(fig)
