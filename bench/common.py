@@ -187,8 +187,8 @@ def env_info() -> dict:
 def emit(record: dict):
   """Prints the single JSON result line."""
   def fix(v):
-    if isinstance(v, float):
-      return round(v, 4)
+    if isinstance(v, float):  # 4 significant digits: small differences stay visible
+      return float(f"{v:.4g}")
     if isinstance(v, dict):
       return {k: fix(x) for k, x in v.items()}
     return v

@@ -34,12 +34,15 @@ def get_config(arg=None):
   c.rl.num_steps = 8  # SDE sampling steps
   c.rl.shift = 3.0  # SD3 sigma-schedule shift
   c.rl.noise_level = 0.7  # SDE noise level a
+  # leading SDE steps (trained); the rest are Euler steps (0 = all SDE): noise a late SDE step injects
+  # is never denoised, and in pixel space it is grain that the preference model (rightly) scores as noise
+  c.rl.sde_steps = 4
   c.rl.cfg_scale = 1.0  # classifier-free guidance in rollouts and training (1 = off)
   c.rl.clip_eps = 1e-4  # PPO clip range (log-probs are per-dimension means)
   c.rl.kl_beta = 0.01  # weight of the Flow-GRPO KL to the reference generator (0 = no reference)
   c.rl.adv_clip = 5.0  # advantages clipped to +-adv_clip
   c.rl.adv_eps = 1e-4  # std floor in group advantages
-  c.rl.timestep_fraction = 0.5  # fraction of sampling steps trained per sample
+  c.rl.timestep_fraction = 1.0  # fraction of the SDE steps trained per sample
   c.rl.grad_accum = 2  # micro-batches per optimizer update
   c.rl.inner_epochs = 1  # optimizer updates per rollout batch
   c.rl.ratio_tolerance = 1e-5  # warn when the first-epoch ratio deviates from 1 by more
@@ -53,14 +56,16 @@ def get_config(arg=None):
   c.rewards.weights = ml_collections.ConfigDict({"lvlm_emotion": 1.0, "colour_emotion": 0.0, "pickscore": 0.0})
   c.rewards.normalize = "none"  # "none", "batch" or "group": z-score each reward over the batch / each group first
   c.rewards.lvlm = cu.lvlm_judge()  # the LVLM judge of lvlm_emotion
-  c.rewards.pickscore = cu.preference_model(scale=1.0)  # the preference model of pickscore and the eval/pickscore metric
+  # the preference model of pickscore and the eval/pickscore metric; scale 37.5: pickscore_tiny's mean on clean
+  # held-out renders (PickScore_v1: 26, as Flow-GRPO), so a clean picture earns about 1 and colour noise about -0.2
+  c.rewards.pickscore = cu.preference_model(scale=37.5)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.seed = 12345  # held-out EmoShapes seed for eval prompts and noise
   c.eval.num_prompts = 4  # neutral prompts, each sampled at a 3x3 grid of V-A targets
   c.eval.num_steps = 8  # ODE steps
   c.eval.at_start = True  # also evaluate the pretrained generator at step 1 (the "before")
-  c.eval.preference = False  # also log eval/pickscore and eval/clip_iqa with rewards.pickscore's model
+  c.eval.preference = True  # also log eval/pickscore and eval/clip_iqa with rewards.pickscore's model
 
   c.optim = cu.optimizer(lr=3e-3, grad_clip=1.0)
   c.mesh = cu.mesh()
@@ -68,7 +73,7 @@ def get_config(arg=None):
 
   if arg.preset == "smoke":
     c.total_steps, c.checkpoint_every, c.eval_every = 3, 2, 3
-    c.rl.prompts_per_step, c.rl.group_size, c.rl.num_steps = 2, 4, 3
+    c.rl.prompts_per_step, c.rl.group_size, c.rl.num_steps, c.rl.sde_steps = 2, 4, 3, 2
     c.eval.num_prompts, c.eval.num_steps = 1, 2
     c.rewards.lvlm.batch_size = 8
   elif arg.preset != "default":
@@ -85,7 +90,7 @@ RANGES = {
     "rl.prompts_per_step": cu.Int(1), "rl.group_size": cu.Int(2), "rl.num_steps": cu.Int(1, 1000),
     "rl.shift": cu.Positive(), "rl.noise_level": cu.Float(0.0, 2.0, lo_open=True), "rl.cfg_scale": cu.Float(0.0),
     "rl.clip_eps": cu.Positive(), "rl.kl_beta": cu.Float(0.0), "rl.adv_clip": cu.Positive(), "rl.adv_eps": cu.Positive(),
-    "rl.timestep_fraction": cu.Fraction(lo_open=True), "rl.grad_accum": cu.Int(1), "rl.inner_epochs": cu.Int(1),
+    "rl.timestep_fraction": cu.Fraction(lo_open=True), "rl.sde_steps": cu.Int(0), "rl.grad_accum": cu.Int(1), "rl.inner_epochs": cu.Int(1),
     "rl.ratio_tolerance": cu.Float(0.0),
     **cu.preference_model_ranges("rewards.pickscore"),
     "rewards.weights.*": cu.Float(0.0), "rewards.normalize": cu.OneOf("none", "batch", "group"),

@@ -9,7 +9,9 @@ split's mean (rules: emojax.emotion.scoring). DIR is an LVLM export or a transfo
 
 Generator mode generates every prompt (an EmoShapes split's neutral prompts or `prompts_file`) at every
 V-A of `grid` from fixed noise and reads each image with the LVLM judge, the colour judge and the
-preference model (emojax.evaluation.report); writes OUT/metrics.json (also printed as one JSON line),
+preference model (emojax.evaluation.report), adds pickscore_min_cell (the lowest PickScore mean of one V-A
+target, where a noise column shows) and, for split prompts, pickscore_clean (the split's own clean renders
+of the same prompts: the level a generator that stays a picture keeps); writes OUT/metrics.json (also printed as one JSON line),
 OUT/per_image.csv, OUT/images/, OUT/va_grid.png and OUT/va_scatter.png. OUT is written whole or not at
 all; a non-empty OUT that holds no earlier evaluation is refused.
 """
@@ -18,6 +20,8 @@ from __future__ import annotations
 import json
 import os
 import time
+
+import numpy as np
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -63,8 +67,8 @@ def evaluate_generator(c, workdir: str) -> dict:
   if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, "metrics.json")):
     raise FileExistsError(f"refusing to write the evaluation into {out_dir}: it is not empty and holds no earlier "
                           "evaluation (metrics.json); choose an empty or new --workdir")
-  prompts = (read_prompts(c.prompts_file) if c.prompts_file else
-             [emoshapes.make_example(c.data.seed, i)["prompt"] for i in range(c.data.num_prompts)])
+  examples = [] if c.prompts_file else [emoshapes.make_example(c.data.seed, i) for i in range(c.data.num_prompts)]
+  prompts = read_prompts(c.prompts_file) if c.prompts_file else [ex["prompt"] for ex in examples]
   rows_prompts, va = report.grid_rows(prompts, c.grid)
   gen, gcfg, params = tiny.load_generator(c.generator)
   lvlm = LVLMJudgeReward.from_config(c.lvlm)
@@ -76,6 +80,9 @@ def evaluate_generator(c, workdir: str) -> dict:
   rows = report.judge_rows(images, rows_prompts, va, lvlm_answers=lvlm.answers(images), scorer=preference.scorer,
                            iqa_pair=preference.iqa_pair)
   summary = {"generator": os.path.abspath(tiny.generator_dir(c.generator)), **report.summary(rows)}
+  if examples:  # the clean level: the split's own renders of the same prompts
+    clean = np.stack([ex["image"] for ex in examples])
+    summary["pickscore_clean"] = float(preference.scorer.pickscore(clean, prompts).mean())
 
   def write(tmp):
     report.write(tmp, rows_prompts, images, rows, c.grid)

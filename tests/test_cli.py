@@ -76,6 +76,11 @@ def test_generator_evaluation_writes_metrics_csv_images_and_plots(tmp_path, tiny
   assert [(float(r["target_valence"]), float(r["target_arousal"])) for r in rows[:4]] == [(-3, -3), (-3, 3), (3, -3), (3, 3)]
   colour_err = np.mean([abs(float(r["colour_valence"]) - float(r["target_valence"])) for r in rows])
   assert summary["colour_valence_error"] == pytest.approx(colour_err, abs=1e-3)  # the summary is the CSV's mean
+  cells = {}
+  for r in rows:
+    cells.setdefault((r["target_valence"], r["target_arousal"]), []).append(float(r["pickscore"]))
+  assert len(cells) == 4 and summary["pickscore_min_cell"] == pytest.approx(min(map(np.mean, cells.values())), abs=1e-3)
+  assert summary["pickscore_min_cell"] <= summary["pickscore"] and "pickscore_clean" not in summary
   assert all((out / r["file"]).is_file() for r in rows)
   assert (out / "va_grid.png").stat().st_size > 1000 and (out / "va_scatter.png").stat().st_size > 1000
 
@@ -103,3 +108,21 @@ def test_generator_evaluation_refuses_another_runs_directory(tmp_path):
   errors = [l for l in proc.stderr.splitlines() if l.startswith("emojax.evaluate: error:")]
   assert proc.returncode == 2 and len(errors) == 1 and "not empty and holds no earlier evaluation" in errors[0]
   assert os.listdir(tmp_path) == ["checkpoints"]
+
+
+@pytest.mark.asset
+def test_generator_evaluation_on_split_prompts_reports_the_clean_level(tmp_path):
+  """With the shipped preference model and EmoShapes prompts, pickscore_clean is the model's PickScore of the
+  split's own renders of those prompts."""
+  from emojax.data import emoshapes
+  from emojax.io import assets
+  from emojax.rewards.clip_scores import SHIPPED_PREFERENCE, ClipScorer
+  out = tmp_path / "eval"
+  proc = _evaluate("--config=configs/evaluate_generator.py", f"--workdir={out}", "--config.grid=(0.0,)",
+                   "--config.data.num_prompts=2", "--config.num_steps=4", "--config.batch_size=2", "--progress=false")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.loads((out / "metrics.json").read_text())
+  examples = [emoshapes.make_example(12345, i) for i in range(2)]
+  s = ClipScorer.from_pretrained(assets.asset_dir(SHIPPED_PREFERENCE))
+  want = s.pickscore(np.stack([e["image"] for e in examples]), [e["prompt"] for e in examples]).mean()
+  assert summary["n"] == 2 and summary["pickscore_clean"] == pytest.approx(float(want), abs=1e-3)

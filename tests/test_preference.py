@@ -1,4 +1,6 @@
 """The tiny world's preference model: procedural pairs, its training job and export, and the shipped one."""
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -6,7 +8,8 @@ import pytest
 from configs import pretrain_preference
 from emojax.data import emoshapes, preference_pairs as pp
 from emojax.evaluation import layout, preference as pref_eval
-from emojax.rewards.clip_scores import ClipScorer
+from emojax.io import assets, clip_inputs
+from emojax.rewards.clip_scores import SHIPPED_PREFERENCE, ClipScorer
 from emojax.tasks.pretrain_preference import PretrainPreference
 
 
@@ -55,6 +58,9 @@ def test_smoke_run_exports_a_clip_directory_the_scorer_reads(tiny_preference):
   assert s.model.config == task.clip_config
   captions = [e["emotional_prompt"] for e in (emoshapes.make_example(9, i) for i in range(3))]
   np.testing.assert_array_equal(s.tokenizer(captions)[0], task.tokenizer(captions)[0])  # the exported tokenizer
+  text_config = json.loads((workdir / "export" / "config.json").read_text())["text_config"]
+  fast = task.tokenizer.tokenizer
+  assert (text_config["bos_token_id"], text_config["pad_token_id"]) == (fast.bos_token_id, fast.pad_token_id)
   # the logged evaluation is the exported model's, recomputed here
   want = pref_eval.evaluate(s.pickscore, lambda im: s.clip_iqa(im, tuple(config.iqa_pair)), task.eval_pairs,
                             task.eval_noise)
@@ -68,3 +74,19 @@ def test_the_tokenizer_is_a_function_of_the_config():
   text = ["a bright vivid warm star in the center, on a dim muted cool background"]
   np.testing.assert_array_equal(a.tokenizer(text)[0], b.tokenizer(text)[0])
   assert a.tokenizer(text)[0][0, 0] == a.tokenizer.tokenizer.bos_token_id
+
+
+@pytest.mark.asset
+def test_shipped_preference_model_prefers_clean_pictures():
+  """On held-out pairs of a world it never saw, the shipped model ranks the clean render above its faulty twin
+  for every fault kind, reads image faults with its quality pair, and scores pure colour noise under the
+  clean render of the same prompt."""
+  s = ClipScorer.from_pretrained(assets.asset_dir(SHIPPED_PREFERENCE))
+  pair = ("a clean picture", "a noisy picture")
+  out = pref_eval.evaluate(s.pickscore, lambda im: s.clip_iqa(im, pair), pref_eval.held_out_pairs(777, 50),
+                           pref_eval.pure_noise(777, 50))
+  print(out)
+  assert out["pref_acc_min"] >= 0.95, out
+  assert out["noise_below_clean"] >= 0.95 and out["score_noise"] < out["score_clean"], out
+  assert min(v for k, v in out.items() if k.startswith("iqa_acc/")) >= 0.8, out
+  assert clip_inputs.ImageConfig.from_directory(assets.asset_dir(SHIPPED_PREFERENCE)).crop_height == 32

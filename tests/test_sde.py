@@ -249,3 +249,26 @@ def test_cfg_velocity_takes_per_sample_sigma():
   v_cond, v_uncond = x * cond["scale"][:, None] + sigma[:, None], jnp.broadcast_to(sigma[:, None], x.shape)
   np.testing.assert_allclose(guided, v_uncond + 3.0 * (v_cond - v_uncond), rtol=1e-6)
   np.testing.assert_allclose(diffusion.cfg_velocity(apply_fn, cond, None, 1.0)(x, sigma), v_cond)
+
+
+@pytest.mark.parametrize("method", ["sde", "cps"])
+def test_sde_window_is_the_stochastic_prefix_then_euler(method):
+  """sde_steps=k: the first k steps are the all-stochastic rollout's (same key), the trajectory holds
+  only them, and the rest are Euler steps from where they end."""
+  x_init = _normal((3, 4, 4, 2))
+  t, k = len(SIGMAS) - 1, 3
+  full_x, full = jax.jit(lambda: diffusion.rollout(_velocity, x_init, SIGMAS, jax.random.key(5), noise_level=NOISE,
+                                                   method=method))()
+  x_final, traj = jax.jit(lambda: diffusion.rollout(_velocity, x_init, SIGMAS, jax.random.key(5), noise_level=NOISE,
+                                                    method=method, sde_steps=k))()
+  assert traj.x.shape == (k, *x_init.shape) and traj.log_prob.shape == (k, 3)
+  np.testing.assert_allclose(traj.x_next, full.x_next[:k], rtol=0, atol=1e-6)
+  np.testing.assert_allclose(traj.log_prob, full.log_prob[:k], rtol=0, atol=1e-6)
+  np.testing.assert_array_equal(traj.sigma_next, SIGMAS[1:k + 1])
+  x = traj.x_next[-1]
+  for i in range(k, t):
+    x = ode_step(_velocity(x, SIGMAS[i]), x, SIGMAS[i], SIGMAS[i + 1])
+  np.testing.assert_allclose(x_final, x, rtol=0, atol=1e-5)
+  assert float(jnp.abs(x_final - full_x).max()) > 1e-2  # the late steps drew no noise
+  with pytest.raises(ValueError, match="sde_steps=0 must be in"):
+    diffusion.rollout(_velocity, x_init, SIGMAS, jax.random.key(5), noise_level=NOISE, method=method, sde_steps=0)

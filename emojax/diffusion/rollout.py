@@ -27,7 +27,7 @@ class Trajectory:
 
 
 def rollout(velocity_fn: VelocityFn, x_init, sigmas, key, *, noise_level,
-            method: str = "sde", with_logprob: bool = True):
+            method: str = "sde", with_logprob: bool = True, sde_steps: int | None = None):
   """Integrates x_init from sigmas[0] down to sigmas[-1].
 
   Args:
@@ -42,6 +42,11 @@ def rollout(velocity_fn: VelocityFn, x_init, sigmas, key, *, noise_level,
       the images match the with-log-prob rollout of the same key (up to float rounding:
       XLA fuses the two programs differently, ~1 ulp per step on CPU). The ODE never has
       log-probs.
+    sde_steps: with "sde"/"cps", only the first sde_steps steps are stochastic and the rest
+      Euler steps (None = all). Noise injected late is never denoised: in pixel space, or
+      with few steps, a stochastic last step leaves its noise in the image. The Trajectory
+      then records the stochastic steps only (the ones with a density), and those steps
+      match the all-stochastic rollout of the same key.
 
   Returns:
     (x_final float32 (B, ...), Trajectory).
@@ -52,6 +57,9 @@ def rollout(velocity_fn: VelocityFn, x_init, sigmas, key, *, noise_level,
   num_steps = sigmas.shape[0] - 1
   step_fn = {"sde": sde.sde_step, "cps": sde.cps_step}.get(method)
   with_logprob = with_logprob and step_fn is not None
+  k = num_steps if sde_steps is None or step_fn is None else int(sde_steps)
+  if not 1 <= k <= num_steps:
+    raise ValueError(f"sde_steps={sde_steps} must be in [1, {num_steps}] (the number of steps)")
 
   def body(x, step):
     sigma, sigma_next, step_key = step
@@ -64,9 +72,15 @@ def rollout(velocity_fn: VelocityFn, x_init, sigmas, key, *, noise_level,
       log_prob = log_prob if with_logprob else None
     return x_next, (x, x_next, log_prob)
 
-  steps = (sigmas[:-1], sigmas[1:], jax.random.split(key, num_steps))
-  x_final, (xs, x_nexts, log_probs) = jax.lax.scan(body, jnp.asarray(x_init, jnp.float32), steps)
-  return x_final, Trajectory(xs, x_nexts, log_probs, sigmas[:-1], sigmas[1:])
+  def ode_body(x, step):
+    sigma, sigma_next = step
+    return sde.ode_step(velocity_fn(x, sigma), x, sigma, sigma_next), None
+
+  steps = (sigmas[:k], sigmas[1:k + 1], jax.random.split(key, num_steps)[:k])
+  x, (xs, x_nexts, log_probs) = jax.lax.scan(body, jnp.asarray(x_init, jnp.float32), steps)
+  if k < num_steps:
+    x, _ = jax.lax.scan(ode_body, x, (sigmas[k:-1], sigmas[k + 1:]))
+  return x, Trajectory(xs, x_nexts, log_probs, sigmas[:k], sigmas[1:k + 1])
 
 
 def _per_sample(sigma, x) -> jax.Array:

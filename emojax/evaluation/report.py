@@ -93,7 +93,17 @@ def summary(rows: dict[str, np.ndarray]) -> dict[str, float]:
           "colour_arousal_error": float(np.abs(rows["colour_arousal"] - ta).mean()),
           "category_acc": float(np.mean([c == w for c, w in zip(rows["judged_category"], want)])),
           "clip_score": float(rows["clip_score"].mean()), "pickscore": float(rows["pickscore"].mean()),
+          "pickscore_min_cell": min_cell_mean(rows["pickscore"], tv, ta),
           "clip_iqa": float(rows["clip_iqa"].mean()), "parse_rate": float(ok.mean()), "n": int(len(tv))}
+
+
+def min_cell_mean(x: np.ndarray, tv: np.ndarray, ta: np.ndarray) -> float:
+  """The lowest mean of x over the prompts at one (V, A) of the grid: a V-A target whose images all
+  turned to noise shows here even when the overall mean hides it."""
+  cells = {}
+  for xi, v, a in zip(np.asarray(x, np.float64), tv, ta):
+    cells.setdefault((float(v), float(a)), []).append(xi)
+  return float(min(np.mean(c) for c in cells.values()))
 
 
 def write(directory: str, prompts, images, rows: dict[str, np.ndarray], grid) -> None:

@@ -256,14 +256,17 @@ def to_hf_state_dict(params) -> dict[str, np.ndarray]:
   return out
 
 
-def hf_config_dict(config: CLIPConfig) -> dict[str, Any]:
-  """A transformers CLIPConfig dict (config.json) for `config`; `CLIPConfig.from_hf_dict` inverts it."""
+def hf_config_dict(config: CLIPConfig, special_ids: dict[str, int] | None = None) -> dict[str, Any]:
+  """A transformers CLIPConfig dict (config.json) for `config`; `CLIPConfig.from_hf_dict` inverts it.
+  special_ids: the tokenizer's bos/pad ids ({"bos_token_id": .., "pad_token_id": ..}) for the text config,
+  where transformers' defaults (OpenAI's vocabulary) would not fit a smaller one."""
   t, v = config.text, config.vision
   if t.output_layer != -1:
     raise ValueError("a CLIPModel's text tower outputs its last layer (output_layer -1)")
   text = {k: getattr(t, k) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                      "num_attention_heads", "max_position_embeddings", "hidden_act", "layer_norm_eps",
                                      "eos_token_id")}
+  text |= dict(special_ids or {})
   if (t.pooling == "argmax_ids") != (t.eos_token_id == 2):
     raise ValueError(f"transformers pools at argmax(ids) exactly when eos_token_id == 2; pooling {t.pooling!r} "
                      f"with eos_token_id {t.eos_token_id} has no transformers config")
@@ -274,10 +277,10 @@ def hf_config_dict(config: CLIPConfig) -> dict[str, Any]:
           "vision_config": {**vision, "model_type": "clip_vision_model"}}
 
 
-def save_pretrained(directory: str, config: CLIPConfig, params) -> None:
+def save_pretrained(directory: str, config: CLIPConfig, params, special_ids: dict[str, int] | None = None) -> None:
   """config.json + model.safetensors in transformers' CLIPModel layout (float32)."""
   state = {k: v.astype(np.float32) for k, v in to_hf_state_dict(params).items()}
-  hf_weights.write_pretrained(directory, "model", state, hf_config_dict(config))
+  hf_weights.write_pretrained(directory, "model", state, hf_config_dict(config, special_ids))
 
 
 def read_config(directory) -> CLIPConfig:

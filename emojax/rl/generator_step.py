@@ -39,15 +39,20 @@ class GRPOHyper:
   kl_beta: float
   adv_clip: float
   adv_eps: float
-  timestep_fraction: float
+  timestep_fraction: float  # of the stochastic steps, trained per sample
   grad_accum: int
   inner_epochs: int
   image_shape: tuple  # (H, W, C)
   frozen: tuple = ("text",)  # top-level parameter groups kept out of the gradient
+  sde_steps: int | None = None  # leading stochastic (trained) steps; the rest are Euler steps (None = all)
+
+  @property
+  def stochastic_steps(self) -> int:
+    return self.num_steps if self.sde_steps is None else self.sde_steps
 
   @property
   def train_timesteps(self) -> int:
-    return max(1, int(round(self.timestep_fraction * self.num_steps)))
+    return max(1, int(round(self.timestep_fraction * self.stochastic_steps)))
 
   @property
   def text_frozen(self) -> bool:
@@ -60,7 +65,7 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
   """Builds (experience, train_step, sample).
 
   experience(state, batch, rng, constants) -> batch-major pytree: traj_x, traj_x_next (B, T, H, W, C),
-    traj_log_prob (B, T), images (B, H, W, C) in [-1, 1], and with hp.text_frozen the text states.
+    traj_log_prob (B, T) over the T = hp.stochastic_steps stochastic steps, images (B, H, W, C) in [-1, 1], and with hp.text_frozen the text states.
   train_step(state, batch | experience | host scores, rng, constants) -> (state, metrics);
     constants["ref_trainable"] is the reference generator's trainable groups (absent when
     hp.kl_beta == 0); state["opt_state"] covers the trainable groups.
@@ -74,7 +79,7 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
   reference model shares the frozen text encoder, so its text is the same).
   """
   sigmas = jnp.asarray(hp.sigmas, jnp.float32)
-  t_total, k_train = hp.num_steps, hp.train_timesteps
+  t_total, k_train = hp.stochastic_steps, hp.train_timesteps
 
   def text_of(params, batch):
     if "text" in batch:  # precomputed (frozen text encoder)
@@ -99,7 +104,7 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
     k_init, k_roll = jax.random.split(rng)
     x_init = jax.random.normal(k_init, (b, *hp.image_shape), jnp.float32)
     fn = lambda x, s: velocity(params, x, s, cond, uncond)
-    return rollout(fn, x_init, sigmas, k_roll, noise_level=hp.noise_level, method="sde")
+    return rollout(fn, x_init, sigmas, k_roll, noise_level=hp.noise_level, method="sde", sde_steps=hp.sde_steps)
 
   def micro_loss(trainable, frozen, ref_trainable, mb):
     """Mean GRPO loss of one micro-batch over its chosen timesteps (time-major (K, b, ...))."""

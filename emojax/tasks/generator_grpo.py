@@ -41,6 +41,8 @@ class GeneratorGRPO:
     self.global_batch_size = r.prompts_per_step * r.group_size
     if self.global_batch_size % r.grad_accum:
       raise ValueError(f"batch {self.global_batch_size} (prompts_per_step*group_size) is not divisible by rl.grad_accum={r.grad_accum}")
+    if r.sde_steps > r.num_steps:
+      raise ValueError(f"rl.sde_steps={r.sde_steps} exceeds rl.num_steps={r.num_steps}; at most every step is stochastic")
     weights = {k: float(v) for k, v in sorted(c.rewards.weights.items()) if float(v) != 0.0}
     if not weights:
       raise ValueError(f"every reward weight is 0 ({dict(c.rewards.weights)}); give one a nonzero weight, "
@@ -54,6 +56,7 @@ class GeneratorGRPO:
         group_size=r.group_size, num_steps=r.num_steps, sigmas=tuple(float(s) for s in schedule.sd3_sigmas(r.num_steps, r.shift)),
         noise_level=r.noise_level, cfg_scale=r.cfg_scale, clip_eps=r.clip_eps, kl_beta=r.kl_beta, adv_clip=r.adv_clip,
         adv_eps=r.adv_eps, timestep_fraction=r.timestep_fraction, grad_accum=r.grad_accum, inner_epochs=r.inner_epochs,
+        sde_steps=r.sde_steps or None,
         image_shape=(mm.sample_size, mm.sample_size, mm.in_channels), frozen=self.frozen)
     self.tx = optim.make_optimizer(c.optim, c.total_steps)
     self._experience, self._step, _ = generator_step.make_train_step(

@@ -135,7 +135,9 @@ class PretrainPreference:
     params = trainer.host_params(state)
 
     def write(tmp):
-      clip_lib.save_pretrained(tmp, self.clip_config, params)
+      fast = self.tokenizer.tokenizer
+      clip_lib.save_pretrained(tmp, self.clip_config, params,
+                               {"bos_token_id": fast.bos_token_id, "pad_token_id": fast.pad_token_id})
       self.tokenizer.tokenizer.save_pretrained(tmp)
       self.image_config.save(tmp)
     assets.save_directory(directory, write, is_export=lambda d: os.path.isfile(os.path.join(d, "model.safetensors")))
