@@ -69,9 +69,9 @@ def test_shipped_judge_rewards_the_requested_emotion(judge):
 
 @pytest.mark.asset
 def test_generator_step_with_the_lvlm_reward(tmp_path):
-  """One GRPO step rewarded by the LVLM judge and the colour judge together (weights 1 and 0.5): the
-  rewards the update logs are those a separate judge gives the very images the rollout made, row for
-  row, so the host stage's scores reach the update aligned with their samples."""
+  """One GRPO step of the default rewards (LVLM judge 1, shipped preference model 1) plus the colour judge
+  at 0.5: the rewards the update logs are those separately loaded judges give the very images the rollout
+  made, row for row, so the host stage's scores reach the update aligned with their samples and prompts."""
   from configs import generator as generator_config
   from emojax import trainer
   from emojax.tasks.generator_grpo import GeneratorGRPO
@@ -79,7 +79,7 @@ def test_generator_step_with_the_lvlm_reward(tmp_path):
   c.total_steps, c.eval.at_start, c.eval_every, c.mesh.num_devices = 1, False, 1000, 1
   c.rewards.weights.colour_emotion = 0.5
   task = GeneratorGRPO(c)
-  assert set(task.host_rewards) == {"lvlm_emotion"}
+  assert set(task.host_rewards) == {"lvlm_emotion", "pickscore"}
   seen = {}
   score = task.score
 
@@ -93,8 +93,15 @@ def test_generator_step_with_the_lvlm_reward(tmp_path):
   judge = lvlm_judge.LVLMJudgeReward.from_config(c.rewards.lvlm)  # the shipped judge, loaded separately
   lvlm, ext = judge(seen["images"], target)
   colour, _ = registry.get("colour_emotion")(jnp.asarray(seen["images"]), {k: jnp.asarray(v) for k, v in target.items()})
+  from emojax.io import assets
+  from emojax.io.images import to_uint8
+  from emojax.rewards.clip_scores import SHIPPED_PREFERENCE, ClipScorer
+  scorer = ClipScorer.from_pretrained(assets.asset_dir(SHIPPED_PREFERENCE))
+  pick = scorer.pickscore(to_uint8(seen["images"]), list(seen["raw"]["prompt"])) / c.rewards.pickscore.scale
+  total = lvlm + pick + 0.5 * np.asarray(colour)
   assert m["reward/lvlm_emotion"] == pytest.approx(float(lvlm.mean()), abs=1e-6)
-  assert m["reward_mean"] == pytest.approx(float(lvlm.mean() + 0.5 * np.mean(colour)), abs=1e-5)
-  assert m["reward_std"] == pytest.approx(float(np.std(lvlm + 0.5 * np.asarray(colour))), abs=1e-5)
+  assert m["reward/pickscore"] == pytest.approx(float(pick.mean()), abs=1e-5)
+  assert m["reward_mean"] == pytest.approx(float(total.mean()), abs=1e-5)
+  assert m["reward_std"] == pytest.approx(float(np.std(total)), abs=1e-5)
   assert m["lvlm_emotion/v_abs_err"] == pytest.approx(float(ext["v_abs_err"].mean()), abs=1e-6)
   assert m["reward_std"] > 0 and m["ratio_dev_first"] < 1e-5
