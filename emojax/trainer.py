@@ -77,6 +77,11 @@ def pretrained_state(params, tx, frozen=(), shardings=None) -> dict:
   return {"step": jax.device_put(np.zeros((), np.int32), shardings["step"]), "params": params, "opt_state": opt_state}
 
 
+def eval_due(step: int, config) -> bool:
+  """Whether a task evaluates after `step`: every config.eval_every steps and at total_steps."""
+  return step % config.eval_every == 0 or step == config.total_steps
+
+
 def host_params(state: dict, key: str = "params"):
   """state[key] as a host numpy tree, for exports (gathered across processes when sharded over them)."""
   tree = state[key]

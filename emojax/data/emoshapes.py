@@ -158,10 +158,13 @@ def make_example(seed: int, index: int, size: int = 32) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class EmoShapesSource:
-  """grain RandomAccessDataSource of `num_examples` EmoShapes examples of world `seed`."""
+  """grain RandomAccessDataSource of `num_examples` EmoShapes examples of world `seed` (subclasses
+  change what one index makes by overriding `make`)."""
   seed: int
   num_examples: int
   size: int = 32
+  noun = "examples"  # in the out-of-range message
+  make = staticmethod(make_example)  # (seed, index, size) -> record
 
   def __len__(self):
     return self.num_examples
@@ -169,5 +172,5 @@ class EmoShapesSource:
   def __getitem__(self, index):
     index = operator.index(index)
     if not 0 <= index < self.num_examples:
-      raise IndexError(f"index {index} out of range for {self.num_examples} examples")
-    return make_example(self.seed, index, self.size)
+      raise IndexError(f"index {index} out of range for {self.num_examples} {self.noun}")
+    return self.make(self.seed, index, self.size)

@@ -142,16 +142,7 @@ def make_pair(seed: int, index: int, size: int = 32, kind: str | None = None) ->
 
 
 @dataclasses.dataclass(frozen=True)
-class PreferencePairsSource:
+class PreferencePairsSource(emoshapes.EmoShapesSource):
   """grain RandomAccessDataSource of `num_examples` preference pairs of world `seed`."""
-  seed: int
-  num_examples: int
-  size: int = 32
-
-  def __len__(self):
-    return self.num_examples
-
-  def __getitem__(self, index):
-    if not 0 <= int(index) < self.num_examples:
-      raise IndexError(f"index {index} out of range for {self.num_examples} pairs")
-    return make_pair(self.seed, int(index), self.size)
+  noun = "pairs"
+  make = staticmethod(make_pair)

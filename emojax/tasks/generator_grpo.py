@@ -128,7 +128,7 @@ class GeneratorGRPO:
     first = step == 1 and c.eval.at_start
     if first:  # the pretrained model's numbers, for the before/after comparison
       out.update({f"{k}_start": v for k, v in self.eval_set(self._pretrained, _png(workdir, 0)).items()})
-    if step % c.eval_every == 0 or step == c.total_steps:
+    if trainer.eval_due(step, c):
       out.update(self.eval_set(state["params"], _png(workdir, step)))
     return out
 

@@ -151,7 +151,7 @@ class LVLMGRPO:
                       "training scorer disagree", step, metrics["ratio_dev_first"], c.ratio_tolerance)
     if step == 1 and c.eval.at_start:  # the SFT judge's numbers, for the before/after comparison
       out.update({f"{k}_start": v for k, v in self.evaluate(self._pretrained).items()})
-    if step % c.eval_every == 0 or step == c.total_steps:
+    if trainer.eval_due(step, c):
       out.update(self.evaluate(state["params"]))
       if self.last_texts:
         logging.info("step %d: a sampled answer: %r", step, self.last_texts[0])

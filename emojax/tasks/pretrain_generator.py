@@ -142,7 +142,7 @@ class PretrainGenerator:
   def on_step_end(self, step, state, metrics, workdir):
     c = self.config
     out = {}
-    if step % c.eval_every == 0 or step == c.total_steps:
+    if trainer.eval_due(step, c):
       png = os.path.join(workdir, "samples", f"step_{step:06d}.png")
       os.makedirs(os.path.dirname(png), exist_ok=True)
       out = self.eval_set(state[c.export_weights], png)

@@ -126,7 +126,7 @@ class PretrainPreference:
 
   def on_step_end(self, step, state, metrics, workdir):
     c = self.config
-    if step % c.eval_every == 0 or step == c.total_steps:
+    if trainer.eval_due(step, c):
       return self.evaluate(state["params"])
     return {}
 

@@ -106,7 +106,7 @@ class SFTLVLM:
 
   def on_step_end(self, step, state, metrics, workdir):
     c = self.config
-    if step % c.eval_every == 0 or step == c.total_steps:
+    if trainer.eval_due(step, c):
       return self.evaluate(state["params"])
     return {}
 
