@@ -40,11 +40,15 @@ def colour_words(pixels):
 
 
 def _words(brightness, saturation, mean_rgb):
+  hue = colorsys.rgb_to_hsv(*(mean_rgb / 255.0))[0] * 360
+  return colour_adjectives(brightness, saturation, warm=hue < 75 or hue >= 300)  # red..yellow, magenta: warm
+
+
+def colour_adjectives(brightness: float, saturation: float, warm: bool) -> str:
+  """Adjectives for a region of mean HSV brightness and saturation in [0, 1], e.g. "bright vivid warm"."""
   words = [BRIGHTNESS_WORDS[min(int(brightness * 3), 2)]]
   if saturation < GREY_SATURATION:
     return " ".join(words + ["grey"])
-  hue = colorsys.rgb_to_hsv(*(mean_rgb / 255.0))[0] * 360
-  warm = hue < 75 or hue >= 300  # red, orange, yellow, magenta; green to violet is cool
   return " ".join(words + [SATURATION_WORDS[min(int(saturation * 3), 2)], "warm" if warm else "cool"])
 
 
@@ -82,7 +86,7 @@ def _hsv_colour(rng):
   return np.array(colorsys.hsv_to_rgb(*rng.uniform(size=3)))
 
 
-def _join(phrases):
+def join_phrases(phrases):
   return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
@@ -138,8 +142,8 @@ def describe(image, regions, shapes: list[Shape]) -> dict:
   words = [_words(m[0], m[1], m[2:]) for m in means]
   names = [(sh.kind, PLACES[sh.place]) for sh in shapes]
   return dict(
-      prompt=_join([f"a {kind} {place}" for kind, place in names]),
-      emotional_prompt=_join([f"a {w} {kind} {place}" for w, (kind, place) in zip(words[1:], names)])
+      prompt=join_phrases([f"a {kind} {place}" for kind, place in names]),
+      emotional_prompt=join_phrases([f"a {w} {kind} {place}" for w, (kind, place) in zip(words[1:], names)])
       + f"{BACKGROUND_PREFIX}{words[0]} background",
       valence=np.float32(valence),
       arousal=np.float32(arousal),

@@ -1,0 +1,99 @@
+"""The tiny world's prompt feedback: content words, the colour model's inverse, rewrites and critiques.
+
+EmoShapes prompts list "a {kind} {place}" phrases; emotional prompts put colour adjectives before
+each kind and end in ", on a {adjectives} background". A rewrite toward a target (V, A) must keep
+the content (the same (kind, place) phrases, none lost or invented) and only choose adjectives.
+
+The colour model (`emojax.emotion.colour`) is linear in an image's mean HSV brightness B and
+saturation S, so a target (V, A) has a closed-form inverse:
+
+    P = (V + 3) 0.91 / 6,    R = (A + 3) 0.91 / 6 - 0.31
+    [0.69 0.22; -0.31 0.60] [B, S] = [P, R]
+
+clipped to [0, 1]^2 (corners such as V = 3, A = -3 need B > 1: the clipped point is the nearest
+colour along the clipped axes). Adjectives name B and S by thirds, as the world's own prompts do.
+Hue does not enter the model: the oracle paints shapes "cool" on a "warm" background (or the
+reverse) so they stay visible at the same B and S.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from emojax.data.emoshapes import BACKGROUND_PREFIX, PLACES, SHAPES, colour_adjectives, join_phrases
+from emojax.emotion.colour import P_RANGE, R_RANGE, va_from_means
+from emojax.emotion.space import check_va
+
+_MIX = np.array([[0.69, 0.22], [-0.31, 0.60]])  # (P, R) = _MIX @ (B, S), emojax.emotion.colour
+# longest place first, so "at the top" never matches the start of "at the top left"
+_PHRASE = re.compile(r"\b(%s)\b\s+(?:[a-z]+\s+)*?(%s)\b" % (
+    "|".join(SHAPES), "|".join(sorted(map(re.escape, PLACES), key=len, reverse=True))))
+_KIND = re.compile(r"\b(%s)s?\b" % "|".join(SHAPES))
+_PLACE_WORDS = re.compile(r"\b(left|right|top|bottom|center|centre|middle)\b")
+_STEP = 0.1  # brightness / saturation gaps below this are "close"
+
+
+def brightness_saturation_for(valence: float, arousal: float) -> tuple[float, float]:
+  """Mean HSV (brightness, saturation) in [0, 1] whose colour-model reading is (V, A), clipped."""
+  check_va(valence, arousal)
+  p = (valence + 3.0) * (P_RANGE[1] - P_RANGE[0]) / 6.0 + P_RANGE[0]
+  r = (arousal + 3.0) * (R_RANGE[1] - R_RANGE[0]) / 6.0 + R_RANGE[0]
+  b, s = np.clip(np.linalg.solve(_MIX, [p, r]), 0.0, 1.0)
+  return float(b), float(s)
+
+
+def reachable_va(valence: float, arousal: float) -> tuple[float, float]:
+  """The colour model's reading of brightness_saturation_for(V, A): (V, A) itself when reachable."""
+  b, s = brightness_saturation_for(valence, arousal)
+  v, a = va_from_means(b, s)
+  return float(v), float(a)
+
+
+def content(prompt: str) -> list[tuple[str, str]]:
+  """The (kind, place) phrases of an EmoShapes prompt, neutral or emotional, in order."""
+  return [(m.group(1), m.group(2)) for m in _PHRASE.finditer(prompt.lower())]
+
+
+def content_kept(neutral: str, rewritten: str) -> bool:
+  """True when `rewritten` names exactly the neutral prompt's shapes in their places: none lost, none
+  moved, none invented (also no stray shape or place word outside a phrase)."""
+  want, got = content(neutral), content(rewritten)
+  if not want or sorted(want) != sorted(got):
+    return False
+  low = rewritten.lower()
+  stray_kinds = len(_KIND.findall(low)) != len(got)
+  stray_places = len(_PLACE_WORDS.findall(low)) != sum(len(_PLACE_WORDS.findall(p)) for _, p in got)
+  return not (stray_kinds or stray_places)
+
+
+def oracle_rewrite(neutral: str, valence: float, arousal: float) -> str:
+  """The neutral prompt with the adjectives whose colour reads as (V, A): every region at the inverse's
+  (B, S); shapes cool on a warm background when V >= 0 (warm on cool otherwise), so they stay visible."""
+  phrases = content(neutral)
+  if not phrases:
+    raise ValueError(f"no '<shape> <place>' phrase in the prompt {neutral!r}; cannot rewrite it")
+  b, s = brightness_saturation_for(valence, arousal)
+  warm_background = valence >= 0
+  shape_words = colour_adjectives(b, s, warm=not warm_background)
+  return (join_phrases([f"a {shape_words} {kind} {place}" for kind, place in phrases])
+          + f"{BACKGROUND_PREFIX}{colour_adjectives(b, s, warm=warm_background)} background")
+
+
+def critique(target_va, judged_va) -> str:
+  """What the judged image lacks against the target, in brightness and vividness, e.g.
+  "read as V -1.2 A +0.5 against V +1.0 A -2.0: too dark and too vivid; make it brighter and more muted"."""
+  (tv, ta), (jv, ja) = (tuple(map(float, target_va)), tuple(map(float, judged_va)))
+  tb, ts = brightness_saturation_for(tv, ta)
+  jb, js = brightness_saturation_for(float(np.clip(jv, -3, 3)), float(np.clip(ja, -3, 3)))
+  faults, fixes = [], []
+  if abs(tb - jb) >= _STEP:
+    faults.append("too dark" if tb > jb else "too bright")
+    fixes.append("brighter" if tb > jb else "darker")
+  if abs(ts - js) >= _STEP:
+    faults.append("too muted" if ts > js else "too vivid")
+    fixes.append("more vivid" if ts > js else "more muted")
+  seen = f"read as V {jv:+.1f} A {ja:+.1f} against V {tv:+.1f} A {ta:+.1f}"
+  if not faults:
+    return f"{seen}: close to the target"
+  return f"{seen}: {' and '.join(faults)}; make it {' and '.join(fixes)}"
