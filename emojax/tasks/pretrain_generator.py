@@ -54,13 +54,16 @@ class PretrainGenerator:
       self.gen = gen_lib.Generator(self.gcfg)
     groups = jax.eval_shape(lambda: gen_lib.init_params(self.gen, jax.random.key(0)))
     self.frozen = optim.check_frozen(groups, c.model.frozen, "generator")
+    if self._init is None and {"text", "mmdit"} & set(self.frozen):
+      raise ValueError(f"model.frozen={tuple(c.model.frozen)} freezes a random init; set --config.model.init_from to "
+                       "the generator directory this stage continues")
     self.tok = tiny.tokenizer_for(self.gcfg)
     self.global_batch_size = c.batch_size
     self._empty = self.tok([""])[0]
     self.tx = optim.make_optimizer(c.optim, c.total_steps)
     self.eval_set = EvalSet(self.gen, self.gcfg, num_prompts=c.eval.num_prompts, seed=c.eval.seed,
                             num_steps=c.eval.num_steps, shift=c.eval.shift, cfg_scale=c.eval.cfg_scale,
-                            source="emotional")
+                            source=c.eval.source)
 
   def make_loader(self, shard_index, shard_count):
     d = self.config.data
