@@ -80,3 +80,24 @@ def test_critique_names_the_gap_in_brightness_and_vividness():
   assert "too vivid" in feedback.critique((0.0, -2.0), (0.0, 2.0))
   assert feedback.critique((1.0, 1.0), (1.02, 0.98)).endswith("close to the target")
   assert feedback.critique((0.0, 0.0), (9.0, -9.0)).startswith("read as V +9.0 A -9.0")  # judged out of range: clipped
+
+
+def test_feedback_examples_are_pure_parse_back_and_keep_content():
+  from emojax.emotion.prompts import parse_feedback
+  a, b = feedback.feedback_example(1, 4), feedback.feedback_example(1, 4)
+  assert a["answer"] == b["answer"] and np.array_equal(a["image"], b["image"])
+  gaps = set()
+  for i in range(40):
+    e = feedback.feedback_example(1, i)
+    assert parse_feedback(e["answer"]) == e["rewritten"] == feedback.oracle_rewrite(e["prompt"], e["valence"], e["arousal"])
+    assert feedback.content_kept(e["prompt"], e["rewritten"])
+    assert f"V{float(e['valence']):+.1f} A{float(e['arousal']):+.1f}" in e["question"] and e["prompt"] in e["question"]
+    np.testing.assert_allclose(colour_judge_np(e["image"]), (e["judged_valence"], e["judged_arousal"]), atol=1e-5)
+    gaps.add(e["answer"].split("</think>")[0])
+  assert {"<think>close to the target", "<think>too dark"} <= {g.split(" and")[0] for g in gaps}  # critiques vary
+
+
+def test_short_critique_is_the_gap_alone():
+  # higher V at the same A takes more brightness and, to hold A, more saturation
+  assert feedback.critique((2.0, 0.0), (-1.0, 0.0), short=True) == "too dark and too muted"
+  assert feedback.critique((1.0, 1.0), (1.02, 0.98), short=True) == "close to the target"

@@ -21,8 +21,10 @@ import re
 
 import numpy as np
 
+from emojax.data import emoshapes
 from emojax.data.emoshapes import BACKGROUND_PREFIX, PLACES, SHAPES, colour_adjectives, join_phrases
 from emojax.emotion.colour import P_RANGE, R_RANGE, va_from_means
+from emojax.emotion.prompts import feedback_prompt, format_feedback
 from emojax.emotion.space import check_va
 
 _MIX = np.array([[0.69, 0.22], [-0.31, 0.60]])  # (P, R) = _MIX @ (B, S), emojax.emotion.colour
@@ -80,9 +82,10 @@ def oracle_rewrite(neutral: str, valence: float, arousal: float) -> str:
           + f"{BACKGROUND_PREFIX}{colour_adjectives(b, s, warm=warm_background)} background")
 
 
-def critique(target_va, judged_va) -> str:
+def critique(target_va, judged_va, short: bool = False) -> str:
   """What the judged image lacks against the target, in brightness and vividness, e.g.
-  "read as V -1.2 A +0.5 against V +1.0 A -2.0: too dark and too vivid; make it brighter and more muted"."""
+  "read as V -1.2 A +0.5 against V +1.0 A -2.0: too dark and too vivid; make it brighter and more muted"
+  (short: "too dark and too vivid", for the byte-level tiny LVLM)."""
   (tv, ta), (jv, ja) = (tuple(map(float, target_va)), tuple(map(float, judged_va)))
   tb, ts = brightness_saturation_for(tv, ta)
   jb, js = brightness_saturation_for(float(np.clip(jv, -3, 3)), float(np.clip(ja, -3, 3)))
@@ -93,7 +96,27 @@ def critique(target_va, judged_va) -> str:
   if abs(ts - js) >= _STEP:
     faults.append("too muted" if ts > js else "too vivid")
     fixes.append("more vivid" if ts > js else "more muted")
+  gap = " and ".join(faults) if faults else "close to the target"
+  if short:
+    return gap
   seen = f"read as V {jv:+.1f} A {ja:+.1f} against V {tv:+.1f} A {ta:+.1f}"
-  if not faults:
-    return f"{seen}: close to the target"
-  return f"{seen}: {' and '.join(faults)}; make it {' and '.join(fixes)}"
+  return f"{seen}: {gap}" + (f"; make it {' and '.join(fixes)}" if fixes else "")
+
+
+def feedback_example(seed: int, index: int, size: int = 32, target_std: float = 0.3) -> dict:
+  """One procedural feedback (SFT) example of world `seed`: the image of example `index` stands for a
+  generation of its neutral prompt; the target is the V-A of another example of the world (index + 1 of
+  world seed + 1) jittered by `target_std` and clipped, so targets follow the world's own distribution;
+  the judged reading is the image's exact V-A; the answer critiques the gap and rewrites the neutral
+  prompt with the oracle's adjectives for the target. A pure function of its arguments."""
+  e = emoshapes.make_example(seed, index, size)
+  other = emoshapes.make_example(seed + 1, index + 1, size)
+  rng = np.random.default_rng((seed, index, 7))
+  target = np.clip(np.array([other["valence"], other["arousal"]], np.float64) + rng.normal(0, target_std, 2), -3, 3)
+  tv, ta = (round(float(x), 1) for x in target)  # the question prints one decimal; the answer must match it
+  judged = (float(e["valence"]), float(e["arousal"]))
+  rewritten = oracle_rewrite(e["prompt"], tv, ta)
+  return dict(image=e["image"], prompt=e["prompt"], valence=np.float32(tv), arousal=np.float32(ta),
+              judged_valence=np.float32(judged[0]), judged_arousal=np.float32(judged[1]),
+              question=feedback_prompt(e["prompt"], tv, ta, judged, short=True),
+              answer=format_feedback(rewritten, critique((tv, ta), judged, short=True)), rewritten=rewritten)
