@@ -101,3 +101,16 @@ def test_short_critique_is_the_gap_alone():
   # higher V at the same A takes more brightness and, to hold A, more saturation
   assert feedback.critique((2.0, 0.0), (-1.0, 0.0), short=True) == "too dark and too muted"
   assert feedback.critique((1.0, 1.0), (1.02, 0.98), short=True) == "close to the target"
+
+
+def test_feedback_rewards_score_layout_and_kept_content():
+  from emojax.rewards import feedback as feedback_rewards
+  e = next(x for x in (feedback.feedback_example(2, i) for i in range(20)) if len(feedback.content(x["prompt"])) >= 2)
+  neutral, good = e["prompt"], e["answer"]
+  lost = good.replace(e["rewritten"], e["rewritten"].split(" and ")[0].split(",")[0] + ", on a dim grey background")
+  texts = [good, "  " + good + "\n", "note " + good, good + good, "<think>x</think><prompt> </prompt>", lost, None]
+  np.testing.assert_array_equal(feedback_rewards.format_reward(texts), [1, 1, 0, 0, 0, 1, 0])
+  kept = feedback_rewards.content_reward(texts, [neutral] * len(texts))
+  np.testing.assert_array_equal(kept, [1, 1, 1, 1, 0, 0, 0])  # "note ..." parses, though it is ill-formed
+  with pytest.raises(ValueError, match="2 feedback answers for 1 neutral prompts"):
+    feedback_rewards.content_reward([good, good], [neutral])

@@ -116,13 +116,20 @@ def _parse(text: str) -> Answer | None:
 
 def _strict_layout(text: str) -> bool:
   """Exactly '<think>...</think><answer>...</answer>', whitespace allowed outside and between."""
-  if any(text.count(tag) != 1 for tag in (THINK, END_THINK, ANSWER, END_ANSWER)):
+  return strict_blocks(text, THINK, END_THINK, ANSWER, END_ANSWER)
+
+
+def strict_blocks(text: str, *tags: str) -> bool:
+  """text is exactly the blocks open1...close1 open2...close2 ... (tags in that order, each once),
+  whitespace allowed outside and between them."""
+  if any(text.count(tag) != 1 for tag in tags):
     return False
-  t0, t1, a0, a1 = (text.find(tag) for tag in (THINK, END_THINK, ANSWER, END_ANSWER))
-  if not t0 < t1 < a0 < a1:
+  at = [text.find(tag) for tag in tags]
+  if at != sorted(at):
     return False
-  outside = text[:t0] + text[t1 + len(END_THINK):a0] + text[a1 + len(END_ANSWER):]
-  return not outside.strip(_WS)
+  ends = [0] + [at[i] + len(tags[i]) for i in range(1, len(tags), 2)]
+  starts = [at[i] for i in range(0, len(tags), 2)] + [len(text)]
+  return not "".join(text[e:b] for e, b in zip(ends, starts)).strip(_WS)
 
 
 def _reasoning(text: str) -> str:

@@ -13,7 +13,7 @@ so the prompt only has to tell the two tasks apart and carry the numbers.
 """
 from __future__ import annotations
 
-from emojax.emotion.answer import END_THINK, THINK, Answer, format_answer, last_block
+from emojax.emotion.answer import END_THINK, THINK, Answer, format_answer, last_block, strict_blocks
 from emojax.emotion.space import CATEGORIES, VA_MAX, VA_MIN, check_va
 
 PROMPT, END_PROMPT = "<prompt>", "</prompt>"
@@ -81,6 +81,11 @@ def parse_feedback(text) -> str | None:
     return None
   rewritten = text[span[0]:span[1]].strip()
   return rewritten or None
+
+
+def feedback_well_formed(text) -> bool:
+  """Exactly '<think>...</think><prompt>...</prompt>' (whitespace outside and between) with a non-blank prompt."""
+  return isinstance(text, str) and strict_blocks(text, THINK, END_THINK, PROMPT, END_PROMPT) and parse_feedback(text) is not None
 
 
 def chat_text(user_text: str, system: str | None = None) -> str:
