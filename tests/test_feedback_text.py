@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 
 from emojax.data import emoshapes, feedback
-from emojax.emotion.colour import colour_judge_np, va_from_means
+from emojax.emotion.colour import brightness_saturation_for, colour_judge_np, va_from_means
 
 
 def test_inverse_reads_back_as_the_target_where_a_colour_reaches_it():
   hits = 0
   for v in np.linspace(-3, 3, 13):
     for a in np.linspace(-3, 3, 13):
-      b, s = feedback.brightness_saturation_for(v, a)
+      b, s = brightness_saturation_for(v, a)
       assert 0 <= b <= 1 and 0 <= s <= 1
       rv, ra = va_from_means(b, s)
       if 0 < b < 1 and 0 < s < 1:  # not clipped: exact
@@ -20,15 +20,15 @@ def test_inverse_reads_back_as_the_target_where_a_colour_reaches_it():
         hits += 1
   assert hits > 60
   # landmarks of emojax.emotion.colour: mid grey, white, the darkest vivid colour
-  np.testing.assert_allclose(feedback.brightness_saturation_for(-0.7253, -1.9780), (0.5, 0.0), atol=1e-3)
-  np.testing.assert_allclose(feedback.reachable_va(1.55, -3.0), (1.55, -3.0), atol=2e-2)
+  np.testing.assert_allclose(brightness_saturation_for(-0.7253, -1.9780), (0.5, 0.0), atol=1e-3)
+  np.testing.assert_allclose(va_from_means(*brightness_saturation_for(1.55, -3.0)), (1.55, -3.0), atol=2e-2)
   # V 3, A -3 needs B > 1: the clipped colour is white's neighbourhood, not the target
-  assert feedback.reachable_va(3.0, -3.0)[0] < 2.5
+  assert va_from_means(*brightness_saturation_for(3.0, -3.0))[0] < 2.5
 
 
 def test_an_image_painted_at_the_inverse_reads_as_the_target():
   for v, a in [(-1.5, 0.0), (1.0, -1.0), (0.0, 1.5), (2.0, 0.5)]:
-    b, s = feedback.brightness_saturation_for(v, a)
+    b, s = brightness_saturation_for(v, a)
     # a flat colour of value b and saturation s (hue 200 degrees: any hue reads the same)
     image = np.full((8, 8, 3), np.round(np.array(colorsys.hsv_to_rgb(200 / 360, s, b)) * 255), np.uint8)
     np.testing.assert_allclose(colour_judge_np(image), (v, a), atol=0.05)  # uint8 rounding

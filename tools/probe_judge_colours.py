@@ -43,8 +43,7 @@ def main():
   images.append(np.clip(images[names.index("pale")] + grain, 0, 255).astype(np.uint8))
   names.append("pale + grain")
   images = np.stack(images)
-  pad = -len(images) % judge.batch_size
-  answers = lvlm_rewards.parse_all(judge.answers(np.concatenate([images, np.repeat(images[:1], pad, 0)])))
+  answers = lvlm_rewards.parse_all(judge.answers(images))  # judge.judge pads the last batch itself
   v, a = colour_judge_np(images)
   for i, name in enumerate(names):
     got = answers[i]

@@ -5,13 +5,8 @@ each kind and end in ", on a {adjectives} background". A rewrite toward a target
 the content (the same (kind, place) phrases, none lost or invented) and only choose adjectives.
 
 The colour model (`emojax.emotion.colour`) is linear in an image's mean HSV brightness B and
-saturation S, so a target (V, A) has a closed-form inverse:
-
-    P = (V + 3) 0.91 / 6,    R = (A + 3) 0.91 / 6 - 0.31
-    [0.69 0.22; -0.31 0.60] [B, S] = [P, R]
-
-clipped to [0, 1]^2 (corners such as V = 3, A = -3 need B > 1: the clipped point is the nearest
-colour along the clipped axes). Adjectives name B and S by thirds, as the world's own prompts do.
+saturation S, so a target (V, A) has a closed-form inverse (`colour.brightness_saturation_for`:
+P = (V + 3) 0.91 / 6, R = (A + 3) 0.91 / 6 - 0.31, solved for (B, S), clipped to [0, 1]^2). Adjectives name B and S by thirds, as the world's own prompts do.
 Hue does not enter the model: the oracle paints shapes "cool" on a "warm" background (or the
 reverse) so they stay visible at the same B and S.
 """
@@ -23,33 +18,15 @@ import numpy as np
 
 from emojax.data import emoshapes
 from emojax.data.emoshapes import BACKGROUND_PREFIX, PLACES, SHAPES, colour_adjectives, join_phrases
-from emojax.emotion.colour import P_RANGE, R_RANGE, va_from_means
+from emojax.emotion.colour import brightness_saturation_for
 from emojax.emotion.prompts import feedback_prompt, format_feedback
-from emojax.emotion.space import check_va
 
-_MIX = np.array([[0.69, 0.22], [-0.31, 0.60]])  # (P, R) = _MIX @ (B, S), emojax.emotion.colour
 # longest place first, so "at the top" never matches the start of "at the top left"
 _PHRASE = re.compile(r"\b(%s)\b\s+(?:[a-z]+\s+)*?(%s)\b" % (
     "|".join(SHAPES), "|".join(sorted(map(re.escape, PLACES), key=len, reverse=True))))
 _KIND = re.compile(r"\b(%s)s?\b" % "|".join(SHAPES))
 _PLACE_WORDS = re.compile(r"\b(left|right|top|bottom|center|centre|middle)\b")
 _STEP = 0.1  # brightness / saturation gaps below this are "close"
-
-
-def brightness_saturation_for(valence: float, arousal: float) -> tuple[float, float]:
-  """Mean HSV (brightness, saturation) in [0, 1] whose colour-model reading is (V, A), clipped."""
-  check_va(valence, arousal)
-  p = (valence + 3.0) * (P_RANGE[1] - P_RANGE[0]) / 6.0 + P_RANGE[0]
-  r = (arousal + 3.0) * (R_RANGE[1] - R_RANGE[0]) / 6.0 + R_RANGE[0]
-  b, s = np.clip(np.linalg.solve(_MIX, [p, r]), 0.0, 1.0)
-  return float(b), float(s)
-
-
-def reachable_va(valence: float, arousal: float) -> tuple[float, float]:
-  """The colour model's reading of brightness_saturation_for(V, A): (V, A) itself when reachable."""
-  b, s = brightness_saturation_for(valence, arousal)
-  v, a = va_from_means(b, s)
-  return float(v), float(a)
 
 
 def content(prompt: str) -> list[tuple[str, str]]:

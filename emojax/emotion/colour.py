@@ -27,6 +27,8 @@ dtype decides. Any leading batch shape; the last three axes are (H, W, 3).
 import jax.numpy as jnp
 import numpy as np
 
+from emojax.emotion.space import check_va
+
 P_RANGE = (0.0, 0.91)
 R_RANGE = (-0.31, 0.60)
 
@@ -43,11 +45,25 @@ def _brightness_saturation(rgb, xp):
   return hi, sat
 
 
+PR_FROM_BS = ((0.69, 0.22), (-0.31, 0.60))  # (P, R) = PR_FROM_BS @ (B, S)
+
+
 def va_from_means(brightness, saturation, xp=np):
   """(V, A) in [-3, 3] from mean brightness and mean saturation in [0, 1]."""
-  p, r = 0.69 * brightness + 0.22 * saturation, -0.31 * brightness + 0.60 * saturation
+  (pb, ps), (rb, rs) = PR_FROM_BS
+  p, r = pb * brightness + ps * saturation, rb * brightness + rs * saturation
   scale = lambda x, lo_hi: xp.clip(6.0 * (x - lo_hi[0]) / (lo_hi[1] - lo_hi[0]) - 3.0, -3.0, 3.0)
   return scale(p, P_RANGE).astype(xp.float32), scale(r, R_RANGE).astype(xp.float32)
+
+
+def brightness_saturation_for(valence: float, arousal: float) -> tuple[float, float]:
+  """The inverse of va_from_means: the mean (brightness, saturation) that reads as (V, A), clipped to
+  [0, 1]^2 (corners such as V 3, A -3 need brightness > 1; the clipped colour is the nearest along the
+  clipped axis)."""
+  check_va(valence, arousal)
+  unscale = lambda x, lo_hi: (x + 3.0) * (lo_hi[1] - lo_hi[0]) / 6.0 + lo_hi[0]
+  b, s = np.clip(np.linalg.solve(np.array(PR_FROM_BS), [unscale(valence, P_RANGE), unscale(arousal, R_RANGE)]), 0, 1)
+  return float(b), float(s)
 
 
 def _judge(images, xp):
