@@ -9,6 +9,7 @@ from emojax import config_utils as cu
 
 PRESETS = [(generator, "default"), (generator, "smoke"), (lvlm, "default"), (lvlm, "smoke"),
            (sft_lvlm, "full"), (sft_lvlm, "smoke"), (pretrain_generator, "full"), (pretrain_generator, "smoke"),
+           (pretrain_generator, "va"),
            (evaluate, None)]
 
 
