@@ -33,17 +33,25 @@ def get_config(arg=None):
   c.eval.seed = 12345  # held-out EmoShapes world seed
   c.eval.num_examples = 128  # held-out images judged at each eval
   c.eval.batch_size = 64  # images per jitted greedy-decoding batch
+  c.eval.feedback_examples = 64  # held-out feedback turns answered at each eval (when data.feedback_share > 0)
 
   c.optim = cu.optimizer(lr=1e-3, grad_clip=1.0, weight_decay=0.0, warmup_steps=50)
   c.mesh = cu.mesh()
   c.sharding = cu.sharding()
 
-  if arg.preset == "smoke":
+  if arg.preset == "feedback":  # the second task: the shipped judge also learns to critique and rewrite
+    c.model.pretrained = "asset:lvlm_tiny"
+    c.data.seed = 5  # a world neither the judge's SFT (1) nor its GRPO (3) saw
+    c.data.feedback_share = 0.5
+    c.max_prompt_len, c.target_len = 216, 240  # the longest feedback question (215 with the image) and answer (239)
+    c.total_steps, c.checkpoint_every, c.eval_every = 450, 150, 150
+    c.optim = cu.optimizer(lr=5e-4, grad_clip=1.0, weight_decay=0.0, warmup_steps=20)
+  elif arg.preset == "smoke":
     c.total_steps, c.batch_size, c.checkpoint_every, c.eval_every = 4, 4, 2, 4
     c.eval.num_examples, c.eval.batch_size = 4, 4
     c.optim.warmup_steps = 0
   elif arg.preset != "full":
-    raise ValueError(f"unknown preset {arg.preset!r} for sft_lvlm; use full or smoke")
+    raise ValueError(f"unknown preset {arg.preset!r} for sft_lvlm; use full, feedback or smoke")
   return c
 
 
@@ -53,4 +61,5 @@ RANGES = {
     "max_prompt_len": cu.Int(1), "target_len": cu.Int(1),
     "model.preset": cu.OneOf("tiny"), "model.pretrained": cu.STR, "model.init_std": cu.Positive(),
     "eval.seed": cu.Int(0), "eval.num_examples": cu.Int(1), "eval.batch_size": cu.Int(1),
+    "eval.feedback_examples": cu.Int(1),
 }

@@ -46,16 +46,6 @@ def evaluate_lvlm(c) -> dict:
   return {"lvlm": os.path.abspath(c.lvlm), "data_seed": c.data.seed, "noise_max_std": c.data.noise_max_std} | out
 
 
-def read_prompts(path: str) -> list[str]:
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"prompts file {path} does not exist")
-  with open(path) as f:
-    prompts = [line.strip() for line in f if line.strip()]
-  if not prompts:
-    raise ValueError(f"prompts file {path} holds no prompt (one per line)")
-  return prompts
-
-
 def evaluate_generator(c, workdir: str) -> dict:
   from emojax.data import emoshapes
   from emojax.evaluation import report
@@ -68,7 +58,7 @@ def evaluate_generator(c, workdir: str) -> dict:
     raise FileExistsError(f"refusing to write the evaluation into {out_dir}: it is not empty and holds no earlier "
                           "evaluation (metrics.json); choose an empty or new --workdir")
   examples = [] if c.prompts_file else [emoshapes.make_example(c.data.seed, i) for i in range(c.data.num_prompts)]
-  prompts = read_prompts(c.prompts_file) if c.prompts_file else [ex["prompt"] for ex in examples]
+  prompts = report.read_prompts(c.prompts_file) if c.prompts_file else [ex["prompt"] for ex in examples]
   rows_prompts, va = report.grid_rows(prompts, c.grid)
   gen, gcfg, params = tiny.load_generator(c.generator)
   lvlm = LVLMJudgeReward.from_config(c.lvlm)

@@ -8,7 +8,7 @@ from configs import evaluate, generator, lvlm, pretrain_generator, sft_lvlm
 from emojax import config_utils as cu
 
 PRESETS = [(generator, "default"), (generator, "smoke"), (lvlm, "default"), (lvlm, "smoke"),
-           (sft_lvlm, "full"), (sft_lvlm, "smoke"), (pretrain_generator, "full"), (pretrain_generator, "smoke"),
+           (sft_lvlm, "full"), (sft_lvlm, "smoke"), (sft_lvlm, "feedback"), (pretrain_generator, "full"), (pretrain_generator, "smoke"),
            (pretrain_generator, "va"),
            (evaluate, None)]
 

@@ -15,7 +15,7 @@ from emojax import trainer
 from emojax.data import emoshapes
 from emojax.emotion.answer import format_answer, parse_answer
 from emojax.emotion.space import CATEGORIES
-from emojax.data import judge_targets, pipeline
+from emojax.data import feedback, judge_targets, pipeline
 from emojax.emotion import scoring
 from emojax.lvlm import judge, sampling
 from emojax.lvlm import processor as proc_lib
@@ -50,6 +50,35 @@ def test_targets_are_grounded_and_fit():
   for ids, m in zip(batch["target_ids"], batch["target_mask"]):
     n = m.sum()
     assert m[:n].all() and not m[n:].any() and ids[n - 1] == task.processor.eos_ids[0]
+
+
+def test_mixed_batches_ask_both_questions_and_fit_the_feedback_preset():
+  config = sft_config.get_config("feedback")
+  config.unlock()
+  config.model.pretrained = ""  # shapes only: a random init is enough
+  task = SFTLVLM(config)
+  it = iter(task.make_loader(0, 1))
+  raw = next(it)
+  tasks = raw["task"]
+  assert 0 < tasks.sum() < len(tasks)  # a share of 0.5 of 32 rows
+  questions, answers = sft_lvlm.turns(task.processor, raw)
+  for i, (q, a) in enumerate(zip(questions, answers)):
+    if tasks[i]:
+      target = (raw["feedback_valence"][i], raw["feedback_arousal"][i])
+      assert q.startswith(f"Target V{target[0]:+.1f} A{target[1]:+.1f}.") and str(raw["prompt"][i]) in q
+      assert a.endswith(feedback.oracle_rewrite(str(raw["prompt"][i]), *target) + "</prompt>")
+    else:
+      assert q == judge.question(task.processor) and parse_answer(a).well_formed
+  batch = task.host_batch(raw)
+  assert batch["attention_mask"].sum(1).max() <= config.max_prompt_len
+  assert batch["target_mask"].sum(1).max() <= config.target_len
+  # the records and their tasks are a pure function of the loader's seed: a resumed run sees the same batch
+  again = next(iter(task.make_loader(0, 1)))
+  np.testing.assert_array_equal(again["task"], tasks)
+  np.testing.assert_array_equal(again["feedback_valence"], raw["feedback_valence"])
+  config.max_prompt_len = 200
+  with pytest.raises(ValueError, match="below the longest feedback question"):
+    SFTLVLM(config)
 
 
 @pytest.fixture(scope="module")

@@ -80,20 +80,40 @@ def critique(target_va, judged_va, short: bool = False) -> str:
   return f"{seen}: {gap}" + (f"; make it {' and '.join(fixes)}" if fixes else "")
 
 
+def feedback_turn(prompt: str, target, judged, short: bool = True) -> tuple[str, str]:
+  """(question, SFT answer) of one feedback turn: the question carries `prompt` (the neutral prompt: the
+  content to keep), the target and the judged reading; the answer critiques the gap and rewrites the
+  prompt with the oracle's adjectives for the target. Targets print with one decimal, so pass them rounded."""
+  tv, ta = (float(x) for x in target)
+  judged = tuple(float(x) for x in judged)
+  answer = format_feedback(oracle_rewrite(prompt, tv, ta), critique((tv, ta), judged, short=short))
+  return feedback_prompt(prompt, tv, ta, judged, short=short), answer
+
+
+def longest_turn(short: bool = True) -> tuple[str, str]:
+  """The longest feedback question and answer the tiny world can make (three shapes of the longest kind
+  in the longest places, the longest adjectives and critique, four-character numbers), for length bounds."""
+  places = sorted(PLACES, key=len)[-3:]
+  neutral = join_phrases([f"a {max(SHAPES, key=len)} {p}" for p in places])
+  words = "bright muted cool"  # as long as any colour_adjectives output
+  question = feedback_prompt(neutral, -1.5, -1.5, (-1.5, -1.5), short=short)
+  rewritten = join_phrases([f"a {words} {max(SHAPES, key=len)} {p}" for p in places]) + f"{BACKGROUND_PREFIX}{words} background"
+  return question, format_feedback(rewritten, "too bright and too muted" if short else critique((3, -3), (-3, 3)))
+
+
 def feedback_example(seed: int, index: int, size: int = 32, target_std: float = 0.3) -> dict:
   """One procedural feedback (SFT) example of world `seed`: the image of example `index` stands for a
   generation of its neutral prompt; the target is the V-A of another example of the world (index + 1 of
   world seed + 1) jittered by `target_std` and clipped, so targets follow the world's own distribution;
-  the judged reading is the image's exact V-A; the answer critiques the gap and rewrites the neutral
-  prompt with the oracle's adjectives for the target. A pure function of its arguments."""
+  the judged reading is the image's exact V-A; the answer is `feedback_turn`'s. A pure function of its
+  arguments."""
   e = emoshapes.make_example(seed, index, size)
   other = emoshapes.make_example(seed + 1, index + 1, size)
   rng = np.random.default_rng((seed, index, 7))
   target = np.clip(np.array([other["valence"], other["arousal"]], np.float64) + rng.normal(0, target_std, 2), -3, 3)
   tv, ta = (round(float(x), 1) for x in target)  # the question prints one decimal; the answer must match it
   judged = (float(e["valence"]), float(e["arousal"]))
-  rewritten = oracle_rewrite(e["prompt"], tv, ta)
+  question, answer = feedback_turn(e["prompt"], (tv, ta), judged)
   return dict(image=e["image"], prompt=e["prompt"], valence=np.float32(tv), arousal=np.float32(ta),
               judged_valence=np.float32(judged[0]), judged_arousal=np.float32(judged[1]),
-              question=feedback_prompt(e["prompt"], tv, ta, judged, short=True),
-              answer=format_feedback(rewritten, critique((tv, ta), judged, short=True)), rewritten=rewritten)
+              question=question, answer=answer, rewritten=oracle_rewrite(e["prompt"], tv, ta))

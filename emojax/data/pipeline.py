@@ -76,6 +76,19 @@ class PixelNoise(grain.RandomMapTransform):
 
 
 @dataclasses.dataclass(frozen=True)
+class FeedbackTask(grain.RandomMapTransform):
+  """Marks a `share` of records for the LVLM's feedback task (task 1; the rest stay judge records, task 0)
+  and gives each a feedback target (V, A) uniform on [-3, 3]^2 at one decimal, as the question prints it:
+  a user may ask for any emotion, and the held-out grids reach the corners. grain seeds `rng` per record."""
+  share: float
+
+  def random_map(self, example, rng):
+    task = np.int32(rng.uniform() < self.share)
+    v, a = np.round(rng.uniform(VA_MIN, VA_MAX, size=2), 1).astype(np.float32)
+    return example | dict(task=task, feedback_valence=v, feedback_arousal=a)
+
+
+@dataclasses.dataclass(frozen=True)
 class RepeatGroups(grain.MapTransform):
   """Repeats each row group_size times contiguously: group i is rows i*G .. (i+1)*G - 1."""
   group_size: int
@@ -106,13 +119,15 @@ def _loader(source, operations, *, seed, shard_index, shard_count, num_epochs, w
 
 def grpo_prompt_loader(source, *, prompts_per_step: int, group_size: int, seed: int,
                        shard_index: int, shard_count: int, num_epochs=None, worker_count=0,
-                       target_mode="uniform", keep_images=False, pixel_noise=None, read_options=None):
+                       target_mode="uniform", keep_images=False, pixel_noise=None, read_options=None,
+                       more_operations=()):
   """Batches of prompts_per_step * group_size rows: each prompt and target G times in a row.
 
   target_mode "uniform" draws (V, A) uniformly on [-3, 3]^2 per record and step (the
   generator must learn to hit any target; the category follows the target), "data" keeps
   the source image's own (V, A). `emotional_prompt` always describes the source image.
-  `pixel_noise` (a PixelNoise, needs keep_images) augments images and their labels first.
+  `pixel_noise` (a PixelNoise, needs keep_images) augments images and their labels first;
+  `more_operations` (per-record transforms) run last, before batching.
   """
   if target_mode not in TARGET_MODES:
     raise ValueError(f"target_mode={target_mode!r}, expected one of {TARGET_MODES}")
@@ -121,7 +136,7 @@ def grpo_prompt_loader(source, *, prompts_per_step: int, group_size: int, seed: 
     operations.append(pixel_noise)
   if target_mode == "uniform":
     operations.append(UniformTargets())
-  operations += [grain.Batch(prompts_per_step, drop_remainder=True), RepeatGroups(group_size)]
+  operations += [*more_operations, grain.Batch(prompts_per_step, drop_remainder=True), RepeatGroups(group_size)]
   return _loader(source, operations, seed=seed, shard_index=shard_index,
                  shard_count=shard_count, num_epochs=num_epochs, worker_count=worker_count,
                  read_options=read_options)
@@ -139,11 +154,13 @@ def pretrain_loader(source, batch_size: int, seed: int, shard_index: int, shard_
 
 def image_loader(d, *, batch_size: int, seed: int, shard_index: int, shard_count: int):
   """Per-host batches of EmoShapes images with their own labels for the LVLM jobs (config.data `d`:
-  world seed, size, noise augmentation), one row per example: a prompt loader with groups of 1."""
+  world seed, size, noise augmentation, feedback-task share), one row per example: a prompt loader with
+  groups of 1."""
   source = emoshapes.EmoShapesSource(d.seed, d.num_examples, size=d.image_size)
   return grpo_prompt_loader(source, prompts_per_step=batch_size // shard_count, group_size=1, seed=seed,
                             shard_index=shard_index, shard_count=shard_count, target_mode="data",
-                            keep_images=True, pixel_noise=PixelNoise(d.noise_prob, d.noise_max_std))
+                            keep_images=True, pixel_noise=PixelNoise(d.noise_prob, d.noise_max_std),
+                            more_operations=[FeedbackTask(d.feedback_share)] if d.feedback_share > 0 else [])
 
 
 def labelled_split(seed: int, num_examples: int, size: int = 32, noise_max_std: float = 0.0) -> dict[str, np.ndarray]:

@@ -32,6 +32,16 @@ CSV_FIELDS = ("file", "prompt", "target_valence", "target_arousal", "judged_vale
               "judged_category", "colour_valence", "colour_arousal", "clip_score", "pickscore", "clip_iqa")
 
 
+def read_prompts(path: str) -> list[str]:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"prompts file {path} does not exist")
+  with open(path) as f:
+    prompts = [line.strip() for line in f if line.strip()]
+  if not prompts:
+    raise ValueError(f"prompts file {path} holds no prompt (one per line)")
+  return prompts
+
+
 def grid_rows(prompts, grid) -> tuple[list[str], np.ndarray]:
   """Every prompt at every (V, A) of grid x grid: (prompts, targets (N, 2)), prompt-major, then V, then A."""
   grid = np.asarray(grid, np.float32)
@@ -43,10 +53,14 @@ def grid_rows(prompts, grid) -> tuple[list[str], np.ndarray]:
 
 
 def generate(gen, gcfg, params, prompts, va, *, seed: int, batch_size: int, num_steps: int, shift: float,
-             cfg_scale: float, progress: bool = True) -> np.ndarray:
-  """uint8 images (N, H, W, 3): row i from the noise fold_in(key(seed), i), whatever the batching."""
+             cfg_scale: float, progress: bool = True, noise_ids=None) -> np.ndarray:
+  """uint8 images (N, H, W, 3): row i from the noise fold_in(key(seed), noise_ids[i]) (default i), whatever
+  the batching."""
   tok = tiny.tokenizer_for(gcfg)
   key = jax.random.key(seed)
+  noise_ids = np.arange(len(prompts)) if noise_ids is None else np.asarray(noise_ids)
+  if len(noise_ids) != len(prompts):
+    raise ValueError(f"{len(prompts)} prompts but {len(noise_ids)} noise ids")
   out = []
   starts = range(0, len(prompts), batch_size)
   if progress:
@@ -56,7 +70,7 @@ def generate(gen, gcfg, params, prompts, va, *, seed: int, batch_size: int, num_
     idx = np.arange(start, min(start + batch_size, len(prompts)))
     pad = np.concatenate([idx, np.full(batch_size - len(idx), idx[-1])])
     batch_prompts = [prompts[i] for i in pad]
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(pad))
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(noise_ids[pad]))
     images = _generate_rows(gen, params, tok(batch_prompts), tok([""] * batch_size), jnp.asarray(va[pad]), keys,
                             num_steps=num_steps, shift=shift, cfg_scale=cfg_scale)
     out.append(to_uint8(np.asarray(images))[:len(idx)])

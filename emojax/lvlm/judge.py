@@ -22,11 +22,16 @@ SFT_HINT = ("make one with `python -m emojax.train --config=configs/sft_lvlm.py 
             "(or a transformers Qwen2.5-VL directory)")
 
 
+ASSET_PREFIX = "asset:"
+
+
 def load_lvlm(path: str):
   """-> (QwenVL, QwenVLConfig, host params, Processor) from an emojax LVLM export (config.json +
-  params.safetensors, as the LVLM jobs export) or a transformers Qwen2.5-VL directory
+  params.safetensors, as the LVLM jobs export; "asset:NAME" names a shipped one) or a transformers Qwen2.5-VL directory
   (config.json + model*.safetensors + tokenizer files). One-line errors otherwise."""
   path = os.fspath(path or "")
+  if path.startswith(ASSET_PREFIX):  # "asset:lvlm_tiny": a directory shipped in emojax/assets
+    path = assets.asset_dir(path[len(ASSET_PREFIX):])
   if not path:
     raise ValueError(f"no LVLM directory given; {SFT_HINT}")
   if not os.path.isdir(path):
@@ -56,21 +61,32 @@ def judge_batch(processor: proc_lib.Processor, images, max_prompt_len: int) -> d
   return proc_lib.prompt_batch(processor, images, question(processor), max_prompt_len)
 
 
-def judge(model, params, processor, images, *, batch_size: int, max_prompt_len: int, max_new_tokens: int) -> list[str]:
-  """Greedy answers (text, special tokens dropped) for uint8 images, in fixed-size jitted batches
-  (the last one padded with copies of its final image, whose answers are dropped)."""
+def answer(model, params, processor, images, questions, *, batch_size: int, max_prompt_len: int,
+           max_new_tokens: int) -> list[str]:
+  """Greedy answers (text, special tokens dropped) to one question per uint8 image (or one for all), in
+  fixed-size jitted batches (the last one padded with copies of its final row, whose answers are dropped)."""
   images = np.asarray(images)
+  questions = [questions] * len(images) if isinstance(questions, str) else list(questions)
+  if len(questions) != len(images):
+    raise ValueError(f"{len(images)} images but {len(questions)} questions")
   texts = []
   for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
+    chunk, asked = images[start:start + batch_size], questions[start:start + batch_size]
     n = len(chunk)
     chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, 0)])
-    out = sampling.sample(model, params, judge_batch(processor, chunk, max_prompt_len), jax.random.key(0),
-                          max_new_tokens=max_new_tokens, eos_ids=processor.eos_ids, pad_id=processor.pad_id,
-                          temperature=0.0)
+    asked = asked + asked[-1:] * (batch_size - n)
+    out = sampling.sample(model, params, proc_lib.prompt_batch(processor, chunk, asked, max_prompt_len),
+                          jax.random.key(0), max_new_tokens=max_new_tokens, eos_ids=processor.eos_ids,
+                          pad_id=processor.pad_id, temperature=0.0)
     tokens, mask = np.asarray(out["tokens"]), np.asarray(out["mask"])
     texts += [processor.decode(tok[m > 0], skip_special_tokens=True) for tok, m in zip(tokens[:n], mask[:n])]
   return texts
+
+
+def judge(model, params, processor, images, *, batch_size: int, max_prompt_len: int, max_new_tokens: int) -> list[str]:
+  """Greedy judge answers for uint8 images (`answer` with the judge question)."""
+  return answer(model, params, processor, images, question(processor), batch_size=batch_size,
+                max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens)
 
 
 def evaluate(model, params, processor, split: dict, *, batch_size: int, max_prompt_len: int,

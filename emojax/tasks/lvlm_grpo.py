@@ -41,6 +41,9 @@ class LVLMGRPO:
 
   def __init__(self, config):
     self.config = c = config
+    if c.data.feedback_share > 0:
+      raise ValueError("data.feedback_share > 0: LVLM GRPO trains the judge task only; the feedback task is "
+                       "taught by configs/sft_lvlm.py:feedback")
     self.model, self.qcfg, self._pretrained, self.processor = judge.load_lvlm(
         c.model.pretrained or assets.asset_dir(SHIPPED_SFT_JUDGE))
     self.global_batch_size = c.images_per_step

@@ -1,7 +1,10 @@
 """Supervised fine-tuning of the Qwen2.5-VL judge on EmoShapes (produces the tiny LVLM).
 
 Teacher forcing on the judge question with the image -> the canonical answer (target text:
-`emojax.data.judge_targets`; layout: `emojax.lvlm.sampling.target_logits`). This is what gives the tiny judge its answer format and a first reading of
+`emojax.data.judge_targets`; layout: `emojax.lvlm.sampling.target_logits`). With
+`data.feedback_share` > 0 that share of rows asks the feedback question instead (`data.feedback`: the
+row's neutral prompt, a target uniform on [-3, 3]^2, the image's own V-A as the judged reading) and
+teaches the critique and the oracle's rewrite, so one model judges and writes feedback. This is what gives the tiny judge its answer format and a first reading of
 colour before LVLM GRPO sharpens it with multi-task rewards; the loss is the mean cross-entropy
 over answer tokens only. Every eval_every steps the judge answers a held-out EmoShapes split
 greedily, scored against the colour judge's labels and the predict-the-mean baseline.
@@ -13,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from emojax import optim, trainer
-from emojax.data import judge_targets, pipeline
+from emojax.emotion import prompts
+from emojax.data import feedback, judge_targets, pipeline
 from emojax.io import assets
 from emojax.lvlm import judge, sampling
 from emojax.lvlm import processor as proc_lib
@@ -29,14 +33,30 @@ def make_model(model_config):
   return qv.QwenVL(cfg), cfg, None, proc_lib.Processor.tiny(cfg)
 
 
+def turns(processor, raw: dict) -> tuple[list[str], list[str]]:
+  """(questions, answers) of a loader batch: the judge turn per row, or the feedback turn where
+  raw["task"] is 1 (pipeline.FeedbackTask)."""
+  tasks = raw.get("task", np.zeros(len(raw["image"]), np.int32))
+  questions, answers = [], []
+  for i, (im, ep, v, a, c) in enumerate(zip(raw["image"], raw["emotional_prompt"], raw["valence"], raw["arousal"],
+                                            raw["category"])):
+    if tasks[i]:
+      target = (raw["feedback_valence"][i], raw["feedback_arousal"][i])
+      q, t = feedback.feedback_turn(str(raw["prompt"][i]), target, (v, a), short=processor.is_tiny)
+    else:
+      q, t = judge.question(processor), judge_targets.target_text(im, ep, v, a, c)
+    questions.append(q)
+    answers.append(t)
+  return questions, answers
+
+
 def sft_batch(processor, raw: dict, max_prompt_len: int, target_len: int) -> dict[str, np.ndarray]:
-  """A loader batch (uint8 images, emotional prompts, V, A, category) -> numpy model inputs.
-  pixel_values is (B, patches per image, patch_dim) so sharding the batch axis keeps each image's
-  patches with its row; the step flattens it back (all images share one size, hence one grid)."""
+  """A loader batch (uint8 images, prompts, V, A, category; task and feedback targets if mixed) -> numpy
+  model inputs. pixel_values is (B, patches per image, patch_dim) so sharding the batch axis keeps each
+  image's patches with its row; the step flattens it back (all images share one size, hence one grid)."""
   images = np.asarray(raw["image"])
-  p = judge.judge_batch(processor, images, max_prompt_len)
-  texts = [judge_targets.target_text(im, ep, v, a, c) for im, ep, v, a, c in
-           zip(images, raw["emotional_prompt"], raw["valence"], raw["arousal"], raw["category"])]
+  questions, texts = turns(processor, raw)
+  p = proc_lib.prompt_batch(processor, images, questions, max_prompt_len)
   ids, mask = proc_lib.target_batch(processor, texts, target_len)
   return {"input_ids": p["input_ids"], "attention_mask": p["attention_mask"],
           "pixel_values": p["pixel_values"].reshape(len(images), -1, p["pixel_values"].shape[-1]),
@@ -53,19 +73,42 @@ def sft_loss(logits, target_ids, target_mask) -> tuple[jax.Array, jax.Array]:
   return (nll * m).sum() / n, ((jnp.argmax(lp, -1) == target_ids) * m).sum() / n
 
 
+def feedback_metrics(texts, examples) -> dict[str, float]:
+  """Feedback answers against their examples: format_rate (exactly think + prompt blocks), content_rate
+  (the rewrite keeps every shape in its place), exact_rate (the rewrite is the oracle's, adjectives too)."""
+  rewrites = [prompts.parse_feedback(t) for t in texts]
+  return {"format_rate": float(np.mean([prompts.feedback_well_formed(t) for t in texts])),
+          "content_rate": float(np.mean([r is not None and feedback.content_kept(e["prompt"], r)
+                                         for r, e in zip(rewrites, examples)])),
+          "exact_rate": float(np.mean([r == e["rewritten"] for r, e in zip(rewrites, examples)]))}
+
+
 class SFTLVLM:
-  progress_keys = ("loss", "token_acc", "eval/valence_mae", "eval/format_rate")
+  progress_keys = ("loss", "token_acc", "eval/valence_mae", "eval/format_rate", "eval/feedback_exact_rate")
 
   def __init__(self, config):
     self.config = c = config
     self.model, self.qcfg, self._pretrained, self.processor = make_model(c.model)
     self.global_batch_size = c.batch_size
-    need = judge_targets.max_target_tokens(self.processor)
+    need, need_prompt = judge_targets.max_target_tokens(self.processor), 0
+    if c.data.feedback_share > 0:
+      if not self.processor.is_tiny:
+        raise ValueError("data.feedback_share > 0 needs the tiny world's byte-level LVLM (its feedback answers "
+                         "are EmoShapes rewrites); set data.feedback_share=0 for this model")
+      question, answer = feedback.longest_turn()
+      _, grid = self.processor.image(np.zeros((c.data.image_size,) * 2 + (3,), np.uint8))
+      need = max(need, len(self.processor.tokenizer.encode(answer)) + 1)
+      need_prompt = len(self.processor.encode(prompts.chat_text(question), [grid]))
     if c.target_len < need:
       raise ValueError(f"target_len={c.target_len} is below the longest SFT answer ({need} tokens)")
+    if c.max_prompt_len < need_prompt:
+      raise ValueError(f"max_prompt_len={c.max_prompt_len} is below the longest feedback question ({need_prompt} "
+                       "tokens with the image)")
     self.grid = proc_lib.image_grid(self.processor, c.data.image_size, c.batch_size)
     self.tx = optim.make_optimizer(c.optim, c.total_steps)
     self.eval_split = pipeline.labelled_split(c.eval.seed, c.eval.num_examples, c.data.image_size)
+    self.eval_feedback = [feedback.feedback_example(c.eval.seed, i, c.data.image_size)
+                          for i in range(c.eval.feedback_examples if c.data.feedback_share > 0 else 0)]
 
   def make_loader(self, shard_index, shard_count):
     return pipeline.image_loader(self.config.data, batch_size=self.global_batch_size, seed=self.config.seed,
@@ -102,7 +145,13 @@ class SFTLVLM:
     c = self.config
     m = judge.evaluate(self.model, params, self.processor, self.eval_split, batch_size=c.eval.batch_size,
                        max_prompt_len=c.max_prompt_len, max_new_tokens=c.target_len)
-    return {f"eval/{k}": v for k, v in m.items() if isinstance(v, float)}  # the baseline too, to read beside it
+    out = {f"eval/{k}": v for k, v in m.items() if isinstance(v, float)}  # the baseline too, to read beside it
+    if self.eval_feedback:
+      texts = judge.answer(self.model, params, self.processor, np.stack([e["image"] for e in self.eval_feedback]),
+                           [e["question"] for e in self.eval_feedback], batch_size=c.eval.batch_size,
+                           max_prompt_len=c.max_prompt_len, max_new_tokens=c.target_len)
+      out |= {f"eval/feedback_{k}": v for k, v in feedback_metrics(texts, self.eval_feedback).items()}
+    return out
 
   def on_step_end(self, step, state, metrics, workdir):
     c = self.config
