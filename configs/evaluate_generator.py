@@ -24,6 +24,13 @@ def get_config(arg=None):
   c.shift = 3.0  # SD3 sigma-schedule shift
   c.cfg_scale = 1.0  # classifier-free guidance (1 = off, as the GRPO rollouts)
 
+  c.feedback = ml_collections.ConfigDict()
+  c.feedback.rounds = 0  # test-time feedback rounds per (prompt, V, A); 0 = one image each, no loop
+  c.feedback.images_per_round = 8  # images per round and request (the paper: 3 rounds x 8)
+  c.feedback.rewrite = True  # rewrite the prompt between rounds (false: selection alone, same budget)
+  c.feedback.rewriter = "lvlm"  # who rewrites: the LVLM, or the tiny world's closed-form "oracle" (a reference)
+  c.feedback.stop_error = 0.0  # stop a request once its judged |dV| + |dA| is below this (0 = never)
+
   c.data = ml_collections.ConfigDict()
   c.data.seed = 12345  # held-out EmoShapes world of the prompts
   c.data.num_prompts = 4  # its first n neutral prompts
@@ -35,4 +42,6 @@ RANGES = {
     "mode": cu.OneOf("generator"), "generator": cu.STR, "prompts_file": cu.STR, "grid": cu.Floats(-3.0, 3.0), "seed": cu.Int(0),
     "batch_size": cu.Int(1), "num_steps": cu.Int(1, 1000), "shift": cu.Positive(), "cfg_scale": cu.Float(0.0),
     "data.seed": cu.Int(0), "data.num_prompts": cu.Int(1),
+    "feedback.rounds": cu.Int(0), "feedback.images_per_round": cu.Int(1), "feedback.rewrite": cu.BOOL,
+    "feedback.rewriter": cu.OneOf("lvlm", "oracle"), "feedback.stop_error": cu.Float(0.0),
 }

@@ -40,7 +40,7 @@ DEFAULT_LOGICAL_RULES = (
 @dataclasses.dataclass(frozen=True)
 class Range:
   """A field's valid values: a number interval, a set of choices, or a type (see the helpers below)."""
-  kind: str  # "int" | "float" | "bool" | "str" | "choice" | "names" | "floats" | "any"
+  kind: str  # "int" | "float" | "bool" | "str" | "choice" | "names" | "floats" | "ints" | "any"
   lo: float | None = None
   hi: float | None = None
   lo_open: bool = False
@@ -55,6 +55,8 @@ class Range:
       return "a tuple of names" + (" from " + ", ".join(map(repr, self.choices)) if self.choices else "")
     if self.kind == "floats":
       return f"a non-empty tuple of numbers in [{self.lo:g}, {self.hi:g}]"
+    if self.kind == "ints":
+      return f"a non-empty tuple of distinct integers >= {self.lo:g}"
     if self.kind in ("bool", "str", "any"):
       return {"bool": "True or False", "str": "a string", "any": "anything"}[self.kind]
     noun = "an integer" if self.kind == "int" else "a number"
@@ -83,6 +85,9 @@ class Range:
     if self.kind == "floats":
       return (isinstance(v, (tuple, list)) and len(v) > 0 and all(
           isinstance(x, (int, float)) and not isinstance(x, bool) and self.lo <= x <= self.hi for x in v))
+    if self.kind == "ints":
+      return (isinstance(v, (tuple, list)) and len(v) > 0 and len(set(v)) == len(v) and all(
+          isinstance(x, int) and not isinstance(x, bool) and x >= self.lo for x in v))
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (self.kind == "int" and not float(v).is_integer()):
       return False
     if v in self.also:
@@ -120,6 +125,10 @@ def Names(*allowed) -> Range:
 
 def Floats(lo: float, hi: float) -> Range:
   return Range("floats", lo, hi)
+
+
+def Ints(lo: int) -> Range:
+  return Range("ints", lo)
 
 
 BOOL, STR, ANY = Range("bool"), Range("str"), Range("any")

@@ -12,7 +12,10 @@ V-A of `grid` from fixed noise and reads each image with the LVLM judge, the col
 preference model (emojax.evaluation.report), adds pickscore_min_cell (the lowest PickScore mean of one V-A
 target, where a noise column shows) and, for split prompts, pickscore_clean (the split's own clean renders
 of the same prompts: the level a generator that stays a picture keeps); writes OUT/metrics.json (also printed as one JSON line),
-OUT/per_image.csv, OUT/images/, OUT/va_grid.png and OUT/va_scatter.png. OUT is written whole or not at
+OUT/per_image.csv, OUT/images/, OUT/va_grid.png and OUT/va_scatter.png. With feedback.rounds > 0 every
+(prompt, V, A) runs the test-time feedback loop (emojax.pipelines.feedback_loop; all requests of a round in
+one batch) and the metrics are those of the kept images, with per-round errors of the images kept so far
+and OUT/feedback_traces.json. OUT is written whole or not at
 all; a non-empty OUT that holds no earlier evaluation is refused.
 """
 from __future__ import annotations
@@ -47,37 +50,30 @@ def evaluate_lvlm(c) -> dict:
 
 
 def evaluate_generator(c, workdir: str) -> dict:
-  from emojax.data import emoshapes
-  from emojax.evaluation import report
+  from emojax.evaluation import generator_run, report
   from emojax.io import assets
+  from emojax.pipelines import feedback_loop as fl
   from emojax.pipelines import tiny
-  from emojax.rewards.clip_scores import PickScoreReward
-  from emojax.rewards.lvlm_judge import LVLMJudgeReward
   out_dir = os.path.abspath(workdir)
   if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, "metrics.json")):
     raise FileExistsError(f"refusing to write the evaluation into {out_dir}: it is not empty and holds no earlier "
                           "evaluation (metrics.json); choose an empty or new --workdir")
-  examples = [] if c.prompts_file else [emoshapes.make_example(c.data.seed, i) for i in range(c.data.num_prompts)]
-  prompts = report.read_prompts(c.prompts_file) if c.prompts_file else [ex["prompt"] for ex in examples]
+  prompts, examples = generator_run.grid_prompts(c)
   rows_prompts, va = report.grid_rows(prompts, c.grid)
-  gen, gcfg, params = tiny.load_generator(c.generator)
-  lvlm = LVLMJudgeReward.from_config(c.lvlm)
-  preference = PickScoreReward.from_config(c.preference)
-  t0 = time.perf_counter()
-  images = report.generate(gen, gcfg, params, rows_prompts, va, seed=c.seed, batch_size=c.batch_size,
-                           num_steps=c.num_steps, shift=c.shift, cfg_scale=c.cfg_scale, progress=_PROGRESS.value)
-  logging.info("generated %d images in %.1f s", len(images), time.perf_counter() - t0)
-  rows = report.judge_rows(images, rows_prompts, va, lvlm_answers=lvlm.answers(images), scorer=preference.scorer,
-                           iqa_pair=preference.iqa_pair)
-  summary = {"generator": os.path.abspath(tiny.generator_dir(c.generator)), **report.summary(rows)}
+  judges = generator_run.Judges.from_config(c)
+  out = generator_run.run(c, judges, rows_prompts, va, progress=_PROGRESS.value)
+  summary = {"generator": os.path.abspath(tiny.generator_dir(c.generator)), **out["summary"]}
   if examples:  # the clean level: the split's own renders of the same prompts
     clean = np.stack([ex["image"] for ex in examples])
-    summary["pickscore_clean"] = float(preference.scorer.pickscore(clean, prompts).mean())
+    summary["pickscore_clean"] = float(judges.preference.scorer.pickscore(clean, prompts).mean())
 
   def write(tmp):
-    report.write(tmp, rows_prompts, images, rows, c.grid)
+    report.write(tmp, rows_prompts, out["images"], out["rows"], c.grid)
     with open(os.path.join(tmp, "metrics.json"), "w") as f:
       json.dump(summary, f, indent=1)
+    if out["traces"] is not None:
+      with open(os.path.join(tmp, "feedback_traces.json"), "w") as f:
+        json.dump([fl.trace_json(t) for t in out["traces"]], f, indent=1)
   assets.save_directory(out_dir, write, is_export=lambda d: os.path.isfile(os.path.join(d, "metrics.json")))
   return summary
 

@@ -89,10 +89,15 @@ def main(argv):
   for path, what in ((_GENERATOR.value, "generator"), (_LVLM.value, "LVLM"), (_PREFERENCE.value, "preference")):
     if path and not os.path.isdir(path):
       raise FileNotFoundError(f"{what} directory {path} does not exist")
-  models, content_kept = fl.tiny_models(
-      _GENERATOR.value, cu.lvlm_judge(_LVLM.value, batch_size=_BATCH.value),
-      cu.preference_model(_PREFERENCE.value, batch_size=_BATCH.value), seed=_SEED.value, num_steps=_NUM_STEPS.value,
-      shift=3.0, cfg_scale=_CFG.value, batch_size=_BATCH.value)
+  from emojax.data.feedback import content_kept
+  from emojax.pipelines import tiny
+  from emojax.rewards.clip_scores import PickScoreReward
+  from emojax.rewards.lvlm_judge import LVLMJudgeReward
+  gen, gcfg, params = tiny.load_generator(_GENERATOR.value)
+  judge_reward = LVLMJudgeReward.from_config(cu.lvlm_judge(_LVLM.value, batch_size=_BATCH.value))
+  scorer = PickScoreReward.from_config(cu.preference_model(_PREFERENCE.value, batch_size=_BATCH.value)).scorer
+  models = fl.tiny_models(gen, gcfg, params, judge_reward, scorer, seed=_SEED.value, num_steps=_NUM_STEPS.value,
+                          shift=3.0, cfg_scale=_CFG.value, batch_size=_BATCH.value)
   traces = fl.run(prompts, np.array(va, np.float32), models, rounds=_ROUNDS.value, images_per_round=_PER_ROUND.value,
                   stop_error=_STOP.value, rewrite=_REWRITE.value, content_kept=content_kept, progress=_PROGRESS.value)
 

@@ -85,7 +85,30 @@ def test_generator_evaluation_writes_metrics_csv_images_and_plots(tmp_path, tiny
   assert (out / "va_grid.png").stat().st_size > 1000 and (out / "va_scatter.png").stat().st_size > 1000
 
 
+def test_generator_evaluation_with_the_feedback_loop(tmp_path, tiny_preference):
+  out = tmp_path / "eval"
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("a circle in the center\na star at the top left and a ring on the right\n")
+  proc = _evaluate("--config=configs/evaluate_generator.py", f"--workdir={out}", f"--config.prompts_file={prompts}",
+                   "--config.grid=(-2.0,2.0)", "--config.batch_size=8", "--config.feedback.rounds=2",
+                   "--config.feedback.images_per_round=2", "--config.feedback.rewriter=oracle",
+                   f"--config.preference.path={tiny_preference[1] / 'export'}", "--config.num_steps=2", "--progress=false")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.loads((out / "metrics.json").read_text())
+  assert summary["n"] == 8 and summary["rewrite_accept_rate"] == 1.0  # the oracle keeps the content
+  first, last = summary["rounds"]
+  assert last["judged_error"] <= first["judged_error"]  # the kept image only gets better by the judge
+  traces = json.loads((out / "feedback_traces.json").read_text())
+  assert len(traces) == 8 and all(len(t["rounds"]) == 2 for t in traces)
+  rows = list(csv.DictReader((out / "per_image.csv").open()))
+  # the CSV holds the kept images: their LVLM readings are the traces' chosen ones
+  for row, t in zip(rows, traces):
+    best = t["rounds"][t["best"]["round"]]["images"][t["best"]["image"]]
+    assert float(row["judged_valence"]) == pytest.approx(best["valence"], abs=1e-4)
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--config.feedback.rewriter=human"], "feedback.rewriter='human' is out of range"),
     (["--config.grid=(-3.0,3.5)"], "config field grid=(-3.0, 3.5) is out of range"),
     (["--config.prompts_file=EMPTY"], "holds no prompt"),
     (["--config.generator=/nowhere/gen"], "/nowhere/gen does not exist"),

@@ -111,6 +111,21 @@ def summary(rows: dict[str, np.ndarray]) -> dict[str, float]:
           "clip_iqa": float(rows["clip_iqa"].mean()), "parse_rate": float(ok.mean()), "n": int(len(tv))}
 
 
+def feedback_summary(traces, kept_per_round, va: np.ndarray, settings: dict) -> dict:
+  """The feedback loop's settings, the share of rewrites accepted, and per round the colour-judged and
+  LVLM-judged errors of the images kept after that round."""
+  statuses = [rd["status"] for t in traces for rd in t["rounds"]]
+  rewrites = [s for s in statuses if s == "ok" or s.startswith(("unparsed", "refused"))]
+  per_round = []
+  for r, kept in enumerate(kept_per_round):
+    cv, ca = colour_judge_np(np.stack(kept))
+    judged = [min(e for rd in t["rounds"][:r + 1] for e in rd["error"]) for t in traces]
+    per_round.append({"round": r, "colour_valence_error": float(np.abs(cv - va[:, 0]).mean()),
+                      "colour_arousal_error": float(np.abs(ca - va[:, 1]).mean()), "judged_error": float(np.mean(judged))})
+  return {"feedback": settings, "rewrite_accept_rate": float(np.mean([s == "ok" for s in rewrites])) if rewrites else None,
+          "rounds": per_round}
+
+
 def min_cell_mean(x: np.ndarray, tv: np.ndarray, ta: np.ndarray) -> float:
   """The lowest mean of x over the prompts at one (V, A) of the grid: a V-A target whose images all
   turned to noise shows here even when the overall mean hides it."""

@@ -86,7 +86,8 @@ def run(neutral: Sequence[str], va, models: Models, *, rounds: int = 3, images_p
     raise ValueError(f"rounds={rounds} and images_per_round={images_per_round} must both be >= 1")
   if rewrite and models.rewrite is None:
     raise ValueError("rewrite=True needs a rewriter (Models.rewrite)")
-  traces = [{"neutral": str(p), "target": [float(v), float(a)], "rounds": [], "best": None, "best_error": np.inf}
+  traces = [{"neutral": str(p), "target": [float(v), float(a)], "rounds": [], "best": None, "best_error": np.inf,
+             "best_pickscore": -np.inf}
             for p, (v, a) in zip(neutral, va)]
   current = [str(p) for p in neutral]
   active = list(range(len(traces)))
@@ -116,8 +117,8 @@ def run(neutral: Sequence[str], va, models: Models, *, rounds: int = 3, images_p
           "prompt": current[i], "images": images[s], "answers": texts[s], "valence": read("valence"),
           "arousal": read("arousal"), "category": read("emotion"), "error": err[s].tolist(),
           "pickscore": pick[s].tolist(), "chosen": c, "feedback": None, "critique": "", "status": "final round"})
-      if err[s][c] < traces[i]["best_error"]:
-        traces[i]["best"], traces[i]["best_error"] = (r, c), float(err[s][c])
+      if (err[s][c], -pick[s][c]) < (traces[i]["best_error"], -traces[i]["best_pickscore"]):
+        traces[i]["best"], traces[i]["best_error"], traces[i]["best_pickscore"] = (r, c), float(err[s][c]), float(pick[s][c])
         traces[i]["best_image"] = images[s][c]
     stopped = [i for i in active if traces[i]["best_error"] < stop_error]
     for i in stopped:
@@ -170,28 +171,40 @@ def feedback_lengths(processor, image_size: int) -> tuple[int, int]:
   return len(processor.encode(prompt_lib.chat_text(question), [grid])), len(processor.tokenizer.encode(answer)) + 1
 
 
-def tiny_models(generator: str, lvlm, preference, *, seed: int, num_steps: int, shift: float, cfg_scale: float,
-                batch_size: int) -> tuple[Models, Callable]:
-  """(Models, content_kept) of the tiny world from directories ("" = shipped): the generator (ODE from
-  the noise ids), the LVLM (`config_utils.lvlm_judge` fields) as judge and rewriter, the preference model
-  (`config_utils.preference_model` fields) for PickScore."""
-  from emojax.data.feedback import content_kept
+def tiny_models(gen, gcfg, params, judge_reward, scorer, *, seed: int, num_steps: int, shift: float,
+                cfg_scale: float, batch_size: int, rewriter: str = "lvlm") -> Models:
+  """Models of the tiny world: the generator (ODE from the noise ids), the LVLM judge reward's model as
+  judge and (rewriter "lvlm") rewriter, or the closed-form "oracle" rewriter; the scorer's PickScore."""
   from emojax.evaluation import report
-  from emojax.pipelines import tiny
-  from emojax.rewards.clip_scores import PickScoreReward
-  from emojax.rewards.lvlm_judge import LVLMJudgeReward
-  gen, gcfg, params = tiny.load_generator(generator)
-  judge_reward = LVLMJudgeReward.from_config(lvlm)
-  scorer = PickScoreReward.from_config(preference).scorer
 
   def generate(prompts, va, noise_ids):
     return report.generate(gen, gcfg, params, prompts, va, seed=seed, batch_size=batch_size, num_steps=num_steps,
                            shift=shift, cfg_scale=cfg_scale, progress=False, noise_ids=noise_ids)
 
-  prompt_len, new_tokens = feedback_lengths(judge_reward.processor, gcfg.mmdit.sample_size)
-  rewriter = lvlm_rewriter(judge_reward.model, judge_reward.params, judge_reward.processor,
-                           batch_size=judge_reward.batch_size, max_prompt_len=prompt_len, max_new_tokens=new_tokens)
-  return Models(generate, judge_reward.answers, scorer.pickscore, rewriter), content_kept
+  if rewriter == "oracle":
+    rewrite = oracle_rewriter
+  elif rewriter == "lvlm":
+    prompt_len, new_tokens = feedback_lengths(judge_reward.processor, gcfg.mmdit.sample_size)
+    rewrite = lvlm_rewriter(judge_reward.model, judge_reward.params, judge_reward.processor,
+                            batch_size=judge_reward.batch_size, max_prompt_len=prompt_len, max_new_tokens=new_tokens)
+  else:
+    raise ValueError(f"unknown rewriter {rewriter!r}; use 'lvlm' or 'oracle'")
+  return Models(generate, judge_reward.answers, scorer.pickscore, rewrite)
+
+
+def best_so_far(traces: list[dict]) -> list[list[np.ndarray]]:
+  """Per round, each request's kept image after that round (a request that stopped keeps its best)."""
+  rounds = max(len(t["rounds"]) for t in traces)
+  out = []
+  for r in range(rounds):
+    kept = []
+    for t in traces:
+      seen = t["rounds"][:r + 1]
+      flat = [(e, -p, i, k) for i, rd in enumerate(seen) for k, (e, p) in enumerate(zip(rd["error"], rd["pickscore"]))]
+      _, _, i, k = min(flat)
+      kept.append(seen[i]["images"][k])
+    out.append(kept)
+  return out
 
 
 def trace_json(trace: dict, files: Sequence[Sequence[str]] | None = None) -> dict:
