@@ -8,7 +8,7 @@ import ml_collections
 
 from emojax import config_utils as cu
 
-ROWS = ("base", "rf", "tf", "rf_tf", "emotional_prompts", "oracle_tf")
+ROWS = ("base", "rf", "tf", "selection", "rf_tf", "emotional_prompts", "oracle_tf")
 
 
 def get_config(arg=None):

@@ -6,6 +6,8 @@ same noise for every row, the seed's own noise across seeds) every row of config
   base                the shipped generator, one image per (prompt, V, A)
   rf                  the RF generator
   tf                  the base generator with test-time textual feedback (rounds x images per round)
+  selection           the base generator, the same rounds x images on the same noise, the prompt kept:
+                      picking the best by the judge alone
   rf_tf               both
   emotional_prompts   reference: the base generator given, per target, the emotional prompt of the held-out
                       world's example (of 2000) whose own V-A is nearest the target (content differs)
@@ -53,7 +55,7 @@ def train_config(c, seed: int):
   return tc
 
 
-def eval_config(c, seed: int, generator: str, feedback_rounds: int = 0, rewriter: str = "lvlm"):
+def eval_config(c, seed: int, generator: str, feedback_rounds: int = 0, rewriter: str = "lvlm", rewrite: bool = True):
   """A configs/evaluate_generator.py config for one row."""
   from configs import evaluate_generator
   e = evaluate_generator.get_config()
@@ -61,6 +63,7 @@ def eval_config(c, seed: int, generator: str, feedback_rounds: int = 0, rewriter
   e.grid, e.num_steps, e.batch_size = tuple(c.eval.grid), c.eval.num_steps, c.eval.batch_size
   e.data.seed, e.data.num_prompts = c.eval.data_seed, c.eval.num_prompts
   e.feedback.rounds, e.feedback.images_per_round, e.feedback.rewriter = feedback_rounds, c.eval.images_per_round, rewriter
+  e.feedback.rewrite = rewrite
   return e
 
 
@@ -83,17 +86,17 @@ def run_seed(c, seed: int, workdir: str, judges) -> dict[str, dict]:
   if {"rf", "rf_tf"} & set(c.rows) and not os.path.isfile(os.path.join(rf_dir, "export", "config.json")):
     tc = train_config(c, seed)
     trainer.run(tc, rf_dir, make_task(tc), progress=_PROGRESS.value)
-  rows = {"base": ("", 0, "lvlm"), "rf": (os.path.join(rf_dir, "export"), 0, "lvlm"),
-          "tf": ("", c.eval.feedback_rounds, "lvlm"), "rf_tf": (os.path.join(rf_dir, "export"), c.eval.feedback_rounds, "lvlm"),
-          "emotional_prompts": ("", 0, "lvlm"), "oracle_tf": ("", c.eval.feedback_rounds, "oracle")}
+  rf, k = os.path.join(rf_dir, "export"), c.eval.feedback_rounds
+  rows = {"base": ("", 0, "lvlm", True), "rf": (rf, 0, "lvlm", True), "tf": ("", k, "lvlm", True),
+          "selection": ("", k, "lvlm", False), "rf_tf": (rf, k, "lvlm", True), "emotional_prompts": ("", 0, "lvlm", True),
+          "oracle_tf": ("", k, "oracle", True)}
   for name in c.rows:
     path = os.path.join(seed_dir, f"{name}.json")
     if os.path.isfile(path):
       with open(path) as f:
         out[name] = json.load(f)
       continue
-    generator, rounds, rewriter = rows[name]
-    e = eval_config(c, seed, generator, rounds, rewriter)
+    e = eval_config(c, seed, *rows[name])
     prompts, _ = generator_run.grid_prompts(e)
     rows_prompts, va = report.grid_rows(prompts, e.grid)
     if name == "emotional_prompts":

@@ -22,15 +22,17 @@ def test_smoke_ablation_writes_every_row_and_resumes(tmp_path):
   proc = _ablate("--config=configs/ablation.py:smoke", f"--workdir={out}", "--progress=false")
   assert proc.returncode == 0, proc.stderr[-3000:]
   table = json.loads((out / "ablation.json").read_text())
-  assert set(table["rows"]) == {"base", "rf", "tf", "rf_tf", "emotional_prompts", "oracle_tf"}
+  assert list(table["rows"]) == ["base", "rf", "tf", "selection", "rf_tf", "emotional_prompts", "oracle_tf"]
   base = json.loads((out / "seed0" / "base.json").read_text())
   assert table["rows"]["base"]["colour_sum_change"]["mean"] == 0.0
   assert table["rows"]["base"]["pickscore"]["mean"] == pytest.approx(base["pickscore"])
   assert (out / "seed0" / "rf" / "export" / "config.json").is_file()
   assert json.loads((out / "seed0" / "tf.json").read_text())["rounds"][-1]["round"] == 1
   md = (out / "ablation.md").read_text()
-  assert md.startswith("| row |") and [l.split(" | ")[0] for l in md.splitlines()[2:8]] == [
-      "| base", "| rf", "| tf", "| rf_tf", "| emotional_prompts", "| oracle_tf"]
+  assert md.startswith("| row |") and [l.split(" | ")[0] for l in md.splitlines()[2:9]] == [
+      "| base", "| rf", "| tf", "| selection", "| rf_tf", "| emotional_prompts", "| oracle_tf"]
+  kept = json.loads((out / "seed0" / "selection.json").read_text())
+  assert kept["rewrite_accept_rate"] is None and kept["feedback"]["rewrite"] is False
   # a rerun reads the finished rows instead of recomputing them
   (out / "seed0" / "rf.json").write_text(json.dumps({**json.loads((out / "seed0" / "rf.json").read_text()),
                                                      "clip_score": 123.0}))
