@@ -42,8 +42,10 @@ def train_config(c, seed: int):
   """The generator job's config for one run seed, with the ablation's protocol."""
   from emojax import config_utils
   path = c.train.config
+  beside = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)  # the repository's configs/
+  path = path if os.path.isfile(path) or os.path.isabs(path) or not os.path.isfile(beside) else beside
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"train.config {path} does not exist (run from the repository root)")
+    raise FileNotFoundError(f"train.config {c.train.config} does not exist (a path from the repository root)")
   spec = importlib.util.spec_from_file_location("_emojax_ablation_train", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -83,7 +85,8 @@ def run_seed(c, seed: int, workdir: str, judges) -> dict[str, dict]:
   out, seed_dir = {}, os.path.join(workdir, f"seed{seed}")
   os.makedirs(seed_dir, exist_ok=True)
   rf_dir = os.path.join(seed_dir, "rf")
-  if {"rf", "rf_tf"} & set(c.rows) and not os.path.isfile(os.path.join(rf_dir, "export", "config.json")):
+  pending = [r for r in ("rf", "rf_tf") if r in c.rows and not os.path.isfile(os.path.join(seed_dir, f"{r}.json"))]
+  if pending and not os.path.isfile(os.path.join(rf_dir, "export", "config.json")):
     tc = train_config(c, seed)
     trainer.run(tc, rf_dir, make_task(tc), progress=_PROGRESS.value)
   rf, k = os.path.join(rf_dir, "export"), c.eval.feedback_rounds
