@@ -6,6 +6,8 @@
 
 The shipped emojax/assets/lvlm_tiny_sft is this run with --config.data.noise_prob=0, continued for 300
 steps with the defaults from its export (--config.model.pretrained; the README has the commands).
+`:feedback` teaches a judge the second task (critique and rewrite) with half the rows asking it; the
+shipped emojax/assets/lvlm_tiny is that stage and its continuation, then configs/lvlm.py (README).
 """
 import ml_collections
 
@@ -40,7 +42,7 @@ def get_config(arg=None):
   c.sharding = cu.sharding()
 
   if arg.preset == "feedback":  # the second task: the shipped judge also learns to critique and rewrite
-    c.model.pretrained = "asset:lvlm_tiny"
+    c.model.pretrained = "asset:lvlm_tiny"  # the shipped judge (the README gives the chain that made today's asset)
     c.data.seed = 5  # a world neither the judge's SFT (1) nor its GRPO (3) saw
     c.data.feedback_share = 0.5
     c.max_prompt_len, c.target_len = 216, 240  # the longest feedback question (215 with the image) and answer (239)
