@@ -125,3 +125,13 @@ def test_trace_and_files_of_a_request(tmp_path):
   assert r0["images"][0]["file"] == "rounds/r0_0.png" and r0["critique"] and r0["status"] == "ok"
   assert {"valence", "arousal", "category", "judged_error", "pickscore"} <= set(r0["images"][0])
   assert out["best"]["judged_error"] == round(t["best_error"], 4)
+
+
+def test_the_rewriter_is_asked_with_the_neutral_prompt_every_round():
+  asked = []
+
+  def rewrite(images, prompts, va, judged):
+    asked.append(list(prompts))
+    return fl.oracle_rewriter(images, prompts, va, judged)
+  t = run([(2.0, -1.0)], rounds=3, models=models(rewrite=rewrite))[0]
+  assert asked == [[NEUTRAL], [NEUTRAL]] and t["rounds"][2]["prompt"] != NEUTRAL

@@ -3,8 +3,8 @@
 For every request (neutral prompt, target V, A): round 0 uses the neutral prompt; each round makes
 `images_per_round` images of the round's prompt at the target (all requests of a round in one
 generation call), the LVLM judges each, and the round's best image (lowest judged |V̂ - V| + |Â - A|,
-an unread answer counting as the worst in-range one; higher PickScore breaks ties) is shown with its
-prompt, the target and its reading to the rewriter, whose `<think>..</think><prompt>..</prompt>`
+an unread answer counting as the worst in-range one; higher PickScore breaks ties) is shown with the
+neutral prompt (the content to keep), the target and its reading to the rewriter, whose `<think>..</think><prompt>..</prompt>`
 answer is the next round's prompt. An answer that does not parse, or whose prompt loses, moves or
 invents a shape of the neutral prompt, is refused: the next round keeps the current prompt and the
 trace says why. A request stops early once its best judged error is under `stop_error`. The kept image
@@ -35,7 +35,7 @@ class Models:
   generate: Callable  # (prompts list[str], va (N, 2) float32, noise_ids (N,) int) -> uint8 (N, H, W, 3)
   judge: Callable  # uint8 images -> judge answer texts
   pickscore: Callable  # (uint8 images, prompts) -> (N,) float32
-  rewrite: Callable | None = None  # (uint8 images, prompts, va (N, 2), judged list[Answer | None]) -> answer texts
+  rewrite: Callable | None = None  # (uint8 images, neutral prompts, va (N, 2), judged list[Answer | None]) -> answer texts
 
 
 def judged_error(answers: Sequence[Answer | None], va: np.ndarray) -> np.ndarray:
@@ -131,7 +131,8 @@ def run(neutral: Sequence[str], va, models: Models, *, rounds: int = 3, images_p
         traces[i]["rounds"][-1]["status"] = "kept: rewriting is off"
       continue
     idx = [chosen[i] for i in active]
-    feedback = models.rewrite(images[idx], [current[i] for i in active], va[active], [answers[j] for j in idx])
+    # the question carries the neutral prompt (the content to keep); the current prompt's effect is in the image
+    feedback = models.rewrite(images[idx], [traces[i]["neutral"] for i in active], va[active], [answers[j] for j in idx])
     for i, text in zip(active, feedback):
       current[i], status = checked_rewrite(traces[i]["neutral"], current[i], text, content_kept)
       traces[i]["rounds"][-1].update(feedback=text, critique=critique_of(text), status=status)
@@ -143,20 +144,24 @@ def lvlm_rewriter(model, params, processor, *, batch_size: int, max_prompt_len: 
   byte-level tiny LVLM), answered greedily."""
   from emojax.lvlm import judge
 
-  def rewrite(images, current, va, judged):
+  def rewrite(images, neutral, va, judged):
     questions = [prompt_lib.feedback_prompt(p, float(v), float(a), j if j is not None else None, short=processor.is_tiny)
-                 for p, (v, a), j in zip(current, va, judged)]
+                 for p, (v, a), j in zip(neutral, va, judged)]
+    # a user's prompt may be longer than any world prompt: widen to it (in steps of 32, so few recompiles)
+    grid = processor.image(np.asarray(images)[0])[1]
+    longest = max(len(processor.encode(prompt_lib.chat_text(q), [grid])) for q in questions)
+    length = max(max_prompt_len, -(-longest // 32) * 32)
     return judge.answer(model, params, processor, images, questions, batch_size=batch_size,
-                        max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens)
+                        max_prompt_len=length, max_new_tokens=max_new_tokens)
   return rewrite
 
 
-def oracle_rewriter(images, current, va, judged) -> list[str]:
+def oracle_rewriter(images, neutral, va, judged) -> list[str]:
   """The tiny world's reference rewriter: the closed-form inverse of the colour model
   (`data.feedback.oracle_rewrite`) and the critique of the judged gap."""
   from emojax.data import feedback
   out = []
-  for p, (v, a), j in zip(current, va, judged):
+  for p, (v, a), j in zip(neutral, va, judged):
     gap = feedback.critique((v, a), (j.valence, j.arousal), short=True) if j is not None and j.valence is not None \
         and j.arousal is not None else "the reading did not parse"
     out.append(prompt_lib.format_feedback(feedback.oracle_rewrite(p, float(v), float(a)), gap))
