@@ -86,9 +86,6 @@ def main(argv):
   from emojax import config_utils as cu
   from emojax.io import assets
   from emojax.pipelines import feedback_loop as fl
-  for path, what in ((_GENERATOR.value, "generator"), (_LVLM.value, "LVLM"), (_PREFERENCE.value, "preference")):
-    if path and not os.path.isdir(path):
-      raise FileNotFoundError(f"{what} directory {path} does not exist")
   from emojax.data.feedback import content_kept
   from emojax.pipelines import tiny
   from emojax.rewards.clip_scores import PickScoreReward

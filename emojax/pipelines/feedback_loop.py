@@ -120,6 +120,7 @@ def run(neutral: Sequence[str], va, models: Models, *, rounds: int = 3, images_p
       if (err[s][c], -pick[s][c]) < (traces[i]["best_error"], -traces[i]["best_pickscore"]):
         traces[i]["best"], traces[i]["best_error"], traces[i]["best_pickscore"] = (r, c), float(err[s][c]), float(pick[s][c])
         traces[i]["best_image"] = images[s][c]
+      traces[i]["rounds"][-1]["kept"] = traces[i]["best"]  # the best (round, image) so far
     stopped = [i for i in active if traces[i]["best_error"] < stop_error]
     for i in stopped:
       traces[i]["rounds"][-1]["status"] = f"stopped: judged error {traces[i]['best_error']:.2f} < {stop_error:g}"
@@ -200,16 +201,8 @@ def tiny_models(gen, gcfg, params, judge_reward, scorer, *, seed: int, num_steps
 def best_so_far(traces: list[dict]) -> list[list[np.ndarray]]:
   """Per round, each request's kept image after that round (a request that stopped keeps its best)."""
   rounds = max(len(t["rounds"]) for t in traces)
-  out = []
-  for r in range(rounds):
-    kept = []
-    for t in traces:
-      seen = t["rounds"][:r + 1]
-      flat = [(e, -p, i, k) for i, rd in enumerate(seen) for k, (e, p) in enumerate(zip(rd["error"], rd["pickscore"]))]
-      _, _, i, k = min(flat)
-      kept.append(seen[i]["images"][k])
-    out.append(kept)
-  return out
+  kept = lambda t, r: t["rounds"][min(r, len(t["rounds"]) - 1)]["kept"]
+  return [[t["rounds"][kept(t, r)[0]]["images"][kept(t, r)[1]] for t in traces] for r in range(rounds)]
 
 
 def trace_json(trace: dict, files: Sequence[Sequence[str]] | None = None) -> dict:
