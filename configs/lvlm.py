@@ -2,6 +2,7 @@
 
   python -m emojax.train --config=configs/lvlm.py --workdir=/tmp/lvlm_grpo   # from the shipped SFT judge, ~10 min
   python -m emojax.train --config=configs/lvlm.py --workdir=/tmp/lvlm_grpo --config.model.pretrained=/tmp/sft/export
+  python -m emojax.train --config=configs/lvlm.py:feedback --workdir=/tmp/lvlm_feedback  # both tasks, from lvlm_tiny
   python -m emojax.train --config=configs/lvlm.py:smoke --workdir=/tmp/x     # seconds
 """
 import ml_collections
@@ -45,23 +46,47 @@ def get_config(arg=None):
       {"format": 1.0, "valence": 1.0, "arousal": 1.0, "category": 1.0})  # multitask component -> weight
   c.rewards.eps = 1.0  # V/A reward max(0, 1 - |err| / eps): zero beyond eps (a sixth of [-3, 3])
 
+  # the feedback task (rows of data.feedback_share): what a rewrite achieves, rendered and judged
+  c.feedback = ml_collections.ConfigDict()
+  c.feedback.generator = ""  # generator directory rendering the rewrites; "" = the shipped generator_tiny
+  c.feedback.judge = cu.lvlm_judge()  # the frozen LVLM judge reading the renders ("" = the shipped lvlm_tiny)
+  c.feedback.num_steps = 20  # ODE steps per render (as emojax.generate)
+  c.feedback.shift = 3.0  # SD3 sigma-schedule shift of the renders
+  c.feedback.cfg_scale = 1.0  # classifier-free guidance of the renders (1 = off)
+  c.feedback.batch_size = 32  # images per jitted render batch (the last one padded)
+  c.feedback.renders = 2  # images per rewrite, their rewards averaged (noise shared within a group)
+  c.feedback.noise_seed = 0  # key the render noise folds from
+  c.feedback.weights = ml_collections.ConfigDict(
+      {"format": 1.0, "content": 1.0, "valence": 1.0, "arousal": 1.0})  # feedback component -> weight
+  c.feedback.eps = 1.0  # V/A reward max(0, 1 - |err| / eps) of the render's judged reading
+
   c.eval = ml_collections.ConfigDict()
   c.eval.seed = 12345  # held-out EmoShapes world seed (as SFT's eval)
   c.eval.num_examples = 64  # held-out images judged greedily at each eval
   c.eval.batch_size = 64  # images per jitted greedy-decoding batch
   c.eval.at_start = True  # also evaluate the SFT judge at step 1 (the "before", keys *_start)
+  c.eval.feedback_examples = 32  # held-out feedback turns rewritten, rendered and judged at each eval (feedback task)
 
   c.optim = cu.optimizer(lr=5e-5, grad_clip=1.0, weight_decay=0.0, warmup_steps=10)
   c.mesh = cu.mesh()
   c.sharding = cu.sharding()
 
-  if arg.preset == "smoke":
+  if arg.preset in ("feedback", "feedback_smoke"):  # both tasks, from the shipped two-task LVLM
+    c.model.pretrained = "asset:lvlm_tiny"
+    c.data = cu.lvlm_data(seed=8)  # a world no earlier stage trained on
+    c.data.feedback_share = 0.5
+    c.max_prompt_len, c.max_new_tokens = 216, 240  # the longest feedback question (215 with the image) and answer (239)
+    c.total_steps, c.checkpoint_every, c.eval_every = 60, 30, 30
+  if arg.preset in ("smoke", "feedback_smoke"):
     c.total_steps, c.checkpoint_every, c.eval_every = 2, 2, 2
     c.images_per_step, c.group_size, c.max_new_tokens, c.grad_accum = 2, 4, 24, 2
-    c.eval.num_examples, c.eval.batch_size, c.eval.at_start = 2, 2, False
+    c.eval.num_examples, c.eval.batch_size, c.eval.at_start, c.eval.feedback_examples = 2, 2, False, 2
     c.optim.warmup_steps = 0
-  elif arg.preset != "default":
-    raise ValueError(f"unknown preset {arg.preset!r} for lvlm; use default or smoke")
+    c.feedback.num_steps, c.feedback.batch_size, c.feedback.renders = 2, 4, 1
+  if arg.preset == "feedback_smoke":
+    c.max_new_tokens, c.data.feedback_share = 240, 1.0
+  elif arg.preset not in ("default", "smoke", "feedback"):
+    raise ValueError(f"unknown preset {arg.preset!r} for lvlm; use default, feedback, smoke or feedback_smoke")
   return c
 
 
@@ -75,4 +100,8 @@ RANGES = {
     "model.pretrained": cu.STR, "model.frozen": cu.Names(*LVLM_GROUPS),
     "rewards.weights.*": cu.Float(0.0), "rewards.eps": cu.Positive(),
     "eval.seed": cu.Int(0), "eval.num_examples": cu.Int(1), "eval.batch_size": cu.Int(1), "eval.at_start": cu.BOOL,
+    "eval.feedback_examples": cu.Int(1), "feedback.generator": cu.STR, **cu.lvlm_judge_ranges("feedback.judge"),
+    "feedback.num_steps": cu.Int(1, 1000), "feedback.shift": cu.Positive(), "feedback.cfg_scale": cu.Float(0.0),
+    "feedback.batch_size": cu.Int(1), "feedback.renders": cu.Int(1), "feedback.noise_seed": cu.Int(0),
+    "feedback.weights.*": cu.Float(0.0), "feedback.eps": cu.Positive(),
 }

@@ -90,6 +90,16 @@ def feedback_turn(prompt: str, target, judged, short: bool = True) -> tuple[str,
   return feedback_prompt(prompt, tv, ta, judged, short=short), answer
 
 
+def task_questions(raw: dict, judge_question: str, short: bool = True) -> list[str]:
+  """The question of each row of an LVLM loader batch: the judge question, or where raw["task"] is 1
+  (`pipeline.FeedbackTask`) the feedback question on the row's neutral prompt, its feedback target and
+  the image's own V-A as the judged reading."""
+  tasks = raw.get("task", np.zeros(len(raw["image"]), np.int32))
+  return [feedback_prompt(str(raw["prompt"][i]), float(raw["feedback_valence"][i]), float(raw["feedback_arousal"][i]),
+                          (float(raw["valence"][i]), float(raw["arousal"][i])), short=short)
+          if tasks[i] else judge_question for i in range(len(tasks))]
+
+
 def longest_turn(short: bool = True) -> tuple[str, str]:
   """The longest feedback question and answer the tiny world can make (three shapes of the longest kind
   in the longest places, the longest adjectives and critique, four-character numbers), for length bounds."""

@@ -1,10 +1,15 @@
-"""LVLM GRPO: the SFT judge sharpened by multi-task rewards (format, valence, arousal, category).
+"""LVLM GRPO: the SFT judge sharpened by multi-task rewards (format, valence, arousal, category), and with
+data.feedback_share > 0 (`configs/lvlm.py:feedback`) the feedback task trained beside it.
 
 The trainer's three-stage step (emojax.trainer):
   experience (jitted): G answers per EmoShapes image, sampled with the KV cache at the configured
     temperature / top_p, with their per-token log-probs at that temperature (the old policy's);
   score (host): answers decoded to text and parsed; `multitask_reward` against the image's own V, A
-    and category (the colour judge's labels), per-component rewards kept for the metrics;
+    and category (the colour judge's labels), per-component rewards kept for the metrics; a feedback
+    row (`pipeline.FeedbackTask`: the row's neutral prompt, a uniform target, the image's own V-A as the
+    reading) earns `rewards.feedback.feedback_reward`: format, content kept, and what the rewrite
+    achieves — the generator (feedback.generator) renders it at the target from noise shared by the
+    group, a frozen LVLM judge (feedback.judge, not the policy, and never the colour judge) reads it;
   train_step (jitted): group advantages, token-level clipped loss + β·k3 KL to the SFT judge
     (emojax.rl.lvlm_step), one optax update per inner epoch.
 The batch has one row per image (B = images_per_step); experience and scores have B·G rows, sample g
@@ -20,17 +25,26 @@ agreement): a divergence from 1 is a numerics bug.
 from __future__ import annotations
 
 
+import zlib
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from emojax import optim, trainer
-from emojax.data import judge_targets, pipeline
+from emojax.data import feedback, judge_targets, pipeline
+from emojax.emotion.colour import colour_judge_np
+from emojax.evaluation import report
 from emojax.io import assets
 from emojax.lvlm import judge, sampling
 from emojax.lvlm import processor as proc_lib
+from emojax.pipelines import feedback_loop, tiny
+from emojax.rewards import feedback as fb_rewards
 from emojax.rewards import lvlm as lvlm_rewards
+from emojax.rewards.lvlm_judge import LVLMJudgeReward
 from emojax.rl import lvlm_step
+from emojax.tasks.sft_lvlm import feedback_metrics
 
 
 SHIPPED_SFT_JUDGE = "lvlm_tiny_sft"
@@ -41,9 +55,6 @@ class LVLMGRPO:
 
   def __init__(self, config):
     self.config = c = config
-    if c.data.feedback_share > 0:
-      raise ValueError("data.feedback_share > 0: LVLM GRPO trains the judge task only; the feedback task is "
-                       "taught by configs/sft_lvlm.py:feedback")
     self.model, self.qcfg, self._pretrained, self.processor = judge.load_lvlm(
         c.model.pretrained or assets.asset_dir(SHIPPED_SFT_JUDGE))
     self.global_batch_size = c.images_per_step
@@ -65,6 +76,32 @@ class LVLMGRPO:
     self._step = lvlm_step.make_train_step(logprob_fn=self.logprobs, optimizer=self.tx, hp=self.hp)
     self.eval_split = pipeline.labelled_split(c.eval.seed, c.eval.num_examples, c.data.image_size)
     self.last_texts: list[str] = []
+    self.eval_feedback = []
+    if c.data.feedback_share > 0:
+      self._init_feedback()
+
+  def _init_feedback(self):
+    """The feedback task's lengths, reward weights, renderer, frozen judge and held-out turns."""
+    c = self.config
+    if not self.processor.is_tiny:
+      raise ValueError("data.feedback_share > 0 needs the tiny world's byte-level LVLM (its feedback answers are "
+                       "EmoShapes rewrites); set data.feedback_share=0 for this model")
+    need_prompt, need_new = feedback_loop.feedback_lengths(self.processor, c.data.image_size)
+    if c.max_prompt_len < need_prompt or c.max_new_tokens < need_new:
+      raise ValueError(f"max_prompt_len={c.max_prompt_len}, max_new_tokens={c.max_new_tokens}: the feedback task needs "
+                       f"at least {need_prompt} and {need_new} (use configs/lvlm.py:feedback)")
+    f = c.feedback
+    self.fb_weights = {k: float(v) for k, v in f.weights.items()}
+    fb_rewards.feedback_reward([], [], np.zeros((0, 2)), [], self.fb_weights, render=None, read=None, eps=f.eps)
+    gen, gcfg, gparams = tiny.load_generator(f.generator)
+    gparams = jax.device_put(gparams)
+    self._render = lambda prompts, va, ids: report.generate(
+        gen, gcfg, gparams, prompts, np.asarray(va, np.float32), seed=f.noise_seed, batch_size=f.batch_size,
+        num_steps=f.num_steps, shift=f.shift, cfg_scale=f.cfg_scale, progress=False, noise_ids=ids)
+    reader = LVLMJudgeReward.from_config(f.judge)
+    self._read = lambda images: lvlm_rewards.parse_all(reader.answers(images))
+    self.eval_feedback = [feedback.feedback_example(c.eval.seed, i, c.data.image_size)
+                          for i in range(c.eval.feedback_examples)]
 
   # ------------------------------------------------------------------------------------------ data
 
@@ -73,9 +110,10 @@ class LVLMGRPO:
                                  shard_index=shard_index, shard_count=shard_count)
 
   def host_batch(self, raw):
-    """The judge question per image; pixel_values (B, patches, dim) so each image's patches shard with it."""
+    """The judge (or feedback) question per image; pixel_values (B, patches, dim) so each image's patches shard with it."""
     images = np.asarray(raw["image"])
-    p = judge.judge_batch(self.processor, images, self.config.max_prompt_len)
+    questions = feedback.task_questions(raw, judge.question(self.processor), short=self.processor.is_tiny)
+    p = proc_lib.prompt_batch(self.processor, images, questions, self.config.max_prompt_len)
     return {"input_ids": p["input_ids"], "attention_mask": p["attention_mask"],
             "pixel_values": p["pixel_values"].reshape(len(images), -1, p["pixel_values"].shape[-1])}
 
@@ -119,21 +157,50 @@ class LVLMGRPO:
             "finished": out["finished"]}
 
   def score(self, rows, raw):
-    """Host: decode this host's B·G answers, parse once, reward against each image's own labels."""
-    g = self.config.group_size
+    """Host: decode this host's B·G answers; judge rows are rewarded against each image's own labels,
+    feedback rows by `fb_rewards.feedback_reward`. Components of the other task's rows are NaN (the
+    step's metrics average each component over its own task's rows)."""
+    c, g = self.config, self.config.group_size
     texts = [self.processor.decode(t[m > 0], skip_special_tokens=True)
              for t, m in zip(np.asarray(rows["tokens"]), np.asarray(rows["completion_mask"]))]
-    answers = lvlm_rewards.parse_all(texts)
     rep = lambda k: np.repeat(np.asarray(raw[k]), g, axis=0)
-    total, parts = lvlm_rewards.multitask_reward(answers, rep("valence"), rep("arousal"), rep("category"),
-                                                 self.weights, self.config.rewards.eps)
+    is_fb = rep("task").astype(bool) if "task" in raw else np.zeros(len(texts), bool)
+    total = np.zeros(len(texts), np.float32)
+    out = {}
+
+    def put(name, idx, values):
+      out.setdefault(name, np.full(len(texts), np.nan, np.float32))[idx] = values
+
+    jr = np.flatnonzero(~is_fb)
+    if len(jr):
+      answers = lvlm_rewards.parse_all([texts[i] for i in jr])
+      t, parts = lvlm_rewards.multitask_reward(answers, rep("valence")[jr], rep("arousal")[jr], rep("category")[jr],
+                                               self.weights, c.rewards.eps)
+      total[jr] = t
+      put("reward/parsed", jr, [a is not None for a in answers])
+      for k, v in parts.items():
+        put(f"reward/{k}", jr, v)
+    fr = np.flatnonzero(is_fb)
+    if len(fr):
+      prompts = [str(p) for p in rep("prompt")[fr]]
+      targets = np.stack([rep("feedback_valence")[fr], rep("feedback_arousal")[fr]], -1)
+      # one noise per group (its answers differ only in their words), a pure function of the row
+      ids = [zlib.crc32(f"{p}|{v:.1f}|{a:.1f}".encode()) % (1 << 20) for p, (v, a) in zip(prompts, targets)]
+      t, parts = fb_rewards.feedback_reward([texts[i] for i in fr], prompts, targets, ids, self.fb_weights,
+                                            render=self._render, read=self._read, eps=c.feedback.eps,
+                                            renders=c.feedback.renders)
+      total[fr] = t
+      for k, v in parts.items():
+        put(f"reward/feedback_{k}", fr, v)
     self.last_texts = texts
-    out = {"rewards": total.astype(np.float32), "reward/parsed": np.array([a is not None for a in answers], np.float32)}
-    return out | {f"reward/{k}": v.astype(np.float32) for k, v in parts.items()}
+    return {"rewards": total, "task": is_fb.astype(np.float32), **out}
 
   def train_step(self, state, batch, rng, constants):
     state, metrics = self._step(state, batch, rng, constants)
-    metrics.update({k: batch[k].mean() for k in batch if k.startswith("reward/")})
+    for k in (k for k in batch if k.startswith("reward/")):  # over the rows where the component is defined
+      ok = jnp.isfinite(batch[k])
+      metrics[k] = jnp.where(ok, batch[k], 0.0).sum() / jnp.maximum(ok.sum(), 1)
+    metrics["feedback_rows"] = batch["task"].mean()
     metrics["completion_len"] = batch["completion_mask"].sum(1).mean()
     metrics["truncated_frac"] = 1.0 - batch["finished"].astype(jnp.float32).mean()
     return state, metrics
@@ -144,7 +211,34 @@ class LVLMGRPO:
     c = self.config
     m = judge.evaluate(self.model, params, self.processor, self.eval_split, batch_size=c.eval.batch_size,
                        max_prompt_len=c.max_prompt_len, max_new_tokens=c.max_new_tokens)
-    return {f"eval/{k}": v for k, v in m.items() if isinstance(v, float)}
+    out = {f"eval/{k}": v for k, v in m.items() if isinstance(v, float)}
+    if self.eval_feedback:
+      out |= {f"eval/feedback_{k}": v for k, v in self.evaluate_feedback(params).items()}
+    return out
+
+  def evaluate_feedback(self, params) -> dict[str, float]:
+    """Greedy rewrites of the held-out feedback turns: format, content and oracle-exact rates, and what
+    they achieve rendered at their targets (noise i for turn i): the frozen judge's |dV| + |dA| and the
+    colour judge's (the honest one), over the rewrites that keep their content."""
+    c, ex = self.config, self.eval_feedback
+    texts = judge.answer(self.model, params, self.processor, np.stack([e["image"] for e in ex]),
+                         [e["question"] for e in ex], batch_size=c.eval.batch_size, max_prompt_len=c.max_prompt_len,
+                         max_new_tokens=c.max_new_tokens)
+    targets = np.array([[e["valence"], e["arousal"]] for e in ex], np.float32)
+    seen = {}
+
+    def render(prompts, va, ids):
+      seen["images"], seen["va"] = self._render(prompts, va, ids), np.asarray(va)
+      return seen["images"]
+
+    eff = fb_rewards.effect_reward(texts, [e["prompt"] for e in ex], targets, np.arange(len(ex)), render=render,
+                                   read=self._read, eps=c.feedback.eps)
+    out = feedback_metrics(texts, ex)
+    if seen:
+      cv, ca = colour_judge_np(seen["images"])
+      out["colour_error"] = float(np.mean(np.abs(cv - seen["va"][:, 0]) + np.abs(ca - seen["va"][:, 1])))
+      out["judged_error"] = float(np.nanmean(eff["v_abs_err"] + eff["a_abs_err"]))
+    return out
 
   def on_step_end(self, step, state, metrics, workdir):
     c = self.config

@@ -37,16 +37,15 @@ def turns(processor, raw: dict) -> tuple[list[str], list[str]]:
   """(questions, answers) of a loader batch: the judge turn per row, or the feedback turn where
   raw["task"] is 1 (pipeline.FeedbackTask)."""
   tasks = raw.get("task", np.zeros(len(raw["image"]), np.int32))
-  questions, answers = [], []
+  questions = feedback.task_questions(raw, judge.question(processor), short=processor.is_tiny)
+  answers = []
   for i, (im, ep, v, a, c) in enumerate(zip(raw["image"], raw["emotional_prompt"], raw["valence"], raw["arousal"],
                                             raw["category"])):
     if tasks[i]:
       target = (raw["feedback_valence"][i], raw["feedback_arousal"][i])
-      q, t = feedback.feedback_turn(str(raw["prompt"][i]), target, (v, a), short=processor.is_tiny)
+      answers.append(feedback.feedback_turn(str(raw["prompt"][i]), target, (v, a), short=processor.is_tiny)[1])
     else:
-      q, t = judge.question(processor), judge_targets.target_text(im, ep, v, a, c)
-    questions.append(q)
-    answers.append(t)
+      answers.append(judge_targets.target_text(im, ep, v, a, c))
   return questions, answers
 
 
