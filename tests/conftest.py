@@ -16,6 +16,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 import dataclasses  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,3 +83,32 @@ def generator_config(asset, **over):
 def cli_env() -> dict:
   """Environment of CLI subprocesses: one CPU device, the tests' compilation cache."""
   return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "EMOJAX_COMPILATION_CACHE": _CACHE}
+
+
+def _random_lvlm_params(config, seed=0):
+  """Spiky random weights (small embeddings, large kernels, as tests/test_lvlm_sampling.py argues):
+  peaked next-token distributions, so log-prob mismatches would show, unlike a near-uniform init."""
+  from emojax.models import qwen_vl as qv
+  rng = np.random.default_rng(seed)
+
+  def leaf(path, s):
+    name = path[-1].key
+    if name in ("scale", "bias"):
+      return np.full(s.shape, float(name == "scale"), np.float32)
+    std = 0.05 if name == "embedding" else 2 / np.sqrt(s.shape[0])
+    return (std * rng.standard_normal(s.shape)).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(leaf, qv.param_shapes(config))
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+  """A 2-layer tiny-world LVLM (random) in the SFT export layout: half the layers compile in half the time."""
+  from emojax.io import assets
+  from emojax.models import qwen_vl as qv
+  t = qv.PRESETS["tiny"]
+  cfg = dataclasses.replace(t, num_hidden_layers=2, vision_config=dataclasses.replace(
+      t.vision_config, depth=2, fullatt_block_indexes=(1,)))
+  path = str(tmp_path_factory.mktemp("lvlm") / "export")
+  assets.save(path, _random_lvlm_params(cfg), cfg.to_dict())
+  return path

@@ -121,3 +121,20 @@ def test_feedback_task_needs_the_feedback_lengths():
   c.max_prompt_len = 120
   with pytest.raises(ValueError, match="the feedback task needs at least 215 and 239 .*configs/lvlm.py:feedback"):
     LVLMGRPO(c)
+
+
+def test_mixed_run_through_the_trainer_logs_both_tasks(tiny_export, tmp_path):
+  """One step of configs/lvlm.py:feedback_smoke with half the rows feedback turns, on the 2-layer random LVLM:
+  both tasks' questions fit the lengths, every component is logged (0 over a task with no rows), and the
+  feedback evaluation runs."""
+  from emojax import trainer
+  c = lvlm_config.get_config("feedback_smoke")
+  c.unlock()
+  c.model.pretrained = c.feedback.judge.path = tiny_export
+  c.data.feedback_share, c.total_steps, c.eval_every, c.mesh.num_devices = 0.5, 1, 1, 1
+  result = trainer.run(c, str(tmp_path), LVLMGRPO(c), progress=False)
+  (m,) = result.metrics
+  assert np.isfinite(m["loss"]) and 0 <= m["feedback_rows"] <= 1
+  for k in ("reward/format", "reward/valence", "reward/feedback_format", "reward/feedback_content",
+            "reward/feedback_valence", "eval/feedback_format_rate", "eval/feedback_content_rate", "eval/valence_mae"):
+    assert k in m and np.isfinite(m[k]), k

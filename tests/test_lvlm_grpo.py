@@ -1,6 +1,5 @@
 """LVLM GRPO: the on-policy ratio, exact gradient accumulation in both aggregation modes, the loss masks,
 the k3 KL, and a smoke run through the trainer that logs the reward components and exports."""
-import dataclasses
 import json
 
 import jax
@@ -12,39 +11,11 @@ import pytest
 from configs import lvlm as lvlm_config
 from emojax import optim, trainer
 from emojax.tasks import make_task
-from emojax.io import assets
-from emojax.models import qwen_vl as qv
 from emojax.rl import grpo, lvlm_step
 from emojax.lvlm import judge
 from emojax.tasks.lvlm_grpo import LVLMGRPO
 
 COMPONENTS = ("reward/format", "reward/valence", "reward/arousal", "reward/category")
-
-
-def _random_params(config, seed=0):
-  """Spiky random weights (small embeddings, large kernels, as tests/test_lvlm_sampling.py argues):
-  peaked next-token distributions, so log-prob mismatches would show, unlike a near-uniform init."""
-  rng = np.random.default_rng(seed)
-
-  def leaf(path, s):
-    name = path[-1].key
-    if name in ("scale", "bias"):
-      return np.full(s.shape, float(name == "scale"), np.float32)
-    std = 0.05 if name == "embedding" else 2 / np.sqrt(s.shape[0])
-    return (std * rng.standard_normal(s.shape)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(leaf, qv.param_shapes(config))
-
-
-@pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory):
-  """A 2-layer tiny-world LVLM (random) in the SFT export layout: half the layers compile in half the time."""
-  t = qv.PRESETS["tiny"]
-  cfg = dataclasses.replace(t, num_hidden_layers=2, vision_config=dataclasses.replace(
-      t.vision_config, depth=2, fullatt_block_indexes=(1,)))
-  path = str(tmp_path_factory.mktemp("lvlm") / "export")
-  assets.save(path, _random_params(cfg), cfg.to_dict())
-  return path
 
 
 class _SpreadRewards(LVLMGRPO):

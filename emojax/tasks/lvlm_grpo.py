@@ -51,7 +51,7 @@ SHIPPED_SFT_JUDGE = "lvlm_tiny_sft"
 
 
 class LVLMGRPO:
-  progress_keys = ("reward_mean", "reward/valence", "reward/format", "eval/valence_mae")
+  progress_keys = ("reward_mean", "reward/valence", "reward/format", "reward/feedback_content", "eval/valence_mae")
 
   def __init__(self, config):
     self.config = c = config
@@ -66,7 +66,8 @@ class LVLMGRPO:
       raise ValueError(f"images_per_step={c.images_per_step} is not divisible by grad_accum={c.grad_accum}")
     self.frozen = frozen = optim.check_frozen(self._pretrained, c.model.frozen, "LVLM")
     self.weights = {k: float(v) for k, v in c.rewards.weights.items()}
-    lvlm_rewards.multitask_reward([], [], [], [], self.weights, c.rewards.eps)  # unknown names / bad eps fail here
+    _, parts = lvlm_rewards.multitask_reward([], [], [], [], self.weights, c.rewards.eps)  # bad names / eps fail here
+    self._reward_keys = ["reward/parsed"] + [f"reward/{k}" for k in parts]  # every step logs the same keys
     self.hp = lvlm_step.LVLMHyper(
         group_size=c.group_size, clip_eps=c.clip_eps, kl_beta=c.kl_beta, aggregation=c.aggregation,
         grad_accum=c.grad_accum, inner_epochs=c.inner_epochs, adv_eps=c.adv_eps, adv_clip=c.adv_clip, frozen=frozen,
@@ -92,7 +93,9 @@ class LVLMGRPO:
                        f"at least {need_prompt} and {need_new} (use configs/lvlm.py:feedback)")
     f = c.feedback
     self.fb_weights = {k: float(v) for k, v in f.weights.items()}
-    fb_rewards.feedback_reward([], [], np.zeros((0, 2)), [], self.fb_weights, render=None, read=None, eps=f.eps)
+    _, parts = fb_rewards.feedback_reward([], [], np.zeros((0, 2)), [], self.fb_weights, render=None, read=None,
+                                          eps=f.eps)
+    self._reward_keys += [f"reward/feedback_{k}" for k in parts]
     gen, gcfg, gparams = tiny.load_generator(f.generator)
     gparams = jax.device_put(gparams)
     self._render = lambda prompts, va, ids: report.generate(
@@ -166,10 +169,10 @@ class LVLMGRPO:
     rep = lambda k: np.repeat(np.asarray(raw[k]), g, axis=0)
     is_fb = rep("task").astype(bool) if "task" in raw else np.zeros(len(texts), bool)
     total = np.zeros(len(texts), np.float32)
-    out = {}
+    out = {k: np.full(len(texts), np.nan, np.float32) for k in self._reward_keys}  # NaN: not this row's task
 
     def put(name, idx, values):
-      out.setdefault(name, np.full(len(texts), np.nan, np.float32))[idx] = values
+      out[name][idx] = values
 
     jr = np.flatnonzero(~is_fb)
     if len(jr):
