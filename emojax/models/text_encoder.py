@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from emojax.io import hf_weights
 from emojax.models.config_fields import known_fields
 from emojax.io.tokenizers import BOS_ID, EOS_ID, PAD_ID, byte_id
 
@@ -275,19 +276,16 @@ def load_hf_clip_text_params(state_dict: dict[str, np.ndarray], config: TextEnco
 
 
 def from_pretrained(directory, dtype: Any = jnp.float32, **overrides):
-  """transformers CLIPTextModelWithProjection / CLIPModel directory (config.json + model.safetensors)
-  -> (TextEncoder, params). `overrides` replace config fields, e.g. output_layer=-2 as SD3 uses."""
-  from safetensors.numpy import load_file
-
+  """transformers CLIPTextModelWithProjection / CLIPModel directory (config.json + model.safetensors, or a
+  sharded index) -> (TextEncoder, params). `overrides` replace config fields, e.g. output_layer=-2 as SD3 uses."""
   directory = os.fspath(directory)
-  config_path, weights_path = (os.path.join(directory, n) for n in ("config.json", "model.safetensors"))
-  for path in (config_path, weights_path):
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"{path} not found: expected a transformers CLIP text model directory")
+  config_path = os.path.join(directory, "config.json")
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(f"{config_path} not found: expected a transformers CLIP text model directory")
   with open(config_path) as f:
     d = json.load(f)
   config = TextEncoderConfig.from_hf_dict(d, **overrides)
-  state = load_file(weights_path)
+  state = hf_weights.read_safetensors(directory, "model", "the CLIP text encoder weights (model.safetensors)")
   if "text_config" in d:  # full CLIPModel: drop the vision tower and logit scale
     state = {k: v for k, v in state.items() if k.startswith("text_model.") or k == "text_projection.weight"}
   return TextEncoder(config, dtype=dtype), load_hf_clip_text_params(state, config)
