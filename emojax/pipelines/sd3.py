@@ -79,7 +79,9 @@ class SD3Pipeline:
       raise ValueError(f"{sub('scheduler')}: only FlowMatchEulerDiscreteScheduler without dynamic shifting "
                        f"(SD3 / SD3.5's) is supported, got {sched.get('_class_name')}")
     self.shift = float(sched.get("shift", 1.0))
-    self.transformer, self.transformer_params = mmdit.from_pretrained(sub("transformer"), dtype=dtype)
+    # dtype is the compute dtype; every component keeps its weights as stored (cast per op)
+    self.transformer, self.transformer_params = mmdit.from_pretrained(sub("transformer"), dtype=dtype,
+                                                                      param_dtype=jnp.float32)
     self.vae, self.vae_params = vae_lib.from_pretrained(sub("vae"), dtype=dtype)
     self.clip = []
     for enc, tok in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
@@ -122,7 +124,8 @@ class SD3Pipeline:
       module, params, tok = self.t5
       ids, _ = clip_inputs.Tokenizer(None, max_sequence_length, tokenizer=tok.tokenizer)(prompts)
       t5_states = _t5_forward(module, params, jnp.asarray(ids))
-    return jnp.concatenate([clip_states, t5_states.astype(clip_states.dtype)], 1), jnp.concatenate(pooled, -1)
+    states = jnp.concatenate([clip_states.astype(jnp.float32), t5_states.astype(jnp.float32)], 1)
+    return states, jnp.concatenate(pooled, -1).astype(jnp.float32)
 
   def encode_prompt(self, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None,
                     max_sequence_length: int = 256):
@@ -156,8 +159,8 @@ class SD3Pipeline:
     elif tuple(latents.shape) != shape:
       raise ValueError(f"latents have shape {tuple(latents.shape)}, expected NHWC {shape}")
     sigmas = jnp.asarray(schedule.sd3_sigmas(num_steps, self.shift))
-    images = _sample(self.transformer, self.vae, self.transformer_params, self.vae_params, jnp.asarray(latents),
-                     sigmas, embeds, float(guidance_scale) if cfg else None)
+    images = _sample(self.transformer, self.vae, cfg, self.transformer_params, self.vae_params, jnp.asarray(latents),
+                     sigmas, embeds, jnp.float32(guidance_scale))
     return np.asarray(images)
 
   def generate(self, prompts, negative_prompts=None, latents=None, **kw) -> np.ndarray:
@@ -184,9 +187,11 @@ def _t5_forward(module, params, ids):
   return module.apply({"params": params}, ids)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 7))
-def _sample(transformer, vae, t_params, v_params, latents, sigmas, embeds, guidance_scale):
-  cond, uncond = (embeds[0], embeds[1]), (embeds[2:] if guidance_scale is not None else None)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _sample(transformer, vae, cfg, t_params, v_params, latents, sigmas, embeds, guidance_scale):
+  """One program per (modules, CFG or not, shapes); the guidance scale and the sigmas are traced."""
+  cond, uncond = (embeds[0], embeds[1]), (embeds[2:] if cfg else None)
+  guidance_scale = guidance_scale if cfg else None
 
   def apply_fn(x, sigma, ctx):
     return transformer.apply({"params": t_params}, x, ctx[0], ctx[1], sigma * schedule.NUM_TRAIN_TIMESTEPS)

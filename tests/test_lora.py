@@ -1,0 +1,101 @@
+"""LoRA against diffusers / PEFT (tests/goldens/sd3_lora*, from tools/make_goldens_lora.py, which also checks
+that diffusers' load_lora_weights reads a file emojax wrote): the adapted forward, LoRA off = the base
+model, merging, the file layout, fresh adapters, targets, dropout and gradients."""
+import functools
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from emojax.models import lora as lora_lib
+from emojax.models import mmdit
+
+GOLDENS = pathlib.Path(__file__).parent / "goldens"
+FILE = str(GOLDENS / "sd3_lora" / "pytorch_lora_weights.safetensors")
+FLOW_GRPO_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+
+
+@functools.cache
+def setup():
+  model, params = mmdit.from_pretrained(GOLDENS / "sd3_pipeline" / "transformer")
+  g = dict(np.load(GOLDENS / "sd3_lora.npz"))
+  x = (np.transpose(g["hidden_states"], (0, 2, 3, 1)), g["encoder_hidden_states"], g["pooled_projections"], g["timestep"])
+  return model, params, g, x
+
+
+def forward(model, params, x, lora=None, config=None, rng=None):
+  if lora is None:
+    return np.transpose(np.asarray(model.apply({"params": params}, *x)), (0, 3, 1, 2))
+  with lora_lib.enabled(lora, config, rng):
+    return np.transpose(np.asarray(model.apply({"params": params}, *x)), (0, 3, 1, 2))
+
+
+def test_diffusers_lora_file_gives_diffusers_output_and_off_is_the_base():
+  model, params, g, x = setup()
+  adapters, config = lora_lib.load(FILE, params)
+  assert (config.rank, config.alpha, set(config.target_modules)) == (4, 8.0, set(FLOW_GRPO_TARGETS))
+  np.testing.assert_allclose(forward(model, params, x, adapters, config), g["with_lora"], atol=1e-4, rtol=0)
+  np.testing.assert_allclose(forward(model, params, x), g["base"], atol=1e-4, rtol=0)  # the KL reference
+  assert np.abs(g["with_lora"] - g["base"]).max() > 0.1
+
+
+def test_merge_equals_the_adapted_forward():
+  model, params, g, x = setup()
+  adapters, config = lora_lib.load(FILE, params)
+  merged = lora_lib.merge(params, adapters, config)
+  np.testing.assert_allclose(forward(model, merged, x), forward(model, params, x, adapters, config), atol=1e-5)
+
+
+def test_saved_file_is_diffusers_layout(tmp_path):
+  _, params, _, _ = setup()
+  adapters, config = lora_lib.load(FILE, params)
+  path = str(tmp_path / "pytorch_lora_weights.safetensors")
+  lora_lib.save(path, adapters, config)
+  with safe_open(FILE, framework="np") as ref, safe_open(path, framework="np") as ours:
+    assert sorted(ref.keys()) == sorted(ours.keys()) and len(ref.keys()) == 38
+    for k in ref.keys():
+      np.testing.assert_array_equal(ours.get_tensor(k), ref.get_tensor(k))
+    meta = json.loads(ours.metadata()[lora_lib.METADATA_KEY])
+  assert (meta["transformer.r"], meta["transformer.lora_alpha"]) == (4, 8.0)
+
+
+def test_fresh_adapters_start_unchanged_and_train_only_themselves():
+  model, params, _, x = setup()
+  config = lora_lib.LoRAConfig(rank=2, alpha=4.0, target_modules=FLOW_GRPO_TARGETS)
+  adapters = lora_lib.init(params, config, jax.random.PRNGKey(0))
+  np.testing.assert_array_equal(forward(model, params, x, adapters, config), forward(model, params, x))
+
+  def loss(a):
+    with lora_lib.enabled(a, config):
+      return jnp.mean(model.apply({"params": params}, *x) ** 2)
+
+  grads = jax.grad(loss)(adapters)
+  flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+  assert all(float(jnp.abs(g).max()) == 0 for p, g in flat if "lora_A" in str(p[-1]))  # B = 0: no A gradient yet
+  zero_b = {jax.tree_util.keystr(p[:-1]) for p, g in flat if "lora_B" in str(p[-1]) and float(jnp.abs(g).max()) == 0}
+  # the last block's context queries only update the context it discards: no gradient, as in diffusers
+  assert zero_b == {"['transformer_blocks_1']['attn']['add_q_proj']"}
+
+
+def test_targets_regex_and_no_match():
+  _, params, _, _ = setup()
+  paths = lora_lib.target_paths(params, lora_lib.LoRAConfig(target_modules=r"transformer_blocks\.0\.attn\.to_q"))
+  assert paths == [("transformer_blocks_0", "attn", "to_q")]
+  with pytest.raises(ValueError, match="match no Dense layer"):
+    lora_lib.target_paths(params, lora_lib.LoRAConfig(target_modules=("q_proj",)))
+  with pytest.raises(ValueError, match="need rank >= 1"):
+    lora_lib.LoRAConfig(rank=0)
+
+
+def test_dropout_acts_only_with_an_rng():
+  model, params, _, x = setup()
+  adapters, config = lora_lib.load(FILE, params)
+  config = lora_lib.LoRAConfig(config.rank, config.alpha, 0.5, config.target_modules)
+  plain = forward(model, params, x, adapters, config)
+  np.testing.assert_array_equal(forward(model, params, x, adapters, config, rng=None), plain)
+  dropped = forward(model, params, x, adapters, config, rng=jax.random.PRNGKey(1))
+  assert np.abs(dropped - plain).max() > 1e-3
