@@ -27,11 +27,16 @@ def setup():
   return model, params, g, x
 
 
-def forward(model, params, x, lora=None, config=None, rng=None):
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _apply(model, params, x, lora, config, rng):
   if lora is None:
-    return np.transpose(np.asarray(model.apply({"params": params}, *x)), (0, 3, 1, 2))
-  with lora_lib.enabled(lora, config, rng):
-    return np.transpose(np.asarray(model.apply({"params": params}, *x)), (0, 3, 1, 2))
+    return model.apply({"params": params}, *x)
+  with lora_lib.enabled(lora, config, rng):  # interception happens while this traces
+    return model.apply({"params": params}, *x)
+
+
+def forward(model, params, x, lora=None, config=None, rng=None):
+  return np.transpose(np.asarray(_apply(model, params, x, lora, config, rng)), (0, 3, 1, 2))
 
 
 def test_diffusers_lora_file_gives_diffusers_output_and_off_is_the_base():
@@ -73,7 +78,7 @@ def test_fresh_adapters_start_unchanged_and_train_only_themselves():
     with lora_lib.enabled(a, config):
       return jnp.mean(model.apply({"params": params}, *x) ** 2)
 
-  grads = jax.grad(loss)(adapters)
+  grads = jax.jit(jax.grad(loss))(adapters)
   flat = jax.tree_util.tree_flatten_with_path(grads)[0]
   assert all(float(jnp.abs(g).max()) == 0 for p, g in flat if "lora_A" in str(p[-1]))  # B = 0: no A gradient yet
   zero_b = {jax.tree_util.keystr(p[:-1]) for p, g in flat if "lora_B" in str(p[-1]) and float(jnp.abs(g).max()) == 0}
