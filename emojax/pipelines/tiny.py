@@ -33,8 +33,9 @@ def generator_dir(path: str) -> str:
   return path or assets.asset_dir(SHIPPED_GENERATOR)
 
 
-def load_generator(path: str):
-  """-> (Generator, GeneratorConfig, params as a host numpy tree) from a generator directory."""
+def load_generator(path: str, dtype=jnp.float32):
+  """-> (Generator computing in `dtype`, GeneratorConfig, params as a float32 host numpy tree) from a
+  generator directory."""
   directory = generator_dir(path)
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"pretrained generator directory {directory} does not exist; {PRETRAIN_HINT}")
@@ -44,8 +45,8 @@ def load_generator(path: str):
                             f"--workdir={directory}`)")
   params, cfg_dict = assets.load(directory, "pretrained generator", PRETRAIN_HINT)
   gcfg = gen_lib.GeneratorConfig.from_dict(cfg_dict)
-  gen = gen_lib.Generator(gcfg)
-  expected = jax.eval_shape(lambda: gen_lib.init_params(gen, jax.random.key(0)))
+  gen = gen_lib.Generator(gcfg, dtype=dtype)
+  expected = jax.eval_shape(lambda: gen_lib.init_params(gen_lib.Generator(gcfg), jax.random.key(0)))
   assets.check_tree_matches(params, expected, f"pretrained generator {directory}")
   return gen, gcfg, params
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -35,7 +36,7 @@ class GeneratorGRPO:
 
   def __init__(self, config):
     self.config = c = config
-    self.gen, self.gcfg, self._pretrained = tiny.load_generator(c.model.pretrained)
+    self.gen, self.gcfg, self._pretrained = tiny.load_generator(c.model.pretrained, jnp.dtype(c.model.dtype))
     self.tok = tiny.tokenizer_for(self.gcfg)
     r = c.rl
     self.global_batch_size = r.prompts_per_step * r.group_size
