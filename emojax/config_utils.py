@@ -257,6 +257,24 @@ def lvlm_judge_ranges(prefix: str) -> dict[str, Range]:
           f"{prefix}.max_new_tokens": Int(1)}
 
 
+# Flow-GRPO's SD3.5-M LoRA targets: the joint attention's image and context projections
+SD3_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+
+
+def lora(rank: int = 0, alpha: float = 64.0, targets=SD3_LORA_TARGETS) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.rank = rank  # LoRA rank; 0 = no LoRA (the configured parameter groups train directly)
+  c.alpha = alpha  # the adapter's output is scaled by alpha / rank
+  c.dropout = 0.0  # dropout on the adapter's input (GRPO needs 0: the rollout and the update must be one policy)
+  c.target_modules = tuple(targets)  # Dense layers to adapt: PEFT-style names matched as dotted-path suffixes
+  return c
+
+
+def lora_ranges(prefix: str) -> dict[str, Range]:
+  return {f"{prefix}.rank": Int(0), f"{prefix}.alpha": Positive(), f"{prefix}.dropout": Float(0.0, 1.0, hi_open=True),
+          f"{prefix}.target_modules": Names()}
+
+
 def preference_model(path: str = "", scale: float = 1.0, batch_size: int = 32) -> ml_collections.ConfigDict:
   """The preference model of the generator's pickscore reward and metrics."""
   c = ml_collections.ConfigDict()

@@ -175,6 +175,35 @@ def test_frozen_groups_cost_no_weight_gradients(tiny_asset):
   assert frozen < 0.9 * full  # measured 0.83; XLA counts FLOPs analytically, so this holds on any CPU
 
 
+def test_lora_trains_only_the_adapters_and_exports_them_merged_and_in_the_diffusers_layout(tiny_asset, tmp_path):
+  """model.lora.rank > 0 with the MMDiT frozen: the optimizer holds the adapters and the V-A embedding only, the
+  KL reference is the fresh adapters (B = 0: the pretrained model), a step is on-policy and moves the
+  adapters, and the export is the merged generator plus the adapters as a diffusers LoRA file."""
+  from emojax.models import lora as lora_lib
+  from emojax.pipelines import tiny
+  over = {"total_steps": 1, "mesh.num_devices": 1, "model.frozen": ("text", "mmdit"), "model.lora.rank": 2,
+          "model.lora.alpha": 4.0, "rl.kl_beta": 0.01, **_ONE_STEP}
+  config = generator_config(tiny_asset, **over)
+  task = GeneratorGRPO(config)
+  assert set(jax.eval_shape(task.init_state, jax.random.key(0))["opt_state"][1][0].mu) == {"emotion", "lora"}
+  ref = task.constants()["ref_trainable"]["lora"]
+  assert all(not np.any(b["lora_B"]) for b in jax.tree.leaves(ref, is_leaf=lambda v: isinstance(v, dict) and "lora_B" in v))
+  res = run(config, tmp_path, task)
+  (m,), params = res.metrics, _params(res)
+  assert m["ratio_dev_first"] < 1e-5 and m["grad_norm"] > 0
+  _, _, pretrained = tiny.load_generator(tiny_asset)
+  jax.tree.map(np.testing.assert_array_equal, params["mmdit"], pretrained["mmdit"])  # frozen: untouched
+  assert max(np.abs(b).max() for b in jax.tree.leaves(params["lora"]) if b.shape[0] == 2) > 0  # some B moved
+  _, _, exported = tiny.load_generator(str(tmp_path / "export"))
+  merged = lora_lib.merge(params["mmdit"], params["lora"], task.lora)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), exported["mmdit"], merged)
+  reread, cfg = lora_lib.load(str(tmp_path / "export" / "pytorch_lora_weights.safetensors"), params["mmdit"])
+  assert (cfg.rank, cfg.alpha) == (2, 4.0)
+  jax.tree.map(np.testing.assert_array_equal, reread, params["lora"])
+  with pytest.raises(ValueError, match="GRPO needs 0"):
+    GeneratorGRPO(generator_config(tiny_asset, **{**over, "model.lora.dropout": 0.1}))
+
+
 def test_weights_go_from_host_straight_into_their_shardings(tiny_asset):
   """Placing the pretrained state and the reference makes no implicit host-to-device transfer (a
   jnp.asarray of the host tree would: the whole model on one device first) and leaves the weights sharded."""

@@ -54,12 +54,16 @@ def load_generator(path: str, dtype=jnp.float32):
 DIFFUSERS_TRANSFORMER = {"_class_name": "SD3Transformer2DModel", "_diffusers_version": "0.42.1"}
 
 
-def export_generator(directory: str, gcfg: gen_lib.GeneratorConfig, params, dtype=np.float32) -> None:
-  """Writes a generator directory (atomically; see `assets.save`) with `transformer/` beside it."""
+def export_generator(directory: str, gcfg: gen_lib.GeneratorConfig, params, dtype=np.float32,
+                     write_more=None) -> None:
+  """Writes a generator directory (atomically; see `assets.save`) with `transformer/` beside it;
+  `write_more(tmp)` adds files to it before it is renamed into place."""
   def transformer(tmp):
     state = {k: np.asarray(v, dtype) for k, v in mmdit.to_diffusers_state_dict(params["mmdit"]).items()}
     hf_weights.write_pretrained(os.path.join(tmp, "transformer"), "diffusion_pytorch_model", state,
                                 {**DIFFUSERS_TRANSFORMER, **gcfg.mmdit.to_dict()})
+    if write_more is not None:
+      write_more(tmp)
   assets.save(directory, params, gcfg.to_dict(), dtype=dtype, write_more=transformer)
 
 

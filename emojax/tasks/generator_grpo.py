@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
@@ -19,6 +20,7 @@ from emojax.data import emoshapes, pipeline
 from emojax.diffusion import schedule
 from emojax.emotion.space import check_va
 from emojax.evaluation.generator import EvalSet
+from emojax.models import lora as lora_lib
 from emojax.pipelines import tiny
 from emojax.rewards import registry as reward_registry
 from emojax.rl import generator_step
@@ -30,6 +32,14 @@ def colour_judge_errors(images, batch) -> dict:
   return {"judge/v_abs_err": err["v_abs_err"].mean(), "judge/a_abs_err": err["a_abs_err"].mean()}
 
 
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+def _base(params):
+  """The generator's own parameter groups (without the LoRA group)."""
+  return {k: v for k, v in params.items() if k != "lora"}
+
+
 class GeneratorGRPO:
   progress_keys = ("reward_mean", "judge/v_abs_err", "judge/a_abs_err")
   batch_description = "global batch (rl.prompts_per_step * rl.group_size)"
@@ -37,6 +47,14 @@ class GeneratorGRPO:
   def __init__(self, config):
     self.config = c = config
     self.gen, self.gcfg, self._pretrained = tiny.load_generator(c.model.pretrained, jnp.dtype(c.model.dtype))
+    self.lora = None
+    if c.model.lora.rank > 0:  # adapters are their own parameter group, fresh (B = 0: the pretrained model)
+      if c.model.lora.dropout > 0:
+        raise ValueError(f"model.lora.dropout={c.model.lora.dropout}: GRPO needs 0 (with dropout the rollout and "
+                         "the update score different policies and the on-policy ratio is not 1)")
+      self.lora = lora_lib.LoRAConfig(c.model.lora.rank, c.model.lora.alpha, 0.0, tuple(c.model.lora.target_modules))
+      adapters = lora_lib.init(self._pretrained["mmdit"], self.lora, jax.random.key(c.seed))
+      self._pretrained = {**self._pretrained, "lora": jax.device_get(adapters)}
     self.tok = tiny.tokenizer_for(self.gcfg)
     r = c.rl
     self.global_batch_size = r.prompts_per_step * r.group_size
@@ -61,9 +79,9 @@ class GeneratorGRPO:
         image_shape=(mm.sample_size, mm.sample_size, mm.in_channels), frozen=self.frozen)
     self.tx = optim.make_optimizer(c.optim, c.total_steps)
     self._experience, self._step, _ = generator_step.make_train_step(
-        apply_velocity=lambda p, x, s, cond: tiny.apply_velocity(self.gen, p, x, s, cond),
-        encode_text=lambda p, ids: tiny.encode_text(self.gen, p, ids),
-        add_emotion=lambda p, text, va, m: tiny.add_emotion(self.gen, p, text, va, m),
+        apply_velocity=self._velocity,
+        encode_text=lambda p, ids: tiny.encode_text(self.gen, _base(p), ids),
+        add_emotion=lambda p, text, va, m: tiny.add_emotion(self.gen, _base(p), text, va, m),
         reward_fn=lambda images, batch: reward_registry.combine(images, batch, weights, c.rewards.normalize,
                                                                 r.group_size),
         metrics_fn=colour_judge_errors, optimizer=self.tx, hp=self.hp)
@@ -74,6 +92,18 @@ class GeneratorGRPO:
                             num_steps=c.eval.num_steps, shift=r.shift, cfg_scale=r.cfg_scale, source="grid",
                             preference=preference)
     self._uncond = self.tok([""])[0]
+
+  def _velocity(self, params, x, sigma, cond):
+    if self.lora is None:
+      return tiny.apply_velocity(self.gen, params, x, sigma, cond)
+    with lora_lib.enabled(params["lora"], self.lora, root=("mmdit",)):
+      return tiny.apply_velocity(self.gen, _base(params), x, sigma, cond)
+
+  def merged(self, params):
+    """Generator params with the LoRA folded into the MMDiT (what evaluation and export use)."""
+    if self.lora is None:
+      return params
+    return {**_base(params), "mmdit": lora_lib.merge(params["mmdit"], params["lora"], self.lora)}
 
   def make_loader(self, shard_index, shard_count):
     c = self.config
@@ -128,14 +158,21 @@ class GeneratorGRPO:
                       "identical to the rollout", step, metrics["ratio_dev_first"], c.rl.ratio_tolerance)
     first = step == 1 and c.eval.at_start
     if first:  # the pretrained model's numbers, for the before/after comparison
-      out.update({f"{k}_start": v for k, v in self.eval_set(self._pretrained, _png(workdir, 0)).items()})
+      out.update({f"{k}_start": v for k, v in self.eval_set(self.merged(self._pretrained), _png(workdir, 0)).items()})
     if trainer.eval_due(step, c):
-      out.update(self.eval_set(state["params"], _png(workdir, step)))
+      out.update(self.eval_set(self.merged(state["params"]), _png(workdir, step)))
     return out
 
   def export(self, state, directory):
-    """The fine-tuned generator as a generator directory: `--config.model.pretrained=<it>` reads it."""
-    tiny.export_generator(directory, self.gcfg, trainer.host_params(state), np.dtype(self.config.export_dtype))
+    """The fine-tuned generator as a generator directory: `--config.model.pretrained=<it>` reads it. With
+    LoRA its MMDiT is the merged one, and the adapters sit beside it as `pytorch_lora_weights.safetensors`
+    (diffusers' `load_lora_weights` layout, for the unmerged `transformer/` of the pretrained directory)."""
+    params = trainer.host_params(state)
+    write_lora = None
+    if self.lora is not None:
+      write_lora = lambda tmp: lora_lib.save(os.path.join(tmp, LORA_FILE), params["lora"], self.lora)
+    tiny.export_generator(directory, self.gcfg, jax.device_get(self.merged(params)),
+                          np.dtype(self.config.export_dtype), write_more=write_lora)
 
 
 def _png(workdir, step):
