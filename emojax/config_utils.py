@@ -260,6 +260,8 @@ def lvlm_judge_ranges(prefix: str) -> dict[str, Range]:
 # Flow-GRPO's SD3.5-M LoRA targets: the joint attention's image and context projections
 SD3_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
+QWEN_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # decoder only
+
 
 def lora(rank: int = 0, alpha: float = 64.0, targets=SD3_LORA_TARGETS) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()

@@ -262,3 +262,26 @@ def test_missing_pretrained_names_the_sft_command(tmp_path):
   config.model.pretrained = str(tmp_path / "no_judge")
   with pytest.raises(FileNotFoundError, match="no_judge does not exist; make one with .*configs/sft_lvlm.py"):
     make_task(config)
+
+
+def test_lora_on_the_decoder_trains_only_the_adapters_and_exports_merged(tiny_export, tmp_path):
+  """model.lora on q/k/v/o and the MLP with both towers frozen: the optimizer holds the adapters alone, a
+  step is on-policy (the sampler and the scorer both run the adapted decoder) and moves only the adapters,
+  and the export is the merged judge."""
+  from emojax.models import lora as lora_lib
+  config = lvlm_config.get_config("smoke")
+  config.unlock()
+  config.model.pretrained, config.mesh.num_devices, config.total_steps, config.eval_every = tiny_export, 1, 1, 1
+  config.model.frozen, config.model.lora.rank, config.model.lora.alpha = ("visual", "language_model"), 2, 4.0
+  config.optim.learning_rate, config.rescore_old = 1e-2, False
+  task = _SpreadRewards(config)
+  assert set(jax.eval_shape(task.init_state, jax.random.key(0))["opt_state"][1][0].mu) == {"lora"}
+  result = trainer.run(config, str(tmp_path), task, progress=False)
+  (m,), final = result.metrics, jax.device_get(result.state["params"])
+  assert m["ratio_dev_first"] < 1e-5 and m["grad_norm"] > 0
+  jax.tree.map(np.testing.assert_array_equal, final["language_model"], task._pretrained["language_model"])
+  assert max(np.abs(b["lora_B"]).max() for b in jax.tree.leaves(
+      final["lora"], is_leaf=lambda v: isinstance(v, dict) and "lora_B" in v)) > 0
+  _, _, exported, _ = judge.load_lvlm(str(tmp_path / "export"))
+  merged = lora_lib.merge(final["language_model"], final["lora"], task.lora)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), exported["language_model"], merged)

@@ -25,6 +25,7 @@ agreement): a divergence from 1 is a numerics bug.
 from __future__ import annotations
 
 
+import contextlib
 import zlib
 
 import jax
@@ -39,6 +40,7 @@ from emojax.evaluation import report
 from emojax.io import assets
 from emojax.lvlm import judge, sampling
 from emojax.lvlm import processor as proc_lib
+from emojax.models import lora as lora_lib
 from emojax.pipelines import feedback_loop, tiny
 from emojax.rewards import feedback as fb_rewards
 from emojax.rewards import lvlm as lvlm_rewards
@@ -58,6 +60,14 @@ class LVLMGRPO:
     self.model, self.qcfg, self._pretrained, self.processor = judge.load_lvlm(
         c.model.pretrained or assets.asset_dir(SHIPPED_SFT_JUDGE))
     self.global_batch_size = c.images_per_step
+    self.lora = None
+    if c.model.lora.rank > 0:  # adapters on the decoder, their own parameter group, fresh (= the SFT judge)
+      if c.model.lora.dropout > 0:
+        raise ValueError(f"model.lora.dropout={c.model.lora.dropout}: GRPO needs 0 (with dropout the sampler and "
+                         "the update score different policies and the on-policy ratio is not 1)")
+      self.lora = lora_lib.LoRAConfig(c.model.lora.rank, c.model.lora.alpha, 0.0, tuple(c.model.lora.target_modules))
+      adapters = lora_lib.init(self._pretrained["language_model"], self.lora, jax.random.key(c.seed))
+      self._pretrained = {**self._pretrained, "lora": jax.device_get(adapters)}
     need = judge_targets.max_target_tokens(self.processor)
     if c.max_new_tokens < need:  # fine for smoke runs; a real run could never earn the format reward
       logging.warning("max_new_tokens=%d is below the longest SFT answer (%d tokens): full answers get truncated",
@@ -141,21 +151,39 @@ class LVLMGRPO:
     return dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 pixel_values=px.reshape(-1, px.shape[-1]), image_grid_thw=(self._grid,) * px.shape[0])
 
+  @contextlib.contextmanager
+  def _adapted(self, params):
+    """Within it the model runs with the LoRA of `params` (if any); yields the model's own params."""
+    if self.lora is None:
+      yield params
+      return
+    with lora_lib.enabled(params["lora"], self.lora, root=("language_model",)):
+      yield {k: v for k, v in params.items() if k != "lora"}
+
+  def merged(self, params):
+    """The judge's params with the LoRA folded into the decoder (what evaluation and export use)."""
+    if self.lora is None:
+      return params
+    base = {k: v for k, v in params.items() if k != "lora"}
+    return {**base, "language_model": lora_lib.merge(params["language_model"], params["lora"], self.lora)}
+
   def logprobs(self, params, prompts, tokens, mask):
     """Per-token log-probs at the sampling temperature of completions (rows b·G + g) for a (micro-)batch of
     prompts; traceable."""
     p = self._prompts(prompts)
-    return sampling.completion_logprobs(self.model, params, p["input_ids"], p["attention_mask"], p["pixel_values"],
-                                        tokens, mask, p["image_grid_thw"], self.config.temperature)
+    with self._adapted(params) as base:
+      return sampling.completion_logprobs(self.model, base, p["input_ids"], p["attention_mask"], p["pixel_values"],
+                                          tokens, mask, p["image_grid_thw"], self.config.temperature)
 
   def experience(self, state, batch, rng, constants):
     """G sampled answers per image. `sampling.sample` is itself a jit with static model/grid/sizes; called
     here under the trainer's jit it is traced inline (jit of jit), the static arguments being Python
     values the task holds, so nothing about the trace depends on data."""
     c = self.config
-    out = sampling.sample(self.model, state["params"], self._prompts(batch), rng, max_new_tokens=c.max_new_tokens,
-                          eos_ids=self.processor.eos_ids, pad_id=self.processor.pad_id, num_samples=c.group_size,
-                          temperature=c.temperature, top_p=c.top_p)
+    with self._adapted(state["params"]) as base:
+      out = sampling.sample(self.model, base, self._prompts(batch), rng, max_new_tokens=c.max_new_tokens,
+                            eos_ids=self.processor.eos_ids, pad_id=self.processor.pad_id, num_samples=c.group_size,
+                            temperature=c.temperature, top_p=c.top_p)
     return {"tokens": out["tokens"], "old_logprobs": out["logprobs"], "completion_mask": out["mask"],
             "finished": out["finished"]}
 
@@ -250,13 +278,14 @@ class LVLMGRPO:
       logging.warning("step %d: on-policy ratio deviates from 1 by %.3g (> %.0e): the sampler's log-probs and the "
                       "training scorer disagree", step, metrics["ratio_dev_first"], c.ratio_tolerance)
     if step == 1 and c.eval.at_start:  # the SFT judge's numbers, for the before/after comparison
-      out.update({f"{k}_start": v for k, v in self.evaluate(self._pretrained).items()})
+      out.update({f"{k}_start": v for k, v in self.evaluate(self.merged(self._pretrained)).items()})
     if trainer.eval_due(step, c):
-      out.update(self.evaluate(state["params"]))
+      out.update(self.evaluate(self.merged(state["params"])))
       if self.last_texts:
         logging.info("step %d: a sampled answer: %r", step, self.last_texts[0])
     return out
 
   def export(self, state, directory):
-    """params + model config, the layout SFT writes and `judge.load_lvlm` reads."""
-    assets.save(directory, trainer.host_params(state), self.qcfg.to_dict(), dtype=np.dtype(self.config.export_dtype))
+    """params + model config, the layout SFT writes and `judge.load_lvlm` reads (with LoRA: merged)."""
+    params = jax.device_get(self.merged(trainer.host_params(state)))
+    assets.save(directory, params, self.qcfg.to_dict(), dtype=np.dtype(self.config.export_dtype))
