@@ -1,6 +1,7 @@
 """GRPO generator update throughput (transitions/s) on random weights and a synthetic rollout.
 
   python -m bench.train_step --config=small --batch=2 --timesteps=2
+  python -m bench.train_step --config=small --batch=2 --timesteps=2 --remat=dots_no_batch   # or full
 
 One jitted update: value_and_grad of a scan over K timesteps of [policy forward -> sde_step
 scoring the stored x_next -> clipped_policy_loss; frozen reference forward -> flow_kl], then an
@@ -65,11 +66,12 @@ def main():
   p.add_argument("--clip_eps", type=float, default=1e-4)
   p.add_argument("--kl_beta", type=float, default=0.04)
   p.add_argument("--lr", type=float, default=1e-5)
+  p.add_argument("--remat", default="none", help="joint-block rematerialisation: none or a mmdit.REMAT_POLICIES key")
   a = p.parse_args()
 
   config = common.get_config(a.config)
   dtype = common.DTYPES[a.dtype]  # compute dtype; params and optimizer state stay fp32
-  model = mmdit.MMDiT(config, dtype=dtype, param_dtype=jnp.float32)
+  model = mmdit.MMDiT(config, dtype=dtype, param_dtype=jnp.float32, remat=a.remat)
   k_params, k_in, k_x = jax.random.split(jax.random.key(a.seed), 3)
   params = common.random_params(config, k_params)
   ref_params = jax.tree.map(jnp.copy, params)
@@ -106,7 +108,11 @@ def main():
          "transitions_per_s": b * k / t["median_s"], "step_s": t["median_s"], "times_s": t["times_s"],
          "compile_s": compile_s, "gflop_per_step_est": flops_step / 1e9,
          "gflop_per_s_est": flops_step / t["median_s"] / 1e9,
-         "first_ratio_dev": first["ratio_dev"], "first_loss": first["loss"]}
+         "first_ratio_dev": first["ratio_dev"], "first_loss": first["loss"], "remat": a.remat}
+  mem = step.memory_analysis()  # XLA's buffer assignment of the compiled update
+  if mem is not None:
+    rec.update({f"xla_{k}_mb": getattr(mem, f"{k}_size_in_bytes") / 2**20
+                for k in ("argument", "output", "temp", "generated_code")})
   rec.update(common.env_info())
   common.emit(rec)
 

@@ -89,13 +89,14 @@ class EmotionEmbed(nn.Module):
 class Generator(nn.Module):
   config: GeneratorConfig
   dtype: Any = jnp.float32
+  remat: str = "none"  # the MMDiT's joint-block rematerialisation (mmdit.REMAT_POLICIES)
 
   def setup(self):
     c = self.config
     self.text = text_lib.TextEncoder(c.text, dtype=self.dtype)
     self.emotion = EmotionEmbed(c.num_emotion_tokens, c.mmdit.joint_attention_dim, c.mmdit.pooled_projection_dim,
                                 c.emotion_hidden, dtype=self.dtype)
-    self.mmdit = mmdit_lib.MMDiT(c.mmdit, dtype=self.dtype)
+    self.mmdit = mmdit_lib.MMDiT(c.mmdit, dtype=self.dtype, remat=self.remat)
 
   def encode(self, input_ids, va, emotion_mask=None):
     """Text ids (B, L) and V-A (B, 2) -> conditioning {context (B, L+n, D), pooled (B, P)}."""

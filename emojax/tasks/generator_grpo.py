@@ -46,7 +46,8 @@ class GeneratorGRPO:
 
   def __init__(self, config):
     self.config = c = config
-    self.gen, self.gcfg, self._pretrained = tiny.load_generator(c.model.pretrained, jnp.dtype(c.model.dtype))
+    self.gen, self.gcfg, self._pretrained = tiny.load_generator(c.model.pretrained, jnp.dtype(c.model.dtype),
+                                                                c.model.remat)
     self.lora = None
     if c.model.lora.rank > 0:  # adapters are their own parameter group, fresh (B = 0: the pretrained model)
       if c.model.lora.dropout > 0:
