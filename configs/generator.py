@@ -24,7 +24,7 @@ def get_config(arg=None):
   # compute dtype of the generator's forward in rollouts and updates; params, optimizer, log-probs, ratios,
   # advantages and the loss stay float32
   c.model.dtype = "float32"
-  c.model.remat = "none"  # recompute each MMDiT joint block in the backward: none, full, dots, dots_no_batch
+  c.model.remat = "none"  # recompute each MMDiT joint block in the backward (cu.REMATS)
   c.model.lora = cu.lora()  # LoRA on the MMDiT's attention (rank 0: off); it trains even with "mmdit" frozen
 
   c.data = ml_collections.ConfigDict()
@@ -95,7 +95,8 @@ RANGES = {
     **cu.RUN_RANGES, **cu.OPTIM_RANGES, **cu.MESH_RANGES, **cu.SHARDING_RANGES, **cu.lvlm_judge_ranges("rewards.lvlm"),
     "task": cu.OneOf("generator_grpo"), "export_dtype": cu.OneOf(*cu.DTYPES),
     "model.pretrained": cu.STR, "model.frozen": cu.Names(*GENERATOR_GROUPS),
-    "model.dtype": cu.OneOf("float32", "bfloat16"), "model.remat": cu.OneOf("none", "full", "dots", "dots_no_batch"), **cu.lora_ranges("model.lora"),
+    "model.dtype": cu.OneOf("float32", "bfloat16"),
+    "model.remat": cu.OneOf(*cu.REMATS), **cu.lora_ranges("model.lora"),
     "data.seed": cu.Int(0), "data.num_examples": cu.Int(1), "data.target_mode": cu.OneOf("uniform", "data"),
     "data.prompt_field": cu.OneOf("prompt", "emotional_prompt"),
     "rl.prompts_per_step": cu.Int(1), "rl.group_size": cu.Int(2), "rl.num_steps": cu.Int(1, 1000),

@@ -40,6 +40,7 @@ def get_config(arg=None):
   c.model.frozen = ("visual",)  # top-level parameter groups left untouched (vision tower: SFT taught it colour)
   # LoRA on the decoder's attention and MLP (rank 0: off); freeze "language_model" to train the adapters alone
   c.model.lora = cu.lora(alpha=64.0, targets=cu.QWEN_LORA_TARGETS)
+  c.model.remat = "none"  # recompute vision blocks and decoder layers in the backward (cu.REMATS)
 
   c.data = cu.lvlm_data(seed=3)  # training images: EmoShapes world 3 (SFT used 1), half noise-augmented
 
@@ -99,7 +100,8 @@ RANGES = {
     "top_p": cu.Fraction(lo_open=True), "max_new_tokens": cu.Int(1), "clip_eps": cu.Positive(), "kl_beta": cu.Float(0.0),
     "aggregation": cu.OneOf("sequence_mean", "token_mean"), "inner_epochs": cu.Int(1), "rescore_old": cu.BOOL,
     "grad_accum": cu.Int(1), "adv_eps": cu.Positive(), "adv_clip": cu.Positive(), "ratio_tolerance": cu.Float(0.0),
-    "model.pretrained": cu.STR, "model.frozen": cu.Names(*LVLM_GROUPS), **cu.lora_ranges("model.lora"),
+    "model.pretrained": cu.STR, "model.frozen": cu.Names(*LVLM_GROUPS),
+    "model.remat": cu.OneOf(*cu.REMATS), **cu.lora_ranges("model.lora"),
     "rewards.weights.*": cu.Float(0.0), "rewards.eps": cu.Positive(),
     "eval.seed": cu.Int(0), "eval.num_examples": cu.Int(1), "eval.batch_size": cu.Int(1), "eval.at_start": cu.BOOL,
     "eval.feedback_examples": cu.Int(1), "feedback.generator": cu.STR, **cu.lvlm_judge_ranges("feedback.judge"),

@@ -89,7 +89,7 @@ class EmotionEmbed(nn.Module):
 class Generator(nn.Module):
   config: GeneratorConfig
   dtype: Any = jnp.float32
-  remat: str = "none"  # the MMDiT's joint-block rematerialisation (mmdit.REMAT_POLICIES)
+  remat: str = "none"  # the MMDiT's joint-block rematerialisation (emojax.models.remat)
 
   def setup(self):
     c = self.config

@@ -24,6 +24,7 @@ import numpy as np
 from flax import traverse_util
 
 from emojax.io import hf_weights
+from emojax.models import remat as remat_lib
 from emojax.models.config_fields import known_fields
 
 Dtype = Any
@@ -288,25 +289,6 @@ class JointTransformerBlock(nn.Module):
     return x, ctx + c_gate_mlp[:, None] * ctx_ff
 
 
-# What a rematerialised block keeps from its forward pass for the backward: "none" = no remat (everything),
-# "full" = only its inputs (recompute all), "dots" = matmul outputs, "dots_no_batch" = matmuls without
-# batch dimensions (weights x activations; attention's batched dots are recomputed).
-REMAT_POLICIES = {
-    "full": None,
-    "dots": jax.checkpoint_policies.dots_saveable,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
-
-def remat_block(block_cls, remat: str):
-  """block_cls, or its rematerialised version under a REMAT_POLICIES policy (parameters are unchanged)."""
-  if remat == "none":
-    return block_cls
-  if remat not in REMAT_POLICIES:
-    raise ValueError(f"remat {remat!r} unknown; use none or one of {sorted(REMAT_POLICIES)}")
-  return nn.remat(block_cls, policy=REMAT_POLICIES[remat])
-
-
 class MMDiT(nn.Module):
   """SD3 / SD3.5 transformer. Call with NHWC images, (B, L, joint_attention_dim) context, (B, pooled) vectors
   and (B,) timesteps in diffusers' convention (sigma * 1000); returns the NHWC velocity."""
@@ -314,7 +296,7 @@ class MMDiT(nn.Module):
   config: MMDiTConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  remat: str = "none"  # rematerialise each joint block in the backward pass: a REMAT_POLICIES key
+  remat: str = "none"  # rematerialise each joint block in the backward pass (emojax.models.remat)
 
   @nn.compact
   def __call__(self, hidden_states, encoder_hidden_states, pooled_projections, timestep):
@@ -326,7 +308,7 @@ class MMDiT(nn.Module):
     x = PatchEmbed(c, **kw, name="pos_embed")(hidden_states)
     temb = TimeTextEmbed(c.inner_dim, **kw, name="time_text_embed")(timestep, pooled_projections)
     ctx = _dense(self, c.caption_projection_dim, "context_embedder")(encoder_hidden_states)
-    block = remat_block(JointTransformerBlock, self.remat)
+    block = remat_lib.block(JointTransformerBlock, self.remat)
     for i in range(c.num_layers):
       x, ctx = block(
         c, context_pre_only=i == c.num_layers - 1, dual_attention=i in c.dual_attention_layers, **kw,

@@ -58,6 +58,7 @@ from flax import traverse_util
 
 from emojax.io import hf_weights
 from emojax.io import tokenizers
+from emojax.models import remat as remat_lib
 from emojax.models.config_fields import known_fields
 
 Dtype = Any
@@ -445,6 +446,7 @@ class VisionTower(nn.Module):
   config: VisionConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  remat: str = "none"  # per-block rematerialisation (emojax.models.remat)
 
   @nn.compact
   def __call__(self, pixel_values, image_grid_thw):
@@ -465,7 +467,7 @@ class VisionTower(nn.Module):
     masks = {key: seg[:, None] == seg[None, :] for key, seg in segs.items()}  # baked in as N x N constants
     for i in range(c.depth):
       mask = masks["frame_seg" if i in c.fullatt_block_indexes else "window_seg"]
-      x = VisionBlock(c, **kw, name=f"blocks_{i}")(x, cos, sin, mask)
+      x = remat_lib.block(VisionBlock, self.remat)(c, **kw, name=f"blocks_{i}")(x, cos, sin, mask)
     return PatchMerger(c, **kw, name="merger")(x)[plan["reverse"]]
 
 
@@ -519,11 +521,12 @@ class TextModel(nn.Module):
   config: QwenVLConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  remat: str = "none"  # per-layer rematerialisation (emojax.models.remat)
 
   def setup(self):
     c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.embed_tokens = nn.Embed(c.vocab_size, c.hidden_size, **kw)
-    self.layers = [DecoderLayer(c, **kw) for _ in range(c.num_hidden_layers)]
+    self.layers = [remat_lib.block(DecoderLayer, self.remat)(c, **kw) for _ in range(c.num_hidden_layers)]
     self.norm = RMSNorm(c.rms_norm_eps, **kw)
 
   def embed(self, input_ids):
@@ -556,11 +559,12 @@ class QwenVL(nn.Module):
   config: QwenVLConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  remat: str = "none"  # rematerialisation of every vision block and decoder layer (emojax.models.remat)
 
   def setup(self):
     c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    self.visual = VisionTower(c.vision_config, **kw)
-    self.language_model = TextModel(c, **kw)
+    self.visual = VisionTower(c.vision_config, **kw, remat=self.remat)
+    self.language_model = TextModel(c, **kw, remat=self.remat)
     if not c.tie_word_embeddings:
       self.lm_head = nn.Dense(c.vocab_size, use_bias=False, **kw)
 

@@ -59,6 +59,7 @@ class LVLMGRPO:
     self.config = c = config
     self.model, self.qcfg, self._pretrained, self.processor = judge.load_lvlm(
         c.model.pretrained or assets.asset_dir(SHIPPED_SFT_JUDGE))
+    self.model = self.model.clone(remat=c.model.remat)
     self.global_batch_size = c.images_per_step
     self.lora = None
     if c.model.lora.rank > 0:  # adapters on the decoder, their own parameter group, fresh (= the SFT judge)
