@@ -128,6 +128,37 @@ def merge(params, lora, config: LoRAConfig):
   return traverse_util.unflatten_dict(flat)
 
 
+# ------------------------------------------------------------------------------ jobs' params
+
+GROUP = "lora"  # the adapters' top-level group in a job's params, beside the model's own groups
+
+
+def grpo_config(c) -> LoRAConfig | None:
+  """config.model.lora of a GRPO job -> LoRAConfig, or None for rank 0. Dropout is refused: with it the
+  sampler and the update would score different policies and the on-policy ratio would not be 1."""
+  if c.rank <= 0:
+    return None
+  if c.dropout > 0:
+    raise ValueError(f"model.lora.dropout={c.dropout}: GRPO needs 0 (with dropout the rollout and the update "
+                     "score different policies and the on-policy ratio is not 1)")
+  return LoRAConfig(c.rank, c.alpha, 0.0, tuple(c.target_modules))
+
+
+def with_adapters(params: dict, group: str, config: LoRAConfig, rng) -> dict:
+  """params plus fresh host adapters (B = 0: the same model) for the Dense layers of params[group]."""
+  return {**params, GROUP: jax.device_get(init(params[group], config, rng))}
+
+
+def without(params: dict) -> dict:
+  """The model's own groups (params without the adapters)."""
+  return {k: v for k, v in params.items() if k != GROUP}
+
+
+def merge_group(params: dict, group: str, config: LoRAConfig) -> dict:
+  """The model's params with the adapters folded into params[group] (for evaluation and export)."""
+  return {**without(params), group: merge(params[group], params[GROUP], config)}
+
+
 # ------------------------------------------------------------------------------------ files
 
 

@@ -123,7 +123,7 @@ class SD3Pipeline:
     else:
       module, params, tok = self.t5
       ids, _ = clip_inputs.Tokenizer(None, max_sequence_length, tokenizer=tok.tokenizer)(prompts)
-      t5_states = _t5_forward(module, params, jnp.asarray(ids))
+      t5_states = _text_forward(module, params, jnp.asarray(ids))
     states = jnp.concatenate([clip_states.astype(jnp.float32), t5_states.astype(jnp.float32)], 1)
     return states, jnp.concatenate(pooled, -1).astype(jnp.float32)
 
@@ -179,11 +179,7 @@ def _check_prompts(prompts, what: str, n: int | None = None) -> list[str]:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _text_forward(module, params, ids):
-  return module.apply({"params": params}, ids)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _t5_forward(module, params, ids):
+  """A text encoder (CLIP: (states, pooled); T5: states) on padded ids, without an attention mask (as SD3)."""
   return module.apply({"params": params}, ids)
 
 

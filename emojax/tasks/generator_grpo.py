@@ -35,11 +35,6 @@ def colour_judge_errors(images, batch) -> dict:
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
-def _base(params):
-  """The generator's own parameter groups (without the LoRA group)."""
-  return {k: v for k, v in params.items() if k != "lora"}
-
-
 class GeneratorGRPO:
   progress_keys = ("reward_mean", "judge/v_abs_err", "judge/a_abs_err")
   batch_description = "global batch (rl.prompts_per_step * rl.group_size)"
@@ -48,14 +43,9 @@ class GeneratorGRPO:
     self.config = c = config
     self.gen, self.gcfg, self._pretrained = tiny.load_generator(c.model.pretrained, jnp.dtype(c.model.dtype),
                                                                 c.model.remat)
-    self.lora = None
-    if c.model.lora.rank > 0:  # adapters are their own parameter group, fresh (B = 0: the pretrained model)
-      if c.model.lora.dropout > 0:
-        raise ValueError(f"model.lora.dropout={c.model.lora.dropout}: GRPO needs 0 (with dropout the rollout and "
-                         "the update score different policies and the on-policy ratio is not 1)")
-      self.lora = lora_lib.LoRAConfig(c.model.lora.rank, c.model.lora.alpha, 0.0, tuple(c.model.lora.target_modules))
-      adapters = lora_lib.init(self._pretrained["mmdit"], self.lora, jax.random.key(c.seed))
-      self._pretrained = {**self._pretrained, "lora": jax.device_get(adapters)}
+    self.lora = lora_lib.grpo_config(c.model.lora)
+    if self.lora is not None:  # adapters on the MMDiT, their own parameter group (fresh: the pretrained model)
+      self._pretrained = lora_lib.with_adapters(self._pretrained, "mmdit", self.lora, jax.random.key(c.seed))
     self.tok = tiny.tokenizer_for(self.gcfg)
     r = c.rl
     self.global_batch_size = r.prompts_per_step * r.group_size
@@ -81,8 +71,8 @@ class GeneratorGRPO:
     self.tx = optim.make_optimizer(c.optim, c.total_steps)
     self._experience, self._step, _ = generator_step.make_train_step(
         apply_velocity=self._velocity,
-        encode_text=lambda p, ids: tiny.encode_text(self.gen, _base(p), ids),
-        add_emotion=lambda p, text, va, m: tiny.add_emotion(self.gen, _base(p), text, va, m),
+        encode_text=lambda p, ids: tiny.encode_text(self.gen, lora_lib.without(p), ids),
+        add_emotion=lambda p, text, va, m: tiny.add_emotion(self.gen, lora_lib.without(p), text, va, m),
         reward_fn=lambda images, batch: reward_registry.combine(images, batch, weights, c.rewards.normalize,
                                                                 r.group_size),
         metrics_fn=colour_judge_errors, optimizer=self.tx, hp=self.hp)
@@ -97,14 +87,12 @@ class GeneratorGRPO:
   def _velocity(self, params, x, sigma, cond):
     if self.lora is None:
       return tiny.apply_velocity(self.gen, params, x, sigma, cond)
-    with lora_lib.enabled(params["lora"], self.lora, root=("mmdit",)):
-      return tiny.apply_velocity(self.gen, _base(params), x, sigma, cond)
+    with lora_lib.enabled(params[lora_lib.GROUP], self.lora, root=("mmdit",)):
+      return tiny.apply_velocity(self.gen, lora_lib.without(params), x, sigma, cond)
 
   def merged(self, params):
     """Generator params with the LoRA folded into the MMDiT (what evaluation and export use)."""
-    if self.lora is None:
-      return params
-    return {**_base(params), "mmdit": lora_lib.merge(params["mmdit"], params["lora"], self.lora)}
+    return params if self.lora is None else lora_lib.merge_group(params, "mmdit", self.lora)
 
   def make_loader(self, shard_index, shard_count):
     c = self.config
@@ -171,7 +159,7 @@ class GeneratorGRPO:
     params = trainer.host_params(state)
     write_lora = None
     if self.lora is not None:
-      write_lora = lambda tmp: lora_lib.save(os.path.join(tmp, LORA_FILE), params["lora"], self.lora)
+      write_lora = lambda tmp: lora_lib.save(os.path.join(tmp, LORA_FILE), params[lora_lib.GROUP], self.lora)
     tiny.export_generator(directory, self.gcfg, jax.device_get(self.merged(params)),
                           np.dtype(self.config.export_dtype), write_more=write_lora)
 

@@ -61,14 +61,9 @@ class LVLMGRPO:
         c.model.pretrained or assets.asset_dir(SHIPPED_SFT_JUDGE))
     self.model = self.model.clone(remat=c.model.remat)
     self.global_batch_size = c.images_per_step
-    self.lora = None
-    if c.model.lora.rank > 0:  # adapters on the decoder, their own parameter group, fresh (= the SFT judge)
-      if c.model.lora.dropout > 0:
-        raise ValueError(f"model.lora.dropout={c.model.lora.dropout}: GRPO needs 0 (with dropout the sampler and "
-                         "the update score different policies and the on-policy ratio is not 1)")
-      self.lora = lora_lib.LoRAConfig(c.model.lora.rank, c.model.lora.alpha, 0.0, tuple(c.model.lora.target_modules))
-      adapters = lora_lib.init(self._pretrained["language_model"], self.lora, jax.random.key(c.seed))
-      self._pretrained = {**self._pretrained, "lora": jax.device_get(adapters)}
+    self.lora = lora_lib.grpo_config(c.model.lora)
+    if self.lora is not None:  # adapters on the decoder, their own parameter group (fresh: the SFT judge)
+      self._pretrained = lora_lib.with_adapters(self._pretrained, "language_model", self.lora, jax.random.key(c.seed))
     need = judge_targets.max_target_tokens(self.processor)
     if c.max_new_tokens < need:  # fine for smoke runs; a real run could never earn the format reward
       logging.warning("max_new_tokens=%d is below the longest SFT answer (%d tokens): full answers get truncated",
@@ -158,15 +153,12 @@ class LVLMGRPO:
     if self.lora is None:
       yield params
       return
-    with lora_lib.enabled(params["lora"], self.lora, root=("language_model",)):
-      yield {k: v for k, v in params.items() if k != "lora"}
+    with lora_lib.enabled(params[lora_lib.GROUP], self.lora, root=("language_model",)):
+      yield lora_lib.without(params)
 
   def merged(self, params):
     """The judge's params with the LoRA folded into the decoder (what evaluation and export use)."""
-    if self.lora is None:
-      return params
-    base = {k: v for k, v in params.items() if k != "lora"}
-    return {**base, "language_model": lora_lib.merge(params["language_model"], params["lora"], self.lora)}
+    return params if self.lora is None else lora_lib.merge_group(params, "language_model", self.lora)
 
   def logprobs(self, params, prompts, tokens, mask):
     """Per-token log-probs at the sampling temperature of completions (rows b·G + g) for a (micro-)batch of
