@@ -61,7 +61,9 @@ def get_config(arg=None):
   # (from a zero-initialised V-A embedding at lr 1e-3, emotion alone paints seed 1's bright low-arousal cells
   # as noise and pickscore 1 keeps every cell a picture; README, Status)
   c.rewards.weights = ml_collections.ConfigDict({"lvlm_emotion": 1.0, "colour_emotion": 0.0, "pickscore": 1.0})
-  c.rewards.normalize = "none"  # "none", "batch" or "group": z-score each reward over the batch / each group first
+  # "none", "batch" or "group": z-score each reward over the batch / each group first; "group_axes": "group"
+  # with each emotion reward's valence and arousal terms z-scored apart (emojax.rewards.registry.combine)
+  c.rewards.normalize = "none"
   c.rewards.lvlm = cu.lvlm_judge()  # the LVLM judge of lvlm_emotion
   # the preference model of pickscore and the eval/pickscore metric; scale 37.5: pickscore_tiny's mean on clean
   # held-out renders (PickScore_v1: 26, as Flow-GRPO), so a clean picture earns about 1 and colour noise about -0.2
@@ -69,7 +71,9 @@ def get_config(arg=None):
 
   c.eval = ml_collections.ConfigDict()
   c.eval.seed = 12345  # held-out EmoShapes seed for eval prompts and noise
-  c.eval.num_prompts = 4  # neutral prompts, each sampled at a 3x3 grid of V-A targets
+  # neutral prompts, each sampled at a 3x3 grid of V-A targets; a 36-image grid's errors move by 0.05-0.10 with
+  # the prompts and noise drawn, so compare runs with more prompts or emojax.evaluate's 5x5 grid
+  c.eval.num_prompts = 4
   c.eval.num_steps = 8  # ODE steps
   c.eval.at_start = True  # also evaluate the pretrained generator at step 1 (the "before")
   c.eval.preference = True  # also log eval/pickscore and eval/clip_iqa with rewards.pickscore's model
@@ -105,7 +109,7 @@ RANGES = {
     "rl.timestep_fraction": cu.Fraction(lo_open=True), "rl.sde_steps": cu.Int(0), "rl.grad_accum": cu.Int(1), "rl.inner_epochs": cu.Int(1),
     "rl.ratio_tolerance": cu.Float(0.0),
     **cu.preference_model_ranges("rewards.pickscore"),
-    "rewards.weights.*": cu.Float(0.0), "rewards.normalize": cu.OneOf("none", "batch", "group"),
+    "rewards.weights.*": cu.Float(0.0), "rewards.normalize": cu.OneOf("none", "batch", "group", "group_axes"),
     "eval.seed": cu.Int(0), "eval.num_prompts": cu.Int(1), "eval.num_steps": cu.Int(1, 1000), "eval.at_start": cu.BOOL,
     "eval.preference": cu.BOOL,
 }

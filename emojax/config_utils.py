@@ -299,6 +299,7 @@ def lvlm_data(seed: int) -> ml_collections.ConfigDict:
   d.seed = seed  # EmoShapes world seed of the training images
   d.num_examples = 200_000  # size of the procedural training set
   d.image_size = 32  # EmoShapes image side in pixels
+  d.dark_prob = 0.0  # share of training images darkened (x U(0.04, 0.4)) and relabelled (pipeline.Darken)
   d.noise_prob = 0.5  # share of training images given Gaussian pixel noise and relabelled (pipeline.PixelNoise)
   d.noise_max_std = 0.4  # the noise std is uniform in [0, noise_max_std] ([0, 1] pixel units)
   d.feedback_share = 0.0  # share of rows turned into feedback-task rows (pipeline.FeedbackTask); 0 = judge only
@@ -307,5 +308,5 @@ def lvlm_data(seed: int) -> ml_collections.ConfigDict:
 
 LVLM_DATA_RANGES = {
     "data.seed": Int(0), "data.num_examples": Int(1), "data.image_size": Int(8, 4096),
-    "data.noise_prob": Fraction(), "data.noise_max_std": Fraction(), "data.feedback_share": Fraction(),
+    "data.dark_prob": Fraction(), "data.noise_prob": Fraction(), "data.noise_max_std": Fraction(), "data.feedback_share": Fraction(),
 }

@@ -134,3 +134,24 @@ def test_noisy_eval_split_is_fixed_and_relabelled():
   np.testing.assert_array_equal(noisy["category"], nearest_category(v, a))
   with pytest.raises(ValueError, match="noise_max_std=-0.1 must be >= 0"):
     pipeline.labelled_split(9, 6, noise_max_std=-0.1)
+
+
+def test_darken_scales_brightness_keeps_saturation_and_relabels():
+  from emojax.data import emoshapes
+  from emojax.emotion.colour import brightness_saturation_np, colour_judge_np
+  example = pipeline.SelectFields(keep_images=True).map(SOURCE[3])
+  rng = np.random.default_rng(0)
+  dark = pipeline.Darken(1.0).random_map(example, rng)
+  b0, s0 = brightness_saturation_np(example["image"])
+  b1, s1 = brightness_saturation_np(dark["image"])
+  scale = b1.mean() / b0.mean()
+  assert pipeline.DARK_SCALES[0] - 0.01 <= scale <= pipeline.DARK_SCALES[1] + 0.01
+  bright = b0 > 0.5  # uint8 rounding moves the saturation of near-black pixels, not of these
+  np.testing.assert_allclose(s1[bright], s0[bright], atol=0.1)
+  v, a = colour_judge_np(dark["image"])
+  assert (dark["valence"], dark["arousal"], dark["category"]) == (v, a, nearest_category(v, a))
+  assert str(dark["emotional_prompt"]).endswith(
+      f", on a {emoshapes.colour_words(dark['image'][example['shape_mask'] == 0])} background")
+  assert pipeline.Darken(0.0).random_map(example, rng) is example
+  with pytest.raises(ValueError, match="dark_prob=2"):
+    pipeline.Darken(2)

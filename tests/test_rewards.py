@@ -34,6 +34,27 @@ def test_combine_is_the_weighted_sum_and_zscore_normalises():
     registry.combine(images, batch, {})
 
 
+def test_group_axes_zscores_valence_and_arousal_apart():
+  """One group where valence errors spread widely and arousal errors barely: "group" ranks by valence
+  alone, "group_axes" gives arousal an equal say; unnormalised, the axes' mean is the reward."""
+  images = jnp.zeros((4, 8, 8, 3), jnp.float32)
+  v_err, a_err = np.array([0.0, 2.0, 4.0, 6.0]), np.array([0.3, 0.2, 0.1, 0.0])
+
+  def fake(images, batch):
+    return 1.0 - (jnp.asarray(v_err) + jnp.asarray(a_err)) / 12.0, {"v_abs_err": jnp.asarray(v_err),
+                                                                     "a_abs_err": jnp.asarray(a_err)}
+  registry._REGISTRY["_axes_test"] = fake
+  try:
+    group, _ = registry.combine(images, {}, {"_axes_test": 1.0}, normalize="group", group_size=4)
+    axes, _ = registry.combine(images, {}, {"_axes_test": 1.0}, normalize="group_axes", group_size=4)
+  finally:
+    del registry._REGISTRY["_axes_test"]
+  z = lambda x: (x - x.mean()) / x.std()
+  np.testing.assert_allclose(group, z(-(v_err + a_err)), atol=1e-4)
+  np.testing.assert_allclose(axes, (z(-v_err) + z(-a_err)) / 2, atol=1e-4)
+  assert np.argmax(group) == 0 and np.allclose(axes, 0.0, atol=1e-4)  # opposite axes cancel when balanced
+
+
 def test_smooth_reward_does_not_pay_for_pixel_noise():
   """A red/cyan checkerboard is maximally saturated per pixel but grey once averaged: the
   per-pixel judge calls it high-arousal, the block-averaged reward does not."""

@@ -70,7 +70,8 @@ def make_host(name: str, config) -> Callable:
   return _HOST[name](config)
 
 
-NORMALIZE = ("none", "batch", "group")
+NORMALIZE = ("none", "batch", "group", "group_axes")
+AXIS_ERRORS = ("v_abs_err", "a_abs_err")  # extras of an emotion reward: its per-axis |error| (6 = the worst)
 
 
 def zscore(x: jax.Array, eps: float = 1e-6, group_size: int | None = None) -> jax.Array:
@@ -83,8 +84,11 @@ def zscore(x: jax.Array, eps: float = 1e-6, group_size: int | None = None) -> ja
 
 def combine(images, batch, weights: Mapping[str, float], normalize: str = "none", group_size: int | None = None):
   """Sum of weight * reward and per-reward logs. normalize: "none", "batch" (each reward z-scored over
-  the batch first) or "group" (within each GRPO group of group_size rows, so a reward whose spread
-  differs between groups cannot drown the others)."""
+  the batch first), "group" (within each GRPO group of group_size rows, so a reward whose spread
+  differs between groups cannot drown the others) or "group_axes" ("group", with an emotion reward, one
+  whose extras hold AXIS_ERRORS, split into its valence and arousal terms 1 - |error| / 6, each z-scored
+  and weighted w / 2: unnormalised their mean is the reward itself, 1 - (|dV| + |dA|) / 12, but within a
+  group one axis's spread would set the ranking, and GRPO trades the other axis for it)."""
   if not weights:
     raise ValueError("no rewards configured: set config.rewards to {name: weight}")
   if normalize not in NORMALIZE:
@@ -101,8 +105,11 @@ def combine(images, batch, weights: Mapping[str, float], normalize: str = "none"
       r, extras = get(name)(images, batch)
     logs[f"reward/{name}"] = r
     logs.update({f"{name}/{k}": v for k, v in extras.items()})
+    if normalize == "group_axes" and all(k in extras for k in AXIS_ERRORS):
+      total = total + w * sum(zscore(1.0 - extras[k] / 6.0, group_size=group_size) for k in AXIS_ERRORS) / 2
+      continue
     if normalize != "none":
-      r = zscore(r, group_size=group_size if normalize == "group" else None)
+      r = zscore(r, group_size=None if normalize == "batch" else group_size)
     total = total + w * r
   return jnp.asarray(total), logs
 
