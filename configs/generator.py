@@ -2,12 +2,14 @@
 
   python -m emojax.train --config=configs/generator.py --workdir=/tmp/emojax_generator
   python -m emojax.train --config=configs/generator.py:smoke --workdir=/tmp/x   # seconds, for tests
+  python -m emojax.train --config=configs/generator.py:sd35m --workdir=gs://... \
+      --config.model.pretrained=SD35M_DIR --config.rewards.lvlm.path=JUDGE_DIR --config.rewards.pickscore.path=PICKSCORE_DIR
 """
 import ml_collections
 
 from emojax import config_utils as cu
 
-GENERATOR_GROUPS = ("text", "emotion", "mmdit")  # top-level parameter groups of the tiny generator
+GENERATOR_GROUPS = ("text", "emotion", "mmdit", "transformer")  # parameter groups: tiny generator's, SD3's
 
 
 def get_config(arg=None):
@@ -17,7 +19,11 @@ def get_config(arg=None):
   c.export_dtype = "float32"  # dtype of the exported generator (<workdir>/export)
 
   c.model = ml_collections.ConfigDict()
-  c.model.pretrained = ""  # pretrained generator directory; "" = the shipped tiny asset
+  c.model.kind = "tiny"  # "tiny": an emojax generator directory (pixel space); "sd3": an SD3 / SD3.5 pipeline
+  c.model.pretrained = ""  # tiny: generator directory ("" = the shipped asset); sd3: diffusers pipeline dir or SD3 export
+  c.model.resolution = 0  # sd3: image side in pixels (0 = the transformer's sample_size x the VAE factor)
+  c.model.max_sequence_length = 256  # sd3: T5 tokens per prompt (diffusers' default)
+  c.model.emotion_tokens = 4  # sd3: V-A tokens joining the text context (a tiny generator's config holds its own)
   # parameter groups left untouched: only the V-A embedding learns (training the MMDiT too
   # reward-hacks the colour judge with texture within 40 steps)
   c.model.frozen = ("text", "mmdit")
@@ -51,6 +57,9 @@ def get_config(arg=None):
   c.rl.grad_accum = 2  # micro-batches per optimizer update
   c.rl.inner_epochs = 1  # optimizer updates per rollout batch
   c.rl.ratio_tolerance = 1e-5  # warn when the first-epoch ratio deviates from 1 by more
+  # the PPO ratio's old log-prob: "rollout" (the sampler's) or "update" (the first update's own forward; in bf16
+  # the sampler's and the update's programs round apart by more than clip_eps; sampler_ratio_dev logs the gap)
+  c.rl.old_logprob = "rollout"
 
   c.rewards = ml_collections.ConfigDict()
   # reward name -> weight (emojax.rewards.registry); zero weights are skipped, so
@@ -90,15 +99,39 @@ def get_config(arg=None):
     c.rl.prompts_per_step, c.rl.group_size, c.rl.num_steps, c.rl.sde_steps = 2, 4, 3, 2
     c.eval.num_prompts, c.eval.num_steps = 1, 2
     c.rewards.lvlm.batch_size = 8
+  elif arg.preset == "sd35m":
+    sd35m(c)
   elif arg.preset != "default":
-    raise ValueError(f"unknown preset {arg.preset!r} for generator; use default or smoke")
+    raise ValueError(f"unknown preset {arg.preset!r} for generator; use default, smoke or sd35m")
   return c
+
+
+def sd35m(c):
+  """SD3.5-Medium on a pod: Flow-GRPO's public SD3.5-M setting (LoRA r 32, alpha 64 on the joint attention's
+  projections, 10 SDE steps in training, 40 ODE steps in evaluation, CFG 4.5, noise level 0.7, group 24, clip
+  1e-4, KL 0.01 (EmoFeedback2 states no beta), lr 3e-4, 512 px) with EmoFeedback2's rewards: the Qwen2.5-VL
+  emotion judge and PickScore_v1 (scale 26, as Flow-GRPO). The three directories have no default."""
+  c.total_steps, c.checkpoint_every, c.eval_every = 1000, 50, 50
+  c.model.kind, c.model.resolution, c.model.frozen = "sd3", 512, ("transformer",)
+  c.model.dtype, c.model.remat = "bfloat16", "full"
+  c.model.lora = cu.lora(rank=32, alpha=64.0)
+  c.rl.prompts_per_step, c.rl.group_size, c.rl.grad_accum = 8, 24, 8
+  c.rl.num_steps, c.rl.sde_steps, c.rl.cfg_scale, c.rl.noise_level = 10, 0, 4.5, 0.7
+  c.rl.clip_eps, c.rl.kl_beta, c.rl.timestep_fraction = 1e-4, 0.01, 1.0
+  c.rl.old_logprob = "update"  # bf16: the sampler's log-probs differ from the update's by ~3e-3 (README)
+  c.rewards.weights = ml_collections.ConfigDict({"lvlm_emotion": 1.0, "colour_emotion": 0.0, "pickscore": 1.0})
+  c.rewards.lvlm = cu.lvlm_judge(batch_size=16, max_prompt_len=512, max_new_tokens=256)  # 512 px: 324 image tokens
+  c.rewards.pickscore = cu.preference_model(scale=26.0, batch_size=32)
+  c.rewards.pickscore.iqa_pair = ("Good photo.", "Bad photo.")
+  c.eval.num_prompts, c.eval.num_steps = 8, 40
+  c.optim = cu.optimizer(lr=3e-4, grad_clip=1.0)
 
 
 RANGES = {
     **cu.RUN_RANGES, **cu.OPTIM_RANGES, **cu.MESH_RANGES, **cu.SHARDING_RANGES, **cu.lvlm_judge_ranges("rewards.lvlm"),
     "task": cu.OneOf("generator_grpo"), "export_dtype": cu.OneOf(*cu.DTYPES),
-    "model.pretrained": cu.STR, "model.frozen": cu.Names(*GENERATOR_GROUPS),
+    "model.kind": cu.OneOf("tiny", "sd3"), "model.pretrained": cu.STR, "model.frozen": cu.Names(*GENERATOR_GROUPS),
+    "model.resolution": cu.Int(0), "model.max_sequence_length": cu.Int(1), "model.emotion_tokens": cu.Int(1),
     "model.dtype": cu.OneOf("float32", "bfloat16"),
     "model.remat": cu.OneOf(*cu.REMATS), **cu.lora_ranges("model.lora"),
     "data.seed": cu.Int(0), "data.num_examples": cu.Int(1), "data.target_mode": cu.OneOf("uniform", "data"),
@@ -107,7 +140,7 @@ RANGES = {
     "rl.shift": cu.Positive(), "rl.noise_level": cu.Float(0.0, 2.0, lo_open=True), "rl.cfg_scale": cu.Float(0.0),
     "rl.clip_eps": cu.Positive(), "rl.kl_beta": cu.Float(0.0), "rl.adv_clip": cu.Positive(), "rl.adv_eps": cu.Positive(),
     "rl.timestep_fraction": cu.Fraction(lo_open=True), "rl.sde_steps": cu.Int(0), "rl.grad_accum": cu.Int(1), "rl.inner_epochs": cu.Int(1),
-    "rl.ratio_tolerance": cu.Float(0.0),
+    "rl.ratio_tolerance": cu.Float(0.0), "rl.old_logprob": cu.OneOf("rollout", "update"),
     **cu.preference_model_ranges("rewards.pickscore"),
     "rewards.weights.*": cu.Float(0.0), "rewards.normalize": cu.OneOf("none", "batch", "group", "group_axes"),
     "eval.seed": cu.Int(0), "eval.num_prompts": cu.Int(1), "eval.num_steps": cu.Int(1, 1000), "eval.at_start": cu.BOOL,

@@ -28,7 +28,8 @@ _ROUNDS = flags.DEFINE_integer("feedback_rounds", 3, "Rounds of generate -> judg
 _PER_ROUND = flags.DEFINE_integer("images_per_round", 8, "Images generated per round and request (>= 1).")
 _STOP = flags.DEFINE_float("stop_error", 0.0, "Stop a request once its judged |dV| + |dA| is below this (0 = never).")
 _REWRITE = flags.DEFINE_bool("rewrite", True, "Rewrite the prompt between rounds (false: selection alone).")
-_GENERATOR = flags.DEFINE_string("generator", "", "Generator directory; empty = the shipped tiny generator.")
+_GENERATOR = flags.DEFINE_string("generator", "", "Generator directory (tiny or an SD3 pipeline / SD3 export); "
+                                  "empty = the shipped tiny generator.")
 _LVLM = flags.DEFINE_string("lvlm", "", "LVLM directory (judge and rewriter); empty = the shipped tiny LVLM.")
 _PREFERENCE = flags.DEFINE_string("preference", "", "Preference (CLIP) directory; empty = the shipped tiny one.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seeds every image's noise.")
@@ -87,14 +88,14 @@ def main(argv):
   from emojax.io import assets
   from emojax.pipelines import feedback_loop as fl
   from emojax.data.feedback import content_kept
-  from emojax.pipelines import tiny
+  from emojax.pipelines import policy as policy_lib
   from emojax.rewards.clip_scores import PickScoreReward
   from emojax.rewards.lvlm_judge import LVLMJudgeReward
-  gen, gcfg, params = tiny.load_generator(_GENERATOR.value)
+  policy = policy_lib.load(_GENERATOR.value)
   judge_reward = LVLMJudgeReward.from_config(cu.lvlm_judge(_LVLM.value, batch_size=_BATCH.value))
   scorer = PickScoreReward.from_config(cu.preference_model(_PREFERENCE.value, batch_size=_BATCH.value)).scorer
-  models = fl.tiny_models(gen, gcfg, params, judge_reward, scorer, seed=_SEED.value, num_steps=_NUM_STEPS.value,
-                          shift=3.0, cfg_scale=_CFG.value, batch_size=_BATCH.value)
+  models = fl.policy_models(policy, policy.params, judge_reward, scorer, seed=_SEED.value, num_steps=_NUM_STEPS.value,
+                            shift=policy.shift, cfg_scale=_CFG.value, batch_size=_BATCH.value)
   traces = fl.run(prompts, np.array(va, np.float32), models, rounds=_ROUNDS.value, images_per_round=_PER_ROUND.value,
                   stop_error=_STOP.value, rewrite=_REWRITE.value, content_kept=content_kept, progress=_PROGRESS.value)
 

@@ -33,7 +33,7 @@ def test_every_field_has_a_range_and_the_presets_lie_in_it(module, preset):
     ("export_dtype", "int8", "one of 'float32', 'float16', 'bfloat16'"),
     ("mesh.data", 0, "an integer >= 1 or -1"),
     ("optim.b2", 1.0, "a number in [0, 1)"),
-    ("model.frozen", ("text", "vae"), "a tuple of names from 'text', 'emotion', 'mmdit'"),
+    ("model.frozen", ("text", "vae"), "a tuple of names from 'text', 'emotion', 'mmdit', 'transformer'"),
     ("eval.num_steps", 0, "an integer in [1, 1000]"),
     ("rl.shift", math.nan, "a number > 0"),
 ])

@@ -251,3 +251,16 @@ def test_pickscore_reward_and_eval_metrics_are_the_preference_models(tiny_asset,
   assert m["eval/pickscore"] == pytest.approx(float(scorer.pickscore(grid, task.eval_set.prompts).mean()) / 4.0, abs=1e-4)
   assert m["eval/clip_iqa"] == pytest.approx(float(scorer.clip_iqa(grid, tuple(config.rewards.pickscore.iqa_pair)).mean()),
                                              abs=1e-5)
+
+
+def test_update_forward_as_old_logprob_is_the_same_step_in_fp32(tiny_asset, tmp_path, single_device_step):
+  """rl.old_logprob="update": the first update's own forward (stop-gradient) is the ratio's old log-prob. In
+  fp32 the sampler and the update agree to float rounding, so the step is the rollout-log-prob step; the gap
+  to the sampler is still logged (sampler_ratio_dev)."""
+  over = {"total_steps": 1, "mesh.num_devices": 1, "rl.old_logprob": "update", **_ONE_STEP}
+  res = run(generator_config(tiny_asset, **over), tmp_path)
+  (m,), (ref, ref_params) = res.metrics, single_device_step
+  assert m["ratio_dev_first"] == 0.0 and m["clip_frac_high"] == m["clip_frac_low"] == 0.0
+  assert m["sampler_ratio_dev"] == pytest.approx(ref["ratio_dev_first"], abs=1e-6) and m["sampler_ratio_dev"] < 1e-5
+  np.testing.assert_allclose(m["loss"], ref["loss"], rtol=0, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6), _params(res), ref_params)

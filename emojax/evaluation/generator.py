@@ -26,10 +26,10 @@ class EvalSet:
   must come from the words).
   """
 
-  def __init__(self, gen, gcfg, *, num_prompts: int, seed: int, num_steps: int, shift: float, cfg_scale: float,
+  def __init__(self, policy, *, num_prompts: int, seed: int, num_steps: int, shift: float, cfg_scale: float,
                source: str = "grid", targets_per_axis: int = 3, preference=None):
-    tok = tiny.tokenizer_for(gcfg)
-    examples = [emoshapes.make_example(seed, i, gcfg.mmdit.sample_size) for i in range(num_prompts)]
+    """policy: an emojax.pipelines.policy generator (TinyPolicy(gen, gcfg) for a bare tiny generator)."""
+    examples = [emoshapes.make_example(seed, i, policy.image_size) for i in range(num_prompts)]
     if source == "grid":
       grid = np.linspace(-2.4, 2.4, targets_per_axis, dtype=np.float32)
       va = np.array([(v, a) for v in grid for a in grid], np.float32)
@@ -42,22 +42,20 @@ class EvalSet:
       self.va = np.array([(e["valence"], e["arousal"]) for e in examples], np.float32)
     else:
       raise ValueError(f"unknown eval source {source!r}; use 'grid' or 'emotional'")
-    self.ids = tok(self.prompts)
-    self.uncond = tok([""] * len(self.prompts))
-    self.gen, self.kw = gen, dict(num_steps=num_steps, shift=shift, cfg_scale=cfg_scale, method="ode")
+    self.policy, self.kw = policy, dict(num_steps=num_steps, shift=shift, cfg_scale=cfg_scale)
     self.key = jax.random.key(seed)
     self.preference = preference  # a PickScoreReward: eval/pickscore (scaled, as the reward) and eval/clip_iqa
 
   def sample(self, params) -> jax.Array:
     """The set's images under `params`: fixed prompts, targets and noise, ODE."""
-    return tiny.generate(self.gen, params, self.ids, self.uncond, jnp.asarray(self.va), self.key, **self.kw)
+    return self.policy.sample(params, self.prompts, self.va, self.key, **self.kw)
 
   def __call__(self, params, png_path: str | None = None) -> dict[str, float]:
     images = self.sample(params)
     v, a = jax.device_get(colour_judge(images))
     if png_path:
       images_io.save_grid(images, png_path, self.ncol)
-    scores = layout.layout_scores(jax.device_get(images), self.prompts)
+    scores = layout.layout_scores(jax.device_get(images), self.prompts) if self.policy.layout_judge else {}
     if self.preference is not None:
       pick, extra = self.preference(jax.device_get(images), {"prompt": self.prompts})
       scores |= {"pickscore": float(np.mean(pick)), "clip_iqa": float(np.mean(extra["clip_iqa"]))}

@@ -11,7 +11,7 @@ from absl import logging
 
 from emojax.data import emoshapes
 from emojax.evaluation import report
-from emojax.pipelines import tiny
+from emojax.pipelines import policy as policy_lib
 
 
 @dataclasses.dataclass
@@ -34,22 +34,22 @@ def grid_prompts(c) -> tuple[list[str], list[dict]]:
 
 def run(c, judges: Judges, rows_prompts, va, *, progress: bool = False) -> dict:
   """{"summary", "rows", "images", "traces" (None without feedback)} for rows_prompts[i] at va[i]."""
-  gen, gcfg, params = tiny.load_generator(c.generator)
+  policy = policy_lib.load(c.generator)
   t0 = time.perf_counter()
   traces = None
   if c.feedback.rounds:
     from emojax.data.feedback import content_kept
     from emojax.pipelines import feedback_loop as fl
-    models = fl.tiny_models(gen, gcfg, params, judges.lvlm, judges.preference.scorer, seed=c.seed,
-                            num_steps=c.num_steps, shift=c.shift, cfg_scale=c.cfg_scale, batch_size=c.batch_size,
-                            rewriter=c.feedback.rewriter)
+    models = fl.policy_models(policy, policy.params, judges.lvlm, judges.preference.scorer, seed=c.seed,
+                              num_steps=c.num_steps, shift=c.shift, cfg_scale=c.cfg_scale, batch_size=c.batch_size,
+                              rewriter=c.feedback.rewriter)
     traces = fl.run(rows_prompts, va, models, rounds=c.feedback.rounds, images_per_round=c.feedback.images_per_round,
                     stop_error=c.feedback.stop_error, rewrite=c.feedback.rewrite, content_kept=content_kept,
                     progress=progress)
     images = np.stack([t["best_image"] for t in traces])
   else:
-    images = report.generate(gen, gcfg, params, rows_prompts, va, seed=c.seed, batch_size=c.batch_size,
-                             num_steps=c.num_steps, shift=c.shift, cfg_scale=c.cfg_scale, progress=progress)
+    images = policy.generate_uint8(policy.params, rows_prompts, va, seed=c.seed, batch_size=c.batch_size,
+                                   num_steps=c.num_steps, shift=c.shift, cfg_scale=c.cfg_scale, progress=progress)
   logging.info("generated %d images in %.1f s", len(images), time.perf_counter() - t0)
   rows = report.judge_rows(images, rows_prompts, va, lvlm_answers=judges.lvlm.answers(images),
                            scorer=judges.preference.scorer, iqa_pair=judges.preference.iqa_pair)

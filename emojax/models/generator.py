@@ -86,6 +86,16 @@ class EmotionEmbed(nn.Module):
     return tokens.reshape(va.shape[0], self.num_tokens, self.token_dim), pooled
 
 
+def append_emotion(text, emo_tokens, emo_pooled, emotion_mask=None):
+  """text {context (B, L, D), pooled (B, P)} + EmotionEmbed's output -> conditioning with the V-A tokens
+  appended to the context and the offset added to pooled; emotion_mask (B,) = 0 leaves them out (as zeros)."""
+  if emotion_mask is not None:
+    m = emotion_mask.astype(emo_tokens.dtype)
+    emo_tokens, emo_pooled = emo_tokens * m[:, None, None], emo_pooled * m[:, None]
+  context = jnp.concatenate([text["context"], emo_tokens.astype(text["context"].dtype)], axis=1)
+  return {"context": context, "pooled": text["pooled"] + emo_pooled.astype(text["pooled"].dtype)}
+
+
 class Generator(nn.Module):
   config: GeneratorConfig
   dtype: Any = jnp.float32
@@ -108,12 +118,7 @@ class Generator(nn.Module):
 
   def add_emotion(self, text, va, emotion_mask=None):
     """Appends the V-A tokens to encoded text; emotion_mask (B,) = 0 gives the emotion-free branch."""
-    emo_tokens, emo_pooled = self.emotion(va)
-    if emotion_mask is not None:
-      m = emotion_mask.astype(emo_tokens.dtype)
-      emo_tokens, emo_pooled = emo_tokens * m[:, None, None], emo_pooled * m[:, None]
-    context = jnp.concatenate([text["context"], emo_tokens.astype(text["context"].dtype)], axis=1)
-    return {"context": context, "pooled": text["pooled"] + emo_pooled.astype(text["pooled"].dtype)}
+    return append_emotion(text, *self.emotion(va), emotion_mask)
 
   def velocity(self, x, sigma, cond):
     """x (B, H, W, C) at noise level sigma (B,) -> velocity; timestep convention sigma * 1000."""

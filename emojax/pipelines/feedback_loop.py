@@ -177,20 +177,19 @@ def feedback_lengths(processor, image_size: int) -> tuple[int, int]:
   return len(processor.encode(prompt_lib.chat_text(question), [grid])), len(processor.tokenizer.encode(answer)) + 1
 
 
-def tiny_models(gen, gcfg, params, judge_reward, scorer, *, seed: int, num_steps: int, shift: float,
-                cfg_scale: float, batch_size: int, rewriter: str = "lvlm") -> Models:
-  """Models of the tiny world: the generator (ODE from the noise ids), the LVLM judge reward's model as
-  judge and (rewriter "lvlm") rewriter, or the closed-form "oracle" rewriter; the scorer's PickScore."""
-  from emojax.evaluation import report
-
+def policy_models(policy, params, judge_reward, scorer, *, seed: int, num_steps: int, shift: float,
+                  cfg_scale: float, batch_size: int, rewriter: str = "lvlm") -> Models:
+  """Models of a generator policy (emojax.pipelines.policy, either scale): the generator (ODE from the noise
+  ids), the LVLM judge reward's model as judge and (rewriter "lvlm") rewriter, or the closed-form "oracle"
+  rewriter; the scorer's PickScore."""
   def generate(prompts, va, noise_ids):
-    return report.generate(gen, gcfg, params, prompts, va, seed=seed, batch_size=batch_size, num_steps=num_steps,
-                           shift=shift, cfg_scale=cfg_scale, progress=False, noise_ids=noise_ids)
+    return policy.generate_uint8(params, prompts, va, seed=seed, batch_size=batch_size, num_steps=num_steps,
+                                 shift=shift, cfg_scale=cfg_scale, progress=False, noise_ids=noise_ids)
 
   if rewriter == "oracle":
     rewrite = oracle_rewriter
   elif rewriter == "lvlm":
-    prompt_len, new_tokens = feedback_lengths(judge_reward.processor, gcfg.mmdit.sample_size)
+    prompt_len, new_tokens = feedback_lengths(judge_reward.processor, policy.image_size)
     rewrite = lvlm_rewriter(judge_reward.model, judge_reward.params, judge_reward.processor,
                             batch_size=judge_reward.batch_size, max_prompt_len=prompt_len, max_new_tokens=new_tokens)
   else:

@@ -45,6 +45,10 @@ class GRPOHyper:
   image_shape: tuple  # (H, W, C)
   frozen: tuple = ("text",)  # top-level parameter groups kept out of the gradient
   sde_steps: int | None = None  # leading stochastic (trained) steps; the rest are Euler steps (None = all)
+  # the behaviour log-prob of the PPO ratio: "rollout" (the sampler's) or "update" (the first update's own
+  # forward, stop-gradient: the sampler and the update are separate XLA programs, and in bf16 their rounding
+  # differs by more than a 1e-4 clip range; the first epoch is then exactly on-policy)
+  old_logprob: str = "rollout"
 
   @property
   def stochastic_steps(self) -> int:
@@ -61,7 +65,7 @@ class GRPOHyper:
 
 def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emotion: Callable,
                     reward_fn: Callable, metrics_fn: Callable, optimizer: optax.GradientTransformation,
-                    hp: GRPOHyper):
+                    hp: GRPOHyper, decode: Callable | None = None):
   """Builds (experience, train_step, sample).
 
   experience(state, batch, rng, constants) -> batch-major pytree: traj_x, traj_x_next (B, T, H, W, C),
@@ -73,8 +77,10 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
   apply_velocity(params, x, sigma (B,), cond) -> v;  encode_text(params, input_ids) -> text;
   add_emotion(params, text, va, emotion_mask) -> cond;  reward_fn(images, batch) -> (rewards (B,),
   {name: (B,) logs}), e.g. a weighted sum of registered rewards;  metrics_fn(images, batch) ->
-  {name: scalar}, e.g. an independent judge's errors (logged, never optimised).
-  batch: input_ids (B, L), uncond_ids (B, L), valence (B,), arousal (B,); groups contiguous.
+  {name: scalar}, e.g. an independent judge's errors (logged, never optimised);  decode(constants, x0) ->
+  images in [-1, 1] that rewards read (a VAE in latent space; default: x0 clipped, pixel space).
+  batch: input_ids (B, L), uncond_ids (B, L) (or the text states "text" / "text_uncond" computed on the
+  host), valence (B,), arousal (B,); groups contiguous.
   With hp.text_frozen the text is encoded once per step, in experience, outside the gradient (the
   reference model shares the frozen text encoder, so its text is the same).
   """
@@ -106,8 +112,12 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
     fn = lambda x, s: velocity(params, x, s, cond, uncond)
     return rollout(fn, x_init, sigmas, k_roll, noise_level=hp.noise_level, method="sde", sde_steps=hp.sde_steps)
 
-  def micro_loss(trainable, frozen, ref_trainable, mb):
-    """Mean GRPO loss of one micro-batch over its chosen timesteps (time-major (K, b, ...))."""
+  if hp.old_logprob not in ("rollout", "update"):
+    raise ValueError(f"old_logprob={hp.old_logprob!r}: use 'rollout' or 'update'")
+
+  def micro_loss(trainable, frozen, ref_trainable, mb, own_old: bool):
+    """Mean GRPO loss of one micro-batch over its chosen timesteps (time-major (K, b, ...)); aux: stats and
+    the (K, b) log-probs (stop-gradient). own_old: the ratio's old log-prob is this forward's own."""
     params = optim.merge(trainable, frozen)
     ref_params = optim.merge(ref_trainable, frozen) if hp.kl_beta > 0 else None
     cond, uncond = conditioning(params, mb)
@@ -115,13 +125,16 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
 
     def per_t(carry, t):
       x, x_next, sig, sig_next, old_lp = (mb["x"][t], mb["x_next"][t], mb["sigma"][t], mb["sigma_next"][t],
-                                          mb["log_prob"][t])
+                                          mb["old_log_prob"][t])
       v = velocity(params, x, sig, cond, uncond)
       _, lp, mean, _ = sde_lib.sde_step(v, x, sig, sig_next, hp.noise_level, x_next=x_next)
-      pl, st = grpo.clipped_policy_loss(lp, old_lp, mb["advantages"], hp.clip_eps)
+      lp_const = jax.lax.stop_gradient(lp)
+      pl, st = grpo.clipped_policy_loss(lp, lp_const if own_old else old_lp, mb["advantages"], hp.clip_eps)
       out = {"policy_loss": pl.mean(), "ratio_mean": st["ratio_mean"], "ratio_dev": st["ratio_max_dev"],
              "clip_frac_high": st["clip_frac_high"], "clip_frac_low": st["clip_frac_low"],
-             "approx_kl": st["approx_kl"]}
+             "approx_kl": st["approx_kl"], "log_prob": lp_const,
+             # the update's policy against the sampler's log-prob, whichever old log-prob the ratio uses
+             "sampler_ratio_dev": jnp.max(jnp.abs(jnp.exp(lp_const - mb["log_prob"][t]) - 1.0))}
       loss = pl.mean()
       if hp.kl_beta > 0:
         v_ref = jax.lax.stop_gradient(velocity(ref_params, x, sig, ref_cond, ref_uncond))
@@ -132,15 +145,16 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
       return carry + loss, out
 
     total, per = jax.lax.scan(per_t, 0.0, jnp.arange(k_train))
+    log_prob = per.pop("log_prob")
     stats = jax.tree.map(jnp.mean, per)
-    stats["ratio_dev"] = per["ratio_dev"].max()
-    return total / k_train, stats
+    stats["ratio_dev"], stats["sampler_ratio_dev"] = per["ratio_dev"].max(), per["sampler_ratio_dev"].max()
+    return total / k_train, (stats, log_prob)
 
   grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
-  def update(params, ref_trainable, opt_state, train_batch):
+  def update(params, ref_trainable, opt_state, train_batch, own_old: bool):
     """One optimizer update of the trainable groups from `grad_accum` micro-batches (a scan,
-    gradients averaged)."""
+    gradients averaged); also returns the update's (B, K) log-probs of the sampled transitions."""
     trainable, frozen = optim.partition(params, hp.frozen)
     n = hp.grad_accum
     micro = jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), train_batch)
@@ -149,15 +163,16 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
 
     def acc(carry, mb):
       g_sum, l_sum = carry
-      (l, stats), g = grad_fn(trainable, frozen, ref_trainable, mb)
-      return (jax.tree.map(jnp.add, g_sum, g), l_sum + l), stats
+      (l, (stats, lp)), g = grad_fn(trainable, frozen, ref_trainable, mb, own_old)
+      return (jax.tree.map(jnp.add, g_sum, g), l_sum + l), (stats, lp)
 
     zeros = jax.tree.map(jnp.zeros_like, trainable)
-    (g, l), stats = jax.lax.scan(acc, (zeros, 0.0), micro)
+    (g, l), (stats, lp) = jax.lax.scan(acc, (zeros, 0.0), micro)
     g = jax.tree.map(lambda x: x / n, g)
-    stats = jax.tree.map(jnp.mean, stats) | {"ratio_dev": stats["ratio_dev"].max()}
+    stats = jax.tree.map(jnp.mean, stats) | {k: stats[k].max() for k in ("ratio_dev", "sampler_ratio_dev")}
     trainable, opt_state, stats["grad_norm"] = optim.apply_gradients(optimizer, g, opt_state, trainable)
-    return optim.merge(trainable, frozen), opt_state, l / n, stats
+    lp = jnp.swapaxes(lp, 1, 2).reshape(-1, lp.shape[1])  # (n, K, b) -> (B, K), the train batch's rows
+    return optim.merge(trainable, frozen), opt_state, l / n, stats, lp
 
   def experience(state, batch, rng, constants):
     params = jax.lax.stop_gradient(state["params"])
@@ -169,7 +184,8 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
     x0, traj = sample(params, {**batch, **out}, k_roll)
     batch_major = lambda a: jnp.swapaxes(a, 0, 1)
     return out | {"traj_x": batch_major(traj.x), "traj_x_next": batch_major(traj.x_next),
-                  "traj_log_prob": batch_major(traj.log_prob), "images": jnp.clip(x0, -1.0, 1.0)}
+                  "traj_log_prob": batch_major(traj.log_prob),
+                  "images": jnp.clip(x0, -1.0, 1.0) if decode is None else decode(constants, x0)}
 
   def train_step(state, batch, rng, constants):
     params, opt_state = state["params"], state["opt_state"]
@@ -184,15 +200,19 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
     take = lambda a: jnp.take_along_axis(a, order.reshape(order.shape + (1,) * (a.ndim - 2)), axis=1)
     train_batch = {
         "x": take(batch["traj_x"]), "x_next": take(batch["traj_x_next"]), "log_prob": take(batch["traj_log_prob"]),
+        "old_log_prob": take(batch["traj_log_prob"]),
         "sigma": sigmas[order], "sigma_next": sigmas[order + 1],
-        "advantages": adv, "input_ids": batch["input_ids"], "uncond_ids": batch["uncond_ids"],
-        "valence": batch["valence"], "arousal": batch["arousal"],
-        **{k: batch[k] for k in ("text", "text_uncond") if k in batch},
+        "advantages": adv, "valence": batch["valence"], "arousal": batch["arousal"],
+        **{k: batch[k] for k in ("input_ids", "uncond_ids", "text", "text_uncond") if k in batch},
     }
 
     metrics = {}
     for epoch in range(hp.inner_epochs):
-      params, opt_state, loss, stats = update(params, constants.get("ref_trainable"), opt_state, train_batch)
+      own_old = epoch == 0 and hp.old_logprob == "update"
+      params, opt_state, loss, stats, lp = update(params, constants.get("ref_trainable"), opt_state, train_batch,
+                                                  own_old)
+      if own_old:  # later epochs compare to the first update's forward, not the sampler's
+        train_batch = {**train_batch, "old_log_prob": lp}
       if epoch == 0:
         metrics["ratio_dev_first"] = stats["ratio_dev"]
         metrics["loss"] = loss
@@ -206,4 +226,4 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
   return experience, train_step, sample
 
 
-_TIME_MAJOR = ("x", "x_next", "log_prob", "sigma", "sigma_next")
+_TIME_MAJOR = ("x", "x_next", "log_prob", "old_log_prob", "sigma", "sigma_next")

@@ -2,9 +2,13 @@
 and the pure functions of emojax.rl.generator_step into the shared trainer's three-stage step:
 rollout (jitted) -> host rewards such as the LVLM judge (score) -> update (jitted).
 
+The generator is a policy (emojax.pipelines.policy): the tiny world's pixel-space generator, or a diffusers
+SD3 / SD3.5 pipeline directory (latents, VAE-decoded before rewards; frozen text encoders run on the host
+batch; a zero-initialised V-A embedding; `model.pretrained` names either).
+
 The colour judge is the evaluator whatever the reward is: its errors on the rollout images are
 logged as judge/* every step, and on a fixed prompt x V-A grid (eval/*, a PNG in samples/) every
-eval_every steps. At the end the generator is exported to <workdir>/export (`tiny.export_generator`).
+eval_every steps. At the end the generator is exported to <workdir>/export (the policy's `export`).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from emojax.diffusion import schedule
 from emojax.emotion.space import check_va
 from emojax.evaluation.generator import EvalSet
 from emojax.models import lora as lora_lib
-from emojax.pipelines import tiny
+from emojax.pipelines import policy as policy_lib
 from emojax.rewards import registry as reward_registry
 from emojax.rl import generator_step
 
@@ -32,7 +36,7 @@ def colour_judge_errors(images, batch) -> dict:
   return {"judge/v_abs_err": err["v_abs_err"].mean(), "judge/a_abs_err": err["a_abs_err"].mean()}
 
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
+LORA_FILE = policy_lib.LORA_FILE
 
 
 class GeneratorGRPO:
@@ -41,12 +45,16 @@ class GeneratorGRPO:
 
   def __init__(self, config):
     self.config = c = config
-    self.gen, self.gcfg, self._pretrained = tiny.load_generator(c.model.pretrained, jnp.dtype(c.model.dtype),
-                                                                c.model.remat)
-    self.lora = lora_lib.grpo_config(c.model.lora)
+    m = c.model
+    if m.kind == "sd3":  # real scale: no shipped tiny judge or preference model stands in for the real ones
+      _require_paths(c)
+    self.policy = p = policy_lib.load(m.pretrained, m.kind, jnp.dtype(m.dtype), m.remat, resolution=m.resolution,
+                                      max_sequence_length=m.max_sequence_length, emotion_tokens=m.emotion_tokens,
+                                      seed=c.seed)
+    self._pretrained = p.params
+    self.lora = lora_lib.grpo_config(m.lora)
     if self.lora is not None:  # adapters on the MMDiT, their own parameter group (fresh: the pretrained model)
-      self._pretrained = lora_lib.with_adapters(self._pretrained, "mmdit", self.lora, jax.random.key(c.seed))
-    self.tok = tiny.tokenizer_for(self.gcfg)
+      self._pretrained = lora_lib.with_adapters(self._pretrained, p.adapted_group, self.lora, jax.random.key(c.seed))
     r = c.rl
     self.global_batch_size = r.prompts_per_step * r.group_size
     if self.global_batch_size % r.grad_accum:
@@ -61,42 +69,40 @@ class GeneratorGRPO:
     self.host_rewards = {k: reward_registry.make_host(k, c) for k in weights if reward_registry.is_host(k)}
     self.reward_weights = weights
     self.frozen = optim.check_frozen(self._pretrained, c.model.frozen, "generator")
-    mm = self.gcfg.mmdit
     self.hp = generator_step.GRPOHyper(
         group_size=r.group_size, num_steps=r.num_steps, sigmas=tuple(float(s) for s in schedule.sd3_sigmas(r.num_steps, r.shift)),
         noise_level=r.noise_level, cfg_scale=r.cfg_scale, clip_eps=r.clip_eps, kl_beta=r.kl_beta, adv_clip=r.adv_clip,
         adv_eps=r.adv_eps, timestep_fraction=r.timestep_fraction, grad_accum=r.grad_accum, inner_epochs=r.inner_epochs,
-        sde_steps=r.sde_steps or None,
-        image_shape=(mm.sample_size, mm.sample_size, mm.in_channels), frozen=self.frozen)
+        sde_steps=r.sde_steps or None, old_logprob=r.old_logprob,
+        image_shape=p.image_shape, frozen=self.frozen)
     self.tx = optim.make_optimizer(c.optim, c.total_steps)
     self._experience, self._step, _ = generator_step.make_train_step(
         apply_velocity=self._velocity,
-        encode_text=lambda p, ids: tiny.encode_text(self.gen, lora_lib.without(p), ids),
-        add_emotion=lambda p, text, va, m: tiny.add_emotion(self.gen, lora_lib.without(p), text, va, m),
+        encode_text=lambda params, ids: p.encode_text(lora_lib.without(params), ids),
+        add_emotion=lambda params, text, va, mask: p.add_emotion(lora_lib.without(params), text, va, mask),
         reward_fn=lambda images, batch: reward_registry.combine(images, batch, weights, c.rewards.normalize,
                                                                 r.group_size),
-        metrics_fn=colour_judge_errors, optimizer=self.tx, hp=self.hp)
+        metrics_fn=colour_judge_errors, optimizer=self.tx, hp=self.hp, decode=p.decode)
     preference = None
     if c.eval.preference:
       preference = self.host_rewards.get("pickscore") or reward_registry.make_host("pickscore", c)
-    self.eval_set = EvalSet(self.gen, self.gcfg, num_prompts=c.eval.num_prompts, seed=c.eval.seed,
+    self.eval_set = EvalSet(p, num_prompts=c.eval.num_prompts, seed=c.eval.seed,
                             num_steps=c.eval.num_steps, shift=r.shift, cfg_scale=r.cfg_scale, source="grid",
                             preference=preference)
-    self._uncond = self.tok([""])[0]
 
   def _velocity(self, params, x, sigma, cond):
     if self.lora is None:
-      return tiny.apply_velocity(self.gen, params, x, sigma, cond)
-    with lora_lib.enabled(params[lora_lib.GROUP], self.lora, root=("mmdit",)):
-      return tiny.apply_velocity(self.gen, lora_lib.without(params), x, sigma, cond)
+      return self.policy.velocity(params, x, sigma, cond)
+    with lora_lib.enabled(params[lora_lib.GROUP], self.lora, root=self.policy.lora_root):
+      return self.policy.velocity(lora_lib.without(params), x, sigma, cond)
 
   def merged(self, params):
     """Generator params with the LoRA folded into the MMDiT (what evaluation and export use)."""
-    return params if self.lora is None else lora_lib.merge_group(params, "mmdit", self.lora)
+    return params if self.lora is None else lora_lib.merge_group(params, self.policy.adapted_group, self.lora)
 
   def make_loader(self, shard_index, shard_count):
     c = self.config
-    source = emoshapes.EmoShapesSource(c.data.seed, c.data.num_examples, size=self.gcfg.mmdit.sample_size)
+    source = emoshapes.EmoShapesSource(c.data.seed, c.data.num_examples, size=self.policy.image_size)
     return pipeline.grpo_prompt_loader(source, prompts_per_step=c.rl.prompts_per_step // shard_count,
                                        group_size=c.rl.group_size, seed=c.seed, shard_index=shard_index,
                                        shard_count=shard_count, target_mode=c.data.target_mode)
@@ -105,8 +111,7 @@ class GeneratorGRPO:
     v, a = np.asarray(raw["valence"], np.float32), np.asarray(raw["arousal"], np.float32)
     check_va(v, a)
     prompts = [p.decode() if isinstance(p, bytes) else str(p) for p in raw[self.config.data.prompt_field]]
-    ids = self.tok(prompts)
-    return {"input_ids": ids, "uncond_ids": np.broadcast_to(self._uncond, ids.shape).copy(), "valence": v, "arousal": a}
+    return {**self.policy.prompt_fields(prompts, self.config.rl.cfg_scale != 1.0), "valence": v, "arousal": a}
 
   def initial_state(self, rng, shardings):
     return trainer.pretrained_state(self._pretrained, self.tx, self.frozen, shardings)
@@ -115,10 +120,12 @@ class GeneratorGRPO:
     return trainer.pretrained_state(self._pretrained, self.tx, self.frozen)
 
   def constants(self):
-    """The KL reference: the pretrained trainable groups only (the frozen ones are the state's own)."""
-    if self.config.rl.kl_beta <= 0:
-      return {}
-    return {"ref_trainable": optim.partition(self._pretrained, self.frozen)[0]}
+    """The KL reference (the pretrained trainable groups only: the frozen ones are the state's own) and what
+    decoding needs (the VAE at SD3 scale)."""
+    out = dict(self.policy.decode_constants())
+    if self.config.rl.kl_beta > 0:
+      out["ref_trainable"] = optim.partition(self._pretrained, self.frozen)[0]
+    return out
 
   score_keys = ("images",)  # the experience fields `score` reads (the trainer fetches only these)
 
@@ -153,15 +160,36 @@ class GeneratorGRPO:
     return out
 
   def export(self, state, directory):
-    """The fine-tuned generator as a generator directory: `--config.model.pretrained=<it>` reads it. With
+    """The fine-tuned generator as a generator directory: `--config.model.pretrained=<it>` reads it. Tiny: with
     LoRA its MMDiT is the merged one, and the adapters sit beside it as `pytorch_lora_weights.safetensors`
-    (diffusers' `load_lora_weights` layout, for the unmerged `transformer/` of the pretrained directory)."""
+    (diffusers' `load_lora_weights` layout, for the unmerged `transformer/` of the pretrained directory).
+    SD3: the V-A embedding and the unmerged adapters (or the transformer, when it trained) beside the name of
+    the base pipeline (policy.SD3Policy.export)."""
     params = trainer.host_params(state)
-    write_lora = None
-    if self.lora is not None:
-      write_lora = lambda tmp: lora_lib.save(os.path.join(tmp, LORA_FILE), params[lora_lib.GROUP], self.lora)
-    tiny.export_generator(directory, self.gcfg, jax.device_get(self.merged(params)),
-                          np.dtype(self.config.export_dtype), write_more=write_lora)
+    dtype = np.dtype(self.config.export_dtype)
+    lora = None if self.lora is None else (params[lora_lib.GROUP], self.lora)
+    if isinstance(self.policy, policy_lib.SD3Policy):
+      self.policy.export(directory, lora_lib.without(params), dtype, lora=lora,
+                         transformer_trained="transformer" not in self.frozen)
+      return
+    write_lora = None if lora is None else (lambda tmp: lora_lib.save(os.path.join(tmp, LORA_FILE), *lora))
+    self.policy.export(directory, jax.device_get(self.merged(params)), dtype, write_more=write_lora)
+
+
+def _require_paths(c):
+  """One line naming the first directory an SD3 run lacks (the sd35m preset leaves them to the user)."""
+  needs = [("model.pretrained", policy_lib.SD3_HINT)]
+  if c.rewards.weights.get("lvlm_emotion", 0.0):
+    needs.append(("rewards.lvlm.path", "a Qwen2.5-VL emotion judge (an emojax LVLM export or a transformers "
+                                       "Qwen2.5-VL directory, e.g. Qwen2.5-VL-7B-Instruct trained by configs/lvlm.py)"))
+  if c.rewards.weights.get("pickscore", 0.0) or c.eval.preference:
+    needs.append(("rewards.pickscore.path", "a transformers CLIP preference model directory (PickScore_v1)"))
+  for field, what in needs:
+    value = c
+    for part in field.split("."):
+      value = value[part]
+    if not value:
+      raise ValueError(f"model.kind=sd3 needs --config.{field}=DIR: {what}")
 
 
 def _png(workdir, step):

@@ -21,7 +21,7 @@ from emojax import optim, trainer
 from emojax.data import emoshapes, pipeline
 from emojax.evaluation.generator import EvalSet
 from emojax.models import generator as gen_lib
-from emojax.pipelines import tiny
+from emojax.pipelines import policy as policy_lib, tiny
 
 def pixel_weights(shape_mask, shape_weight, margin: int = 0):
   """(B, H, W) flow-matching loss weights: 1 + shape_weight within `margin` px of a shape, mean 1 per image.
@@ -61,7 +61,7 @@ class PretrainGenerator:
     self.global_batch_size = c.batch_size
     self._empty = self.tok([""])[0]
     self.tx = optim.make_optimizer(c.optim, c.total_steps)
-    self.eval_set = EvalSet(self.gen, self.gcfg, num_prompts=c.eval.num_prompts, seed=c.eval.seed,
+    self.eval_set = EvalSet(policy_lib.TinyPolicy(self.gen, self.gcfg), num_prompts=c.eval.num_prompts, seed=c.eval.seed,
                             num_steps=c.eval.num_steps, shift=c.eval.shift, cfg_scale=c.eval.cfg_scale,
                             source=c.eval.source)
 
