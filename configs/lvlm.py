@@ -4,6 +4,7 @@
   python -m emojax.train --config=configs/lvlm.py --workdir=/tmp/lvlm_grpo --config.model.pretrained=/tmp/sft/export
   python -m emojax.train --config=configs/lvlm.py:feedback --workdir=/tmp/lvlm_feedback  # both tasks, from lvlm_tiny
   python -m emojax.train --config=configs/lvlm.py:smoke --workdir=/tmp/x     # seconds
+  python -m emojax.train --config=configs/lvlm.py:qwen25vl_7b --workdir=gs://... --config.model.pretrained=QWEN_DIR
 """
 import ml_collections
 
@@ -41,6 +42,8 @@ def get_config(arg=None):
   # LoRA on the decoder's attention and MLP (rank 0: off); freeze "language_model" to train the adapters alone
   c.model.lora = cu.lora(alpha=64.0, targets=cu.QWEN_LORA_TARGETS)
   c.model.remat = "none"  # recompute vision blocks and decoder layers in the backward (cu.REMATS)
+  c.model.dtype = "float32"  # compute dtype of sampling and scoring; params, optimizer, log-probs and loss stay float32
+  c.model.allow_shipped = True  # pretrained "" means the shipped tiny SFT judge (real-scale presets: False, "" is an error)
 
   c.data = cu.lvlm_data(seed=3)  # training images: EmoShapes world 3 (SFT used 1), half noise-augmented
 
@@ -88,9 +91,28 @@ def get_config(arg=None):
     c.feedback.num_steps, c.feedback.batch_size, c.feedback.renders = 2, 4, 1
   if arg.preset == "feedback_smoke":
     c.max_new_tokens, c.data.feedback_share = 240, 1.0
+  elif arg.preset == "qwen25vl_7b":
+    qwen25vl_7b(c)
   elif arg.preset not in ("default", "smoke", "feedback"):
-    raise ValueError(f"unknown preset {arg.preset!r} for lvlm; use default, feedback, smoke or feedback_smoke")
+    raise ValueError(f"unknown preset {arg.preset!r} for lvlm; use default, feedback, smoke, feedback_smoke or "
+                     "qwen25vl_7b")
   return c
+
+
+def qwen25vl_7b(c):
+  """Qwen2.5-VL-7B-Instruct (or its SFT export) on a pod. EmoFeedback2 states no GRPO hyperparameters for its LVLM;
+  these are DeepSeekMath GRPO's (KL beta 0.04, lr 1e-6, token-level clip 0.2) with TRL's group of 8 and a
+  sampling temperature of 1; bf16 compute, every layer rematerialised, both towers trained except the vision
+  tower. Images are EmoShapes renders at 448 px (256 merged image tokens) until real datasets are read."""
+  c.total_steps, c.checkpoint_every, c.eval_every = 500, 50, 50
+  c.model.pretrained, c.model.allow_shipped = "", False
+  c.model.dtype, c.model.remat = "bfloat16", "full"
+  c.images_per_step, c.group_size, c.grad_accum = 64, 8, 16
+  c.temperature, c.max_prompt_len, c.max_new_tokens = 1.0, 512, 512
+  c.clip_eps, c.kl_beta = 0.2, 0.04
+  c.data.image_size = 448
+  c.eval.num_examples, c.eval.batch_size = 256, 32
+  c.optim = cu.optimizer(lr=1e-6, grad_clip=1.0, weight_decay=0.0, warmup_steps=10)
 
 
 RANGES = {
@@ -101,7 +123,8 @@ RANGES = {
     "aggregation": cu.OneOf("sequence_mean", "token_mean"), "inner_epochs": cu.Int(1), "rescore_old": cu.BOOL,
     "grad_accum": cu.Int(1), "adv_eps": cu.Positive(), "adv_clip": cu.Positive(), "ratio_tolerance": cu.Float(0.0),
     "model.pretrained": cu.STR, "model.frozen": cu.Names(*LVLM_GROUPS),
-    "model.remat": cu.OneOf(*cu.REMATS), **cu.lora_ranges("model.lora"),
+    "model.remat": cu.OneOf(*cu.REMATS), "model.dtype": cu.OneOf("float32", "bfloat16"), "model.allow_shipped": cu.BOOL,
+    **cu.lora_ranges("model.lora"),
     "rewards.weights.*": cu.Float(0.0), "rewards.eps": cu.Positive(),
     "eval.seed": cu.Int(0), "eval.num_examples": cu.Int(1), "eval.batch_size": cu.Int(1), "eval.at_start": cu.BOOL,
     "eval.feedback_examples": cu.Int(1), "feedback.generator": cu.STR, **cu.lvlm_judge_ranges("feedback.judge"),

@@ -285,3 +285,33 @@ def test_lora_on_the_decoder_trains_only_the_adapters_and_exports_merged(tiny_ex
   _, _, exported, _ = judge.load_lvlm(str(tmp_path / "export"))
   merged = lora_lib.merge(final["language_model"], final["lora"], task.lora)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), exported["language_model"], merged)
+
+
+def _qwen25vl_7b_on(tiny_export, **over):
+  """The qwen25vl_7b preset on the 2-layer random export, at the tiny world's image size and lengths."""
+  config = lvlm_config.get_config("qwen25vl_7b")
+  config.unlock()
+  config.model.pretrained, config.mesh.num_devices = tiny_export, 1
+  config.data.image_size, config.max_prompt_len, config.max_new_tokens = 32, 120, 24
+  config.images_per_step, config.group_size, config.grad_accum = 2, 4, 2
+  config.total_steps, config.eval_every, config.eval.num_examples, config.eval.batch_size = 2, 2, 2, 2
+  config.eval.at_start, config.optim.warmup_steps, config.optim.learning_rate = False, 0, 1e-3
+  for k, v in over.items():
+    setattr(config, k, v) if "." not in k else setattr(config[k.split(".")[0]], k.split(".")[1], v)
+  return config
+
+
+def test_qwen25vl_7b_preset_without_its_directory_is_one_line():
+  with pytest.raises(ValueError, match="needs --config.model.pretrained=DIR: a transformers Qwen2.5-VL directory"):
+    make_task(lvlm_config.get_config("qwen25vl_7b"))
+
+
+def test_qwen25vl_7b_preset_steps_in_bf16_on_policy(tiny_export, tmp_path):
+  """bf16 compute with float32 params: the ratio's old log-probs are the training scorer's (rescore_old), so the
+  first epoch is on-policy; the KV-cache sampler's bf16 log-probs are logged beside it (sampler_logprob_dev)."""
+  config = _qwen25vl_7b_on(tiny_export)
+  result = trainer.run(config, str(tmp_path), _SpreadRewards(config), progress=False)
+  for m in result.metrics:
+    assert np.isfinite(m["loss"]) and m["ratio_dev_first"] <= 1e-5 and np.isfinite(m["sampler_logprob_dev"])
+  assert {a.dtype for a in jax.tree.leaves(jax.device_get(result.state["params"]))} == {np.dtype(np.float32)}
+  print("bf16 sampler_logprob_dev", [m["sampler_logprob_dev"] for m in result.metrics])

@@ -57,9 +57,13 @@ class LVLMGRPO:
 
   def __init__(self, config):
     self.config = c = config
+    if not c.model.pretrained and not c.model.allow_shipped:
+      raise ValueError("this preset needs --config.model.pretrained=DIR: a transformers Qwen2.5-VL directory "
+                       "(e.g. Qwen2.5-VL-7B-Instruct) or an LVLM export of configs/sft_lvlm.py")
     self.model, self.qcfg, self._pretrained, self.processor = judge.load_lvlm(
         c.model.pretrained or assets.asset_dir(SHIPPED_SFT_JUDGE))
-    self.model = self.model.clone(remat=c.model.remat)
+    # compute in model.dtype; params, optimizer, log-probs (logits are cast to float32) and the loss stay float32
+    self.model = self.model.clone(remat=c.model.remat, dtype=jnp.dtype(c.model.dtype))
     self.global_batch_size = c.images_per_step
     self.lora = lora_lib.grpo_config(c.model.lora)
     if self.lora is not None:  # adapters on the decoder, their own parameter group (fresh: the SFT judge)
