@@ -67,11 +67,12 @@ def main():
   p.add_argument("--kl_beta", type=float, default=0.04)
   p.add_argument("--lr", type=float, default=1e-5)
   p.add_argument("--remat", default="none", help="joint-block rematerialisation: none or a mmdit.REMAT_POLICIES key")
+  p.add_argument("--scan_layers", action="store_true", help="run identical joint blocks as one lax.scan")
   a = p.parse_args()
 
   config = common.get_config(a.config)
   dtype = common.DTYPES[a.dtype]  # compute dtype; params and optimizer state stay fp32
-  model = mmdit.MMDiT(config, dtype=dtype, param_dtype=jnp.float32, remat=a.remat)
+  model = mmdit.MMDiT(config, dtype=dtype, param_dtype=jnp.float32, remat=a.remat, scan_layers=a.scan_layers)
   k_params, k_in, k_x = jax.random.split(jax.random.key(a.seed), 3)
   params = common.random_params(config, k_params)
   ref_params = jax.tree.map(jnp.copy, params)
@@ -108,7 +109,8 @@ def main():
          "transitions_per_s": b * k / t["median_s"], "step_s": t["median_s"], "times_s": t["times_s"],
          "compile_s": compile_s, "gflop_per_step_est": flops_step / 1e9,
          "gflop_per_s_est": flops_step / t["median_s"] / 1e9,
-         "first_ratio_dev": first["ratio_dev"], "first_loss": first["loss"], "remat": a.remat}
+         "first_ratio_dev": first["ratio_dev"], "first_loss": first["loss"], "remat": a.remat,
+         "scan_layers": a.scan_layers}
   mem = step.memory_analysis()  # XLA's buffer assignment of the compiled update
   if mem is not None:
     rec.update({f"xla_{k}_mb": getattr(mem, f"{k}_size_in_bytes") / 2**20

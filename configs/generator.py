@@ -31,6 +31,7 @@ def get_config(arg=None):
   # advantages and the loss stay float32
   c.model.dtype = "float32"
   c.model.remat = "none"  # recompute each MMDiT joint block in the backward (cu.REMATS)
+  c.model.scan_layers = False  # identical MMDiT joint blocks as one lax.scan (compiled once; not with LoRA)
   c.model.lora = cu.lora()  # LoRA on the MMDiT's attention (rank 0: off); it trains even with "mmdit" frozen
 
   c.data = ml_collections.ConfigDict()
@@ -121,6 +122,7 @@ def sd35m(c):
   c.rl.old_logprob = "update"  # bf16: the sampler's log-probs differ from the update's by ~3e-3 (README)
   c.rewards.weights = ml_collections.ConfigDict({"lvlm_emotion": 1.0, "colour_emotion": 0.0, "pickscore": 1.0})
   c.rewards.lvlm = cu.lvlm_judge(batch_size=16, max_prompt_len=512, max_new_tokens=256)  # 512 px: 324 image tokens
+  c.rewards.lvlm.dtype = "bfloat16"
   c.rewards.pickscore = cu.preference_model(scale=26.0, batch_size=32)
   c.rewards.pickscore.iqa_pair = ("Good photo.", "Bad photo.")
   c.eval.num_prompts, c.eval.num_steps = 8, 40
@@ -133,7 +135,7 @@ RANGES = {
     "model.kind": cu.OneOf("tiny", "sd3"), "model.pretrained": cu.STR, "model.frozen": cu.Names(*GENERATOR_GROUPS),
     "model.resolution": cu.Int(0), "model.max_sequence_length": cu.Int(1), "model.emotion_tokens": cu.Int(1),
     "model.dtype": cu.OneOf("float32", "bfloat16"),
-    "model.remat": cu.OneOf(*cu.REMATS), **cu.lora_ranges("model.lora"),
+    "model.remat": cu.OneOf(*cu.REMATS), "model.scan_layers": cu.BOOL, **cu.lora_ranges("model.lora"),
     "data.seed": cu.Int(0), "data.num_examples": cu.Int(1), "data.target_mode": cu.OneOf("uniform", "data"),
     "data.prompt_field": cu.OneOf("prompt", "emotional_prompt"),
     "rl.prompts_per_step": cu.Int(1), "rl.group_size": cu.Int(2), "rl.num_steps": cu.Int(1, 1000),

@@ -105,3 +105,20 @@ def test_generator_step_with_the_lvlm_reward(tmp_path):
   assert m["reward_std"] == pytest.approx(float(np.std(total)), abs=1e-5)
   assert m["lvlm_emotion/v_abs_err"] == pytest.approx(float(ext["v_abs_err"].mean()), abs=1e-6)
   assert m["reward_std"] > 0 and m["ratio_dev_first"] < 1e-5
+
+
+def test_bf16_judge_reads_as_the_fp32_one():
+  """rewards.lvlm.dtype=bfloat16 (a 7B judge's setting): the forward computes in bf16 from the same float32
+  weights; on 16 held-out images the tiny judge's greedy readings stay those of fp32 (seen: identical)."""
+  split = pipeline.labelled_split(777, 16)
+  reads = {}
+  for dtype in ("float32", "bfloat16"):
+    c = config_utils.lvlm_judge(batch_size=16)
+    c.dtype = dtype
+    reward = lvlm_judge.LVLMJudgeReward.from_config(c)
+    assert reward.model.dtype == jnp.dtype(dtype)
+    _, extras = reward(split["image"], {"valence": split["valence"], "arousal": split["arousal"]})
+    assert extras["parsed"].all()
+    reads[dtype] = extras["v_abs_err"], extras["a_abs_err"]
+  for f32, b16 in zip(reads["float32"], reads["bfloat16"]):
+    assert np.abs(f32 - b16).mean() <= 0.1

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from emojax.emotion.scoring import worst_error
@@ -37,8 +38,9 @@ class LVLMJudgeReward:
 
   @classmethod
   def from_config(cls, c) -> "LVLMJudgeReward":
-    """c: `config_utils.lvlm_judge()` fields (path, batch_size, max_prompt_len, max_new_tokens)."""
+    """c: `config_utils.lvlm_judge()` fields (path, batch_size, max_prompt_len, max_new_tokens, dtype)."""
     model, _, params, processor = judge.load_lvlm(c.path or assets.asset_dir(SHIPPED_JUDGE))
+    model = model.clone(dtype=jnp.dtype(c.dtype))
     return cls(model, jax.device_put(params), processor, int(c.batch_size), int(c.max_prompt_len),
                int(c.max_new_tokens))
 

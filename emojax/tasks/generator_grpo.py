@@ -48,7 +48,11 @@ class GeneratorGRPO:
     m = c.model
     if m.kind == "sd3":  # real scale: no shipped tiny judge or preference model stands in for the real ones
       _require_paths(c)
-    self.policy = p = policy_lib.load(m.pretrained, m.kind, jnp.dtype(m.dtype), m.remat, resolution=m.resolution,
+    if m.scan_layers and m.lora.rank > 0:
+      raise ValueError("model.scan_layers=True with model.lora.rank > 0: LoRA intercepts each layer's Dense calls, "
+                       "which a scan over stacked layers hides; set one of them off")
+    self.policy = p = policy_lib.load(m.pretrained, m.kind, jnp.dtype(m.dtype), m.remat, m.scan_layers,
+                                      resolution=m.resolution,
                                       max_sequence_length=m.max_sequence_length, emotion_tokens=m.emotion_tokens,
                                       seed=c.seed)
     self._pretrained = p.params
