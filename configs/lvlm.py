@@ -42,6 +42,7 @@ def get_config(arg=None):
   # LoRA on the decoder's attention and MLP (rank 0: off); freeze "language_model" to train the adapters alone
   c.model.lora = cu.lora(alpha=64.0, targets=cu.QWEN_LORA_TARGETS)
   c.model.remat = "none"  # recompute vision blocks and decoder layers in the backward (cu.REMATS)
+  c.model.scan_layers = False  # decoder layers as one lax.scan in training forwards (compiled once; not with LoRA)
   c.model.dtype = "float32"  # compute dtype of sampling and scoring; params, optimizer, log-probs and loss stay float32
   c.model.allow_shipped = True  # pretrained "" means the shipped tiny SFT judge (real-scale presets: False, "" is an error)
 
@@ -102,11 +103,11 @@ def get_config(arg=None):
 def qwen25vl_7b(c):
   """Qwen2.5-VL-7B-Instruct (or its SFT export) on a pod. EmoFeedback2 states no GRPO hyperparameters for its LVLM;
   these are DeepSeekMath GRPO's (KL beta 0.04, lr 1e-6, token-level clip 0.2) with TRL's group of 8 and a
-  sampling temperature of 1; bf16 compute, every layer rematerialised, both towers trained except the vision
-  tower. Images are EmoShapes renders at 448 px (256 merged image tokens) until real datasets are read."""
+  sampling temperature of 1; bf16 compute, every layer rematerialised, the decoder scanned, all but the vision
+  tower trained. Images are EmoShapes renders at 448 px (256 merged image tokens) until real datasets are read."""
   c.total_steps, c.checkpoint_every, c.eval_every = 500, 50, 50
   c.model.pretrained, c.model.allow_shipped = "", False
-  c.model.dtype, c.model.remat = "bfloat16", "full"
+  c.model.dtype, c.model.remat, c.model.scan_layers = "bfloat16", "full", True  # 28 decoder layers compiled once
   c.images_per_step, c.group_size, c.grad_accum = 64, 8, 16
   c.temperature, c.max_prompt_len, c.max_new_tokens = 1.0, 512, 512
   c.clip_eps, c.kl_beta = 0.2, 0.04
@@ -123,7 +124,7 @@ RANGES = {
     "aggregation": cu.OneOf("sequence_mean", "token_mean"), "inner_epochs": cu.Int(1), "rescore_old": cu.BOOL,
     "grad_accum": cu.Int(1), "adv_eps": cu.Positive(), "adv_clip": cu.Positive(), "ratio_tolerance": cu.Float(0.0),
     "model.pretrained": cu.STR, "model.frozen": cu.Names(*LVLM_GROUPS),
-    "model.remat": cu.OneOf(*cu.REMATS), "model.dtype": cu.OneOf("float32", "bfloat16"), "model.allow_shipped": cu.BOOL,
+    "model.remat": cu.OneOf(*cu.REMATS), "model.dtype": cu.OneOf("float32", "bfloat16"), "model.scan_layers": cu.BOOL, "model.allow_shipped": cu.BOOL,
     **cu.lora_ranges("model.lora"),
     "rewards.weights.*": cu.Float(0.0), "rewards.eps": cu.Positive(),
     "eval.seed": cu.Int(0), "eval.num_examples": cu.Int(1), "eval.batch_size": cu.Int(1), "eval.at_start": cu.BOOL,

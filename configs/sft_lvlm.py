@@ -29,6 +29,7 @@ def get_config(arg=None):
   c.model.pretrained = ""  # LVLM export or transformers directory to start from instead of the preset
   c.model.init_std = 0.02  # std of the random init of kernels and embeddings (transformers' initializer_range)
   c.model.remat = "none"  # recompute vision blocks and decoder layers in the backward (cu.REMATS)
+  c.model.scan_layers = False  # decoder layers as one lax.scan in training forwards (compiled once; not with LoRA)
   c.model.dtype = "float32"  # compute dtype of the forward; params, optimizer and loss stay float32
 
   c.data = cu.lvlm_data(seed=1)  # training images: EmoShapes world 1, half of them noise-augmented
@@ -64,7 +65,7 @@ RANGES = {
     "task": cu.OneOf("sft_lvlm"), "batch_size": cu.Int(1), "export_dtype": cu.OneOf(*cu.DTYPES),
     "max_prompt_len": cu.Int(1), "target_len": cu.Int(1),
     "model.preset": cu.OneOf("tiny"), "model.pretrained": cu.STR, "model.init_std": cu.Positive(),
-    "model.remat": cu.OneOf(*cu.REMATS), "model.dtype": cu.OneOf("float32", "bfloat16"),
+    "model.remat": cu.OneOf(*cu.REMATS), "model.dtype": cu.OneOf("float32", "bfloat16"), "model.scan_layers": cu.BOOL,
     "eval.seed": cu.Int(0), "eval.num_examples": cu.Int(1), "eval.batch_size": cu.Int(1),
     "eval.feedback_examples": cu.Int(1),
 }

@@ -269,3 +269,24 @@ def test_remat_keeps_the_loss_and_gradients():
   # the weights makes without remat (4e-5; this random deep net amplifies rounding), so 2e-4 is rounding
   worst = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max() / jnp.abs(b).max()), g1, g0)
   assert max(jax.tree.leaves(worst)) < 2e-4
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_scan_layers_keeps_the_loss_and_gradients(remat):
+  """scan_layers: the uncached forward runs the decoder layers as one lax.scan over stacked per-layer params (same
+  tree, same loss and gradients, rounding as remat above); KV-cache decoding keeps the unrolled layers."""
+  cfg = qv.PRESETS["tiny"]
+  plain, scan = qv.QwenVL(cfg, remat=remat), qv.QwenVL(cfg, remat=remat, scan_layers=True)
+  params = qv.init_params(cfg, jax.random.key(0), std=0.2)
+  ids, mask, pixels, grid = qv.dummy_inputs(cfg)
+  pixels = jax.random.normal(jax.random.key(1), pixels.shape)
+
+  def loss(module):
+    f = lambda p: jnp.mean(jax.nn.log_softmax(module.apply({"params": p}, ids, mask, pixels, grid)) ** 2)
+    return jax.jit(jax.value_and_grad(f))
+
+  (l0, g0), (l1, g1) = loss(plain)(params), loss(scan)(params)
+  np.testing.assert_allclose(l1, l0, rtol=1e-6)
+  worst = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max() / jnp.abs(b).max()), g1, g0)
+  assert max(jax.tree.leaves(worst)) < 2e-4
+  assert "while" in jax.jit(lambda p: scan.apply({"params": p}, ids, mask, pixels, grid)).lower(params).as_text()

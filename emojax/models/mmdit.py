@@ -336,7 +336,7 @@ class MMDiT(nn.Module):
     """Blocks start..end-1 (one kind) as a lax.scan over their params stacked on a leading axis."""
     params = self.variables["params"]
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *[params[f"transformer_blocks_{k}"] for k in range(start, end)])
-    module = JointTransformerBlock(self.config, context_pre_only=kind[0], dual_attention=kind[1], **kw)
+    module = JointTransformerBlock(self.config, context_pre_only=kind[0], dual_attention=kind[1], **kw, parent=None)
 
     def body(carry, p):
       return module.apply({"params": p}, *carry, temb), None

@@ -522,6 +522,9 @@ class TextModel(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat: str = "none"  # per-layer rematerialisation (emojax.models.remat)
+  # the uncached forward (SFT, GRPO scoring) runs the decoder layers as one lax.scan over their stacked params
+  # (compiled once; the params tree stays per layer); KV-cache decoding keeps the unrolled loop
+  scan_layers: bool = False
 
   def setup(self):
     c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -546,11 +549,25 @@ class TextModel(nn.Module):
     q_pos = cache_index + jnp.arange(t)
     k_pos = jnp.arange(t if cache is None else cache[0]["k"].shape[1])
     mask = (k_pos[None, :] <= q_pos[:, None])[None, None] & jnp.asarray(attention_mask).astype(bool)[:, None, None, :]
+    if self.scan_layers and cache is None and c.num_hidden_layers > 1 and not self.is_initializing():
+      return self.norm(self._scan_layers(x, cos, sin, mask)), None
     new_cache = []
     for i, layer in enumerate(self.layers):
       x, layer_cache = layer(x, cos, sin, mask, None if cache is None else (cache[i], cache_index))
       new_cache.append(layer_cache)
     return self.norm(x), (None if cache is None else tuple(new_cache))
+
+  def _scan_layers(self, x, cos, sin, mask):
+    params = self.variables["params"]
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *[params[f"layers_{i}"] for i in range(self.config.num_hidden_layers)])
+    layer = DecoderLayer(self.config, dtype=self.dtype, param_dtype=self.param_dtype, parent=None)  # unbound
+
+    def body(h, p):
+      return layer.apply({"params": p}, h, cos, sin, mask, None)[0], None
+
+    if self.remat != "none":
+      body = jax.checkpoint(body, policy=remat_lib.POLICIES[self.remat])
+    return jax.lax.scan(body, x, stacked)[0]
 
 
 class QwenVL(nn.Module):
@@ -560,11 +577,12 @@ class QwenVL(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat: str = "none"  # rematerialisation of every vision block and decoder layer (emojax.models.remat)
+  scan_layers: bool = False  # decoder layers as one lax.scan in the uncached forward (TextModel.scan_layers)
 
   def setup(self):
     c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.visual = VisionTower(c.vision_config, **kw, remat=self.remat)
-    self.language_model = TextModel(c, **kw, remat=self.remat)
+    self.language_model = TextModel(c, **kw, remat=self.remat, scan_layers=self.scan_layers)
     if not c.tie_word_embeddings:
       self.lm_head = nn.Dense(c.vocab_size, use_bias=False, **kw)
 

@@ -63,7 +63,10 @@ class LVLMGRPO:
     self.model, self.qcfg, self._pretrained, self.processor = judge.load_lvlm(
         c.model.pretrained or assets.asset_dir(SHIPPED_SFT_JUDGE))
     # compute in model.dtype; params, optimizer, log-probs (logits are cast to float32) and the loss stay float32
-    self.model = self.model.clone(remat=c.model.remat, dtype=jnp.dtype(c.model.dtype))
+    if c.model.scan_layers and c.model.lora.rank > 0:
+      raise ValueError("model.scan_layers=True with model.lora.rank > 0: LoRA intercepts each layer's Dense calls, "
+                       "which a scan over stacked layers hides; set one of them off")
+    self.model = self.model.clone(remat=c.model.remat, dtype=jnp.dtype(c.model.dtype), scan_layers=c.model.scan_layers)
     self.global_batch_size = c.images_per_step
     self.lora = lora_lib.grpo_config(c.model.lora)
     if self.lora is not None:  # adapters on the decoder, their own parameter group (fresh: the SFT judge)

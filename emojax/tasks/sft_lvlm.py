@@ -88,7 +88,8 @@ class SFTLVLM:
   def __init__(self, config):
     self.config = c = config
     self.model, self.qcfg, self._pretrained, self.processor = make_model(c.model)
-    self.model = self.model.clone(remat=c.model.remat, dtype=jnp.dtype(c.model.dtype))  # params stay float32
+    self.model = self.model.clone(remat=c.model.remat, dtype=jnp.dtype(c.model.dtype),  # params stay float32
+                                  scan_layers=c.model.scan_layers)
     self.global_batch_size = c.batch_size
     need, need_prompt = judge_targets.max_target_tokens(self.processor), 0
     if c.data.feedback_share > 0:
