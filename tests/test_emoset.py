@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from emojax.data import emoset
 from emojax.emotion.space import CATEGORIES, CATEGORY_CENTROIDS
+from emojax.io import images
 
 
 def make_emoset(root, per_split=(6, 2, 2), corrupt=1):
@@ -87,8 +88,10 @@ def test_square_crop_keeps_the_centre(tmp_path):
   image[:, 10:30] = 255  # the centre square is white, the side strips black
   path = tmp_path / "wide.png"
   Image.fromarray(image).save(path)
-  out = emoset.load_square(path, 8)
+  out = images.load_square(path, 8)
   assert out.shape == (8, 8, 3) and out.min() >= 250
+  left = images.load_square(path, 4, box=(-5, 0, 10, 20))  # clipped to the image: the black strip
+  assert left.max() <= 5
 
 
 def test_bad_manual_dirs_fail_with_one_line(tmp_path):

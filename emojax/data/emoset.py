@@ -31,6 +31,7 @@ import numpy as np
 from absl import logging
 
 from emojax.emotion.space import CATEGORIES, CATEGORY_CENTROIDS, VA_MAX, VA_MIN
+from emojax.io.images import load_square
 
 VA_STD = 0.6  # spread of an image's (V, A) around its category's centroid (a tenth of the range)
 SPLITS = {"train": "train.json", "validation": "val.json", "test": "test.json"}
@@ -94,17 +95,6 @@ def split_entries(manual_dir, split_file: str) -> list[tuple[str, str, str]]:
         raise FileNotFoundError(f"{split_file} entry {i} names {path}, which is not in {manual_dir}")
     out.append(tuple(entry))
   return out
-
-
-def load_square(path, size: int) -> np.ndarray:
-  """uint8 (size, size, 3): the image centre-cropped to a square and resized bicubically; raises on a bad file."""
-  from PIL import Image
-  with Image.open(path) as im:
-    im = im.convert("RGB")
-    w, h = im.size
-    s = min(w, h)
-    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    return np.asarray(im.resize((size, size), Image.BICUBIC), np.uint8)
 
 
 def examples(manual_dir, split_file: str, size: int, seed: int):
