@@ -1,7 +1,9 @@
-"""Greedy judging of an LVLM on an EmoShapes split (emojax/evaluate.py).
+"""Greedy judging of an LVLM on an EmoShapes world or a prepared dataset's split (emojax/evaluate.py).
 
   python -m emojax.evaluate --config=configs/evaluate.py --config.lvlm=/tmp/sft_lvlm/export \
       --config.data.seed=12345 --config.data.num_examples=256
+  python -m emojax.evaluate --config=configs/evaluate.py --config.lvlm=DIR --config.data.name=emotic \
+      --config.data.dir=DATA_DIR --config.data.config=256 --config.max_prompt_len=...   # cross-domain (no category)
 """
 import ml_collections
 
@@ -19,6 +21,10 @@ def get_config(arg=None):
   c.max_new_tokens = 152  # answer tokens decoded at most (SFT's target_len: the longest SFT answer fits)
 
   c.data = ml_collections.ConfigDict()
+  c.data.name = "emoshapes"  # "emoshapes", "emoset_va" or "emotic" (emojax.data.sources)
+  c.data.dir = ""  # TFDS data_dir of a prepared dataset ("" with emoshapes: the procedural world below)
+  c.data.config = ""  # TFDS builder config ("" = data.image_size, e.g. "64")
+  c.data.split = "test"  # split of a prepared dataset
   c.data.seed = 12345  # EmoShapes world seed (SFT trains on world 1 and evaluates on 12345)
   c.data.num_examples = 256  # examples 0..n-1 of that world are judged
   c.data.image_size = 32  # EmoShapes image side in pixels
@@ -28,6 +34,8 @@ def get_config(arg=None):
 
 RANGES = {
     "mode": cu.OneOf("lvlm"), "lvlm": cu.STR, "batch_size": cu.Int(1), "max_prompt_len": cu.Int(1), "max_new_tokens": cu.Int(1),
+    "data.name": cu.OneOf("emoshapes", "emoset_va", "emotic"), "data.dir": cu.STR, "data.config": cu.STR,
+    "data.split": cu.OneOf("train", "validation", "test"),
     "data.seed": cu.Int(0), "data.num_examples": cu.Int(1), "data.image_size": cu.Int(8, 4096),
     "data.noise_max_std": cu.Fraction(),
 }

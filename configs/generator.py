@@ -35,6 +35,9 @@ def get_config(arg=None):
   c.model.lora = cu.lora()  # LoRA on the MMDiT's attention (rank 0: off); it trains even with "mmdit" frozen
 
   c.data = ml_collections.ConfigDict()
+  c.data.name = "emoshapes"  # prompts and V-A: "emoshapes" or "emoset_va" (emojax.data.sources)
+  c.data.dir = ""  # TFDS data_dir of a prepared dataset ("" with emoshapes: the procedural world)
+  c.data.config = ""  # TFDS builder config ("" = the generator's image side)
   c.data.seed = 2  # EmoShapes world seed for prompts
   c.data.num_examples = 50_000  # prompts in the world
   c.data.target_mode = "uniform"  # "uniform": random V-A targets; "data": the image's own V-A
@@ -136,6 +139,7 @@ RANGES = {
     "model.resolution": cu.Int(0), "model.max_sequence_length": cu.Int(1), "model.emotion_tokens": cu.Int(1),
     "model.dtype": cu.OneOf("float32", "bfloat16"),
     "model.remat": cu.OneOf(*cu.REMATS), "model.scan_layers": cu.BOOL, **cu.lora_ranges("model.lora"),
+    "data.name": cu.OneOf("emoshapes", "emoset_va"), "data.dir": cu.STR, "data.config": cu.STR,
     "data.seed": cu.Int(0), "data.num_examples": cu.Int(1), "data.target_mode": cu.OneOf("uniform", "data"),
     "data.prompt_field": cu.OneOf("prompt", "emotional_prompt"),
     "rl.prompts_per_step": cu.Int(1), "rl.group_size": cu.Int(2), "rl.num_steps": cu.Int(1, 1000),

@@ -297,6 +297,9 @@ def preference_model_ranges(prefix: str) -> dict[str, Range]:
 def lvlm_data(seed: int) -> ml_collections.ConfigDict:
   """config.data of the LVLM jobs: which EmoShapes world they train on, and its noise augmentation."""
   d = ml_collections.ConfigDict()
+  d.name = "emoshapes"  # training images: "emoshapes" or "emoset_va" (emojax.data.sources)
+  d.dir = ""  # TFDS data_dir of a prepared dataset ("" with emoshapes: the procedural world)
+  d.config = ""  # TFDS builder config ("" = the image side, e.g. "64")
   d.seed = seed  # EmoShapes world seed of the training images
   d.num_examples = 200_000  # size of the procedural training set
   d.image_size = 32  # EmoShapes image side in pixels
@@ -308,6 +311,7 @@ def lvlm_data(seed: int) -> ml_collections.ConfigDict:
 
 
 LVLM_DATA_RANGES = {
+    "data.name": OneOf("emoshapes", "emoset_va"), "data.dir": STR, "data.config": STR,
     "data.seed": Int(0), "data.num_examples": Int(1), "data.image_size": Int(8, 4096),
     "data.dark_prob": Fraction(), "data.noise_prob": Fraction(), "data.noise_max_std": Fraction(), "data.feedback_share": Fraction(),
 }

@@ -42,11 +42,21 @@ def evaluate_lvlm(c) -> dict:
   from emojax.lvlm import judge
   model, _, params, processor = judge.load_lvlm(c.lvlm)
   t0 = time.perf_counter()
-  split = pipeline.labelled_split(c.data.seed, c.data.num_examples, c.data.image_size, c.data.noise_max_std)
+  d = c.data
+  if d.name == "emoshapes" and not d.dir:
+    split = pipeline.labelled_split(d.seed, d.num_examples, d.image_size, d.noise_max_std)
+  else:
+    from emojax.data import sources
+    if d.noise_max_std > 0:
+      raise ValueError(f"data.noise_max_std relabels by the EmoShapes colour model, which does not hold for {d.name}; set 0")
+    split = sources.as_arrays(sources.TfdsSource(d.name, d.dir, d.split, d.config or str(d.image_size)),
+                              d.num_examples)
   out = judge.evaluate(model, params, processor, split, batch_size=min(c.batch_size, c.data.num_examples),
                        max_prompt_len=c.max_prompt_len, max_new_tokens=c.max_new_tokens)
-  logging.info("judged %d images in %.1f s", c.data.num_examples, time.perf_counter() - t0)
-  return {"lvlm": os.path.abspath(c.lvlm), "data_seed": c.data.seed, "noise_max_std": c.data.noise_max_std} | out
+  logging.info("judged %d images in %.1f s", len(split["image"]), time.perf_counter() - t0)
+  where = ({"data_seed": d.seed} if d.name == "emoshapes" and not d.dir else
+           {"data": f"{d.name}/{d.config or d.image_size}", "split": d.split})
+  return {"lvlm": os.path.abspath(c.lvlm), **where, "noise_max_std": d.noise_max_std} | out
 
 
 def evaluate_generator(c, workdir: str) -> dict:

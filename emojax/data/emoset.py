@@ -35,7 +35,7 @@ from emojax.io.images import load_square
 
 VA_STD = 0.6  # spread of an image's (V, A) around its category's centroid (a tenth of the range)
 SPLITS = {"train": "train.json", "validation": "val.json", "test": "test.json"}
-SIZES = (64, 256, 512)
+SIZES = (32, 64, 256, 512)  # 32: the tiny LVLM's input side
 EMOTIONAL_WORDS = {"amusement": "amusing", "awe": "awe-inspiring", "contentment": "peaceful",
                    "excitement": "exciting", "anger": "angry", "disgust": "disgusting", "fear": "frightening",
                    "sadness": "sad"}

@@ -2,7 +2,7 @@
 as a TFDS builder writing array_record (no TensorFlow); the generator-free cross-domain test of an LVLM judge.
 
   from emojax.data import emotic
-  emotic.prepare(DATA_DIR, EMOTIC_DIR, config="256")          # "256_person": the person's box instead
+  emotic.prepare(DATA_DIR, EMOTIC_DIR, config="256")          # "32", "64"; "256_person": the person's box
   tfds.data_source("emotic/256", data_dir=DATA_DIR)           # {"train", "validation", "test"}
 
 EMOTIC_DIR is the official release: `Annotations/Annotations.mat` (read with scipy) holding the struct arrays
@@ -32,7 +32,7 @@ CATEGORIES = ("Affection", "Anger", "Annoyance", "Anticipation", "Aversion", "Co
               "Suffering", "Surprise", "Sympathy", "Yearning")  # EMOTIC's 26 discrete categories
 SPLITS = {"train": "train", "validation": "val", "test": "test"}
 ANNOTATIONS = os.path.join("Annotations", "Annotations.mat")
-CONFIGS = ((64, False), (256, False), (256, True))  # (image side, person crop)
+CONFIGS = ((32, False), (64, False), (256, False), (256, True))  # (image side, person crop); 32: the tiny judge
 
 
 def to_va_range(x):

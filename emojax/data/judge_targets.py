@@ -10,6 +10,9 @@ learns to name what the feedback loop rewrites; the overall words are the bright
 saturation thirds of the very means the colour model turns into (V, A), so the reasoning is a
 coarse first reading that the numbers then refine. At most 55 bytes: with the byte tokenizer
 the longest target is 148 tokens incl. the end of turn (`max_target_tokens`).
+
+A dataset photo (EmoSet-VA) has no background words: its reasoning is what its neutral prompt names
+("dog, ball in a beach") and the overall colour words, "{content}, {overall} overall".
 """
 from __future__ import annotations
 
@@ -26,13 +29,22 @@ def background_words(emotional_prompt: str) -> str:
   return tail[:-len(" background")]
 
 
-def reasoning(image, emotional_prompt: str) -> str:
-  return f"{background_words(emotional_prompt)} background, {emoshapes.colour_words(image)} overall"
+def is_emoshapes(emotional_prompt: str) -> bool:
+  return emoshapes.BACKGROUND_PREFIX in str(emotional_prompt) and str(emotional_prompt).endswith(" background")
 
 
-def target_text(image, emotional_prompt: str, valence, arousal, category) -> str:
-  """The answer SFT teaches for one EmoShapes example (without the end-of-turn token)."""
-  return format_answer(float(valence), float(arousal), CATEGORIES[int(category)], reasoning(image, emotional_prompt))
+def reasoning(image, emotional_prompt: str, prompt: str | None = None) -> str:
+  if is_emoshapes(emotional_prompt) or prompt is None:
+    return f"{background_words(emotional_prompt)} background, {emoshapes.colour_words(image)} overall"
+  content = str(prompt).removeprefix("a photo of ").strip() or "a scene"
+  return f"{content}, {emoshapes.colour_words(image)} overall"
+
+
+def target_text(image, emotional_prompt: str, valence, arousal, category, prompt: str | None = None) -> str:
+  """The answer SFT teaches for one example (without the end-of-turn token); `prompt`, the neutral one, for
+  dataset photos."""
+  return format_answer(float(valence), float(arousal), CATEGORIES[int(category)],
+                       reasoning(image, emotional_prompt, prompt))
 
 
 def max_target_tokens(processor) -> int:

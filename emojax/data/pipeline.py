@@ -11,7 +11,7 @@ import dataclasses
 import grain.python as grain
 import numpy as np
 
-from emojax.data import emoshapes
+from emojax.data import emoshapes, sources
 from emojax.emotion.space import VA_MAX, VA_MIN, nearest_category
 from emojax.emotion.colour import colour_judge_np
 
@@ -189,11 +189,20 @@ def image_loader(d, *, batch_size: int, seed: int, shard_index: int, shard_count
   """Per-host batches of EmoShapes images with their own labels for the LVLM jobs (config.data `d`:
   world seed, size, darkening and noise augmentation, feedback-task share), one row per example: a prompt
   loader with groups of 1."""
-  source = emoshapes.EmoShapesSource(d.seed, d.num_examples, size=d.image_size)
+  sources.check_augmentations(d)
+  source = sources.open_source(d)
   return grpo_prompt_loader(source, prompts_per_step=batch_size // shard_count, group_size=1, seed=seed,
                             shard_index=shard_index, shard_count=shard_count, target_mode="data",
                             keep_images=True, augment=(Darken(d.dark_prob), PixelNoise(d.noise_prob, d.noise_max_std)),
                             more_operations=[FeedbackTask(d.feedback_share)] if d.feedback_share > 0 else [])
+
+
+def held_out_split(d, seed: int, num_examples: int) -> dict[str, np.ndarray]:
+  """The LVLM jobs' evaluation images for config.data `d`: EmoShapes world `seed` (procedural), else the first
+  num_examples of the dataset's validation split."""
+  if d.name == "emoshapes" and not d.dir:
+    return labelled_split(seed, num_examples, d.image_size)
+  return sources.as_arrays(sources.open_source(d, "validation"), num_examples)
 
 
 def labelled_split(seed: int, num_examples: int, size: int = 32, noise_max_std: float = 0.0) -> dict[str, np.ndarray]:

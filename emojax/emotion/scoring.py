@@ -35,6 +35,9 @@ def answer_metrics(answers: Sequence, valence, arousal, category) -> dict[str, f
     err = np.where(ok, np.abs(pred - target), worst_error(target))
     out[f"{name}_mae"] = float(err.mean())
     out[f"{name}_mae_parsed"] = float(err[ok].mean()) if ok.any() else None  # None: nothing parsed
+  if category is None:  # a dataset without Mikels categories (EMOTIC)
+    out["category_acc"] = None
+    return out
   names = [CATEGORIES[int(c)] for c in np.asarray(category)]
   out["category_acc"] = float(np.mean([a is not None and a.emotion == c for a, c in zip(answers, names)]))
   return out
@@ -44,10 +47,11 @@ def mean_baseline(valence, arousal, category) -> dict[str, float]:
   """Scores of answering every image with the split's mean V, mean A and majority category
   (ties: the first in CATEGORIES order); the constants themselves are included."""
   v, a = np.asarray(valence, np.float64), np.asarray(arousal, np.float64)
+  out = {"baseline_valence": float(v.mean()), "baseline_arousal": float(a.mean()),
+         "baseline_valence_mae": float(np.abs(v - v.mean()).mean()),
+         "baseline_arousal_mae": float(np.abs(a - a.mean()).mean())}
+  if category is None:
+    return out | {"baseline_category": None, "baseline_category_acc": None}
   counts = np.bincount(np.asarray(category, np.int64), minlength=len(CATEGORIES))
   major = int(np.argmax(counts))
-  return {"baseline_valence": float(v.mean()), "baseline_arousal": float(a.mean()),
-          "baseline_category": CATEGORIES[major],
-          "baseline_valence_mae": float(np.abs(v - v.mean()).mean()),
-          "baseline_arousal_mae": float(np.abs(a - a.mean()).mean()),
-          "baseline_category_acc": float(counts[major] / max(len(v), 1))}
+  return out | {"baseline_category": CATEGORIES[major], "baseline_category_acc": float(counts[major] / max(len(v), 1))}

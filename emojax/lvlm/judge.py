@@ -91,9 +91,9 @@ def judge(model, params, processor, images, *, batch_size: int, max_prompt_len: 
 
 def evaluate(model, params, processor, split: dict, *, batch_size: int, max_prompt_len: int,
              max_new_tokens: int) -> dict:
-  """Greedy judging of a labelled split (image, valence, arousal, category): `scoring.answer_metrics`
-  and the predict-the-mean baseline."""
+  """Greedy judging of a labelled split (image, valence, arousal, and category unless the dataset has no Mikels
+  category, as EMOTIC): `scoring.answer_metrics` and the predict-the-mean baseline."""
   texts = judge(model, params, processor, split["image"], batch_size=batch_size, max_prompt_len=max_prompt_len,
                 max_new_tokens=max_new_tokens)
-  return (scoring.answer_metrics(texts, split["valence"], split["arousal"], split["category"])
-          | scoring.mean_baseline(split["valence"], split["arousal"], split["category"]))
+  return (scoring.answer_metrics(texts, split["valence"], split["arousal"], split.get("category"))
+          | scoring.mean_baseline(split["valence"], split["arousal"], split.get("category")))

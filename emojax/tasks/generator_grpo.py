@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 
 from emojax import optim, trainer
-from emojax.data import emoshapes, pipeline
+from emojax.data import pipeline, sources
 from emojax.diffusion import schedule
 from emojax.emotion.space import check_va
 from emojax.evaluation.generator import EvalSet
@@ -106,7 +106,7 @@ class GeneratorGRPO:
 
   def make_loader(self, shard_index, shard_count):
     c = self.config
-    source = emoshapes.EmoShapesSource(c.data.seed, c.data.num_examples, size=self.policy.image_size)
+    source = sources.open_source(c.data, "train", size=self.policy.image_size)
     return pipeline.grpo_prompt_loader(source, prompts_per_step=c.rl.prompts_per_step // shard_count,
                                        group_size=c.rl.group_size, seed=c.seed, shard_index=shard_index,
                                        shard_count=shard_count, target_mode=c.data.target_mode)

@@ -88,7 +88,7 @@ class LVLMGRPO:
     self.tx = optim.make_optimizer(c.optim, c.total_steps)
     self._grid = proc_lib.image_grid(self.processor, c.data.image_size, 1)[0]  # every image has this (t, h, w)
     self._step = lvlm_step.make_train_step(logprob_fn=self.logprobs, optimizer=self.tx, hp=self.hp)
-    self.eval_split = pipeline.labelled_split(c.eval.seed, c.eval.num_examples, c.data.image_size)
+    self.eval_split = pipeline.held_out_split(c.data, c.eval.seed, c.eval.num_examples)
     self.last_texts: list[str] = []
     self.eval_feedback = []
     if c.data.feedback_share > 0:

@@ -45,7 +45,7 @@ def turns(processor, raw: dict) -> tuple[list[str], list[str]]:
       target = (raw["feedback_valence"][i], raw["feedback_arousal"][i])
       answers.append(feedback.feedback_turn(str(raw["prompt"][i]), target, (v, a), short=processor.is_tiny)[1])
     else:
-      answers.append(judge_targets.target_text(im, ep, v, a, c))
+      answers.append(judge_targets.target_text(im, ep, v, a, c, str(raw["prompt"][i]) if "prompt" in raw else None))
   return questions, answers
 
 
@@ -107,7 +107,7 @@ class SFTLVLM:
                        "tokens with the image)")
     self.grid = proc_lib.image_grid(self.processor, c.data.image_size, c.batch_size)
     self.tx = optim.make_optimizer(c.optim, c.total_steps)
-    self.eval_split = pipeline.labelled_split(c.eval.seed, c.eval.num_examples, c.data.image_size)
+    self.eval_split = pipeline.held_out_split(c.data, c.eval.seed, c.eval.num_examples)
     self.eval_feedback = [feedback.feedback_example(c.eval.seed, i, c.data.image_size)
                           for i in range(c.eval.feedback_examples if c.data.feedback_share > 0 else 0)]
 
