@@ -38,6 +38,7 @@ def get_config(arg=None):
   c.data.name = "emoshapes"  # prompts and V-A: "emoshapes" or "emoset_va" (emojax.data.sources)
   c.data.dir = ""  # TFDS data_dir of a prepared dataset ("" with emoshapes: the procedural world)
   c.data.config = ""  # TFDS builder config ("" = the generator's image side)
+  c.data.workers = 0  # grain worker processes reading records (0: threads of the main process)
   c.data.seed = 2  # EmoShapes world seed for prompts
   c.data.num_examples = 50_000  # prompts in the world
   c.data.target_mode = "uniform"  # "uniform": random V-A targets; "data": the image's own V-A
@@ -140,6 +141,7 @@ RANGES = {
     "model.dtype": cu.OneOf("float32", "bfloat16"),
     "model.remat": cu.OneOf(*cu.REMATS), "model.scan_layers": cu.BOOL, **cu.lora_ranges("model.lora"),
     "data.name": cu.OneOf("emoshapes", "emoset_va"), "data.dir": cu.STR, "data.config": cu.STR,
+    "data.workers": cu.Int(0),
     "data.seed": cu.Int(0), "data.num_examples": cu.Int(1), "data.target_mode": cu.OneOf("uniform", "data"),
     "data.prompt_field": cu.OneOf("prompt", "emotional_prompt"),
     "rl.prompts_per_step": cu.Int(1), "rl.group_size": cu.Int(2), "rl.num_steps": cu.Int(1, 1000),

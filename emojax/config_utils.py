@@ -300,6 +300,7 @@ def lvlm_data(seed: int) -> ml_collections.ConfigDict:
   d.name = "emoshapes"  # training images: "emoshapes" or "emoset_va" (emojax.data.sources)
   d.dir = ""  # TFDS data_dir of a prepared dataset ("" with emoshapes: the procedural world)
   d.config = ""  # TFDS builder config ("" = the image side, e.g. "64")
+  d.workers = 0  # grain worker processes reading and transforming records (0: threads of the main process)
   d.seed = seed  # EmoShapes world seed of the training images
   d.num_examples = 200_000  # size of the procedural training set
   d.image_size = 32  # EmoShapes image side in pixels
@@ -311,7 +312,7 @@ def lvlm_data(seed: int) -> ml_collections.ConfigDict:
 
 
 LVLM_DATA_RANGES = {
-    "data.name": OneOf("emoshapes", "emoset_va"), "data.dir": STR, "data.config": STR,
+    "data.name": OneOf("emoshapes", "emoset_va"), "data.dir": STR, "data.config": STR, "data.workers": Int(0),
     "data.seed": Int(0), "data.num_examples": Int(1), "data.image_size": Int(8, 4096),
     "data.dark_prob": Fraction(), "data.noise_prob": Fraction(), "data.noise_max_std": Fraction(), "data.feedback_share": Fraction(),
 }

@@ -80,3 +80,39 @@ def test_evaluate_judges_emoset_va_test_and_emotic(emoset_dir, tmp_path):
     assert out["n"] == n and out["data"] == f"{name}/32" and out["split"] == "test" and out["parse_rate"] == 1.0
     assert np.isfinite(out["valence_mae"]) and np.isfinite(out["arousal_mae"])
     assert (out["category_acc"] is None) == (name == "emotic")
+
+
+def test_report_prints_counts_histograms_and_loader_speed(emoset_dir, tmp_path):
+  import json
+  import subprocess
+  import sys
+  from conftest import ROOT, cli_env
+  from emojax.data import emotic, report
+  from test_emotic import make_emotic
+  png = tmp_path / "va.png"
+  proc = subprocess.run([sys.executable, "-m", "emojax.data.report", "--name=emoset_va", f"--data_dir={emoset_dir}",
+                         "--builder_config=32", f"--out={png}"], cwd=ROOT, env=cli_env(), capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert {k: v["examples"] for k, v in out["splits"].items()} == {"train": 12, "validation": 4, "test": 4}
+  assert sum(out["splits"]["train"]["categories"].values()) == 12
+  assert all(v["loader_examples_per_s"] > 0 for v in out["splits"].values()) and png.stat().st_size > 1000
+  emotic.prepare(tmp_path / "data", make_emotic(str(tmp_path / "EMOTIC")), "32")
+  train = sources.TfdsSource("emotic", str(tmp_path / "data"), "train", "32")
+  assert report.category_counts("emotic", train) == {"Fear": 1, "Happiness": 1, "Peace": 1, "Pleasure": 1}
+
+
+def test_emoset_va_loader_state_resumes_at_the_same_batch(emoset_dir):
+  """The iterator state a checkpoint stores (grain's get_state) brings a fresh loader over the prepared dataset to
+  the very next batch, as on the procedural world."""
+  config = generator_config("", **{"data.name": "emoset_va", "data.dir": emoset_dir, "data.config": "32"})
+  task = GeneratorGRPO(config)
+  it = iter(task.make_loader(0, 1))
+  next(it)
+  state = it.get_state()
+  want = next(it)
+  again = iter(task.make_loader(0, 1))
+  again.set_state(state)
+  got = next(again)
+  assert list(got["prompt"]) == list(want["prompt"]) and np.array_equal(got["valence"], want["valence"])

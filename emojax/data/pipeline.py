@@ -193,6 +193,7 @@ def image_loader(d, *, batch_size: int, seed: int, shard_index: int, shard_count
   source = sources.open_source(d)
   return grpo_prompt_loader(source, prompts_per_step=batch_size // shard_count, group_size=1, seed=seed,
                             shard_index=shard_index, shard_count=shard_count, target_mode="data",
+                            worker_count=d.get("workers", 0),
                             keep_images=True, augment=(Darken(d.dark_prob), PixelNoise(d.noise_prob, d.noise_max_std)),
                             more_operations=[FeedbackTask(d.feedback_share)] if d.feedback_share > 0 else [])
 

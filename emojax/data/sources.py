@@ -27,8 +27,9 @@ class TfdsSource:
     importlib.import_module(BUILDERS[name])  # registers the builder
     full = f"{name}/{config}" if config else name
     if not data_dir or not os.path.isdir(os.path.join(data_dir, name, config or "")):
+      manual = "" if name == "emoshapes" else "MANUAL_DIR, "
       raise FileNotFoundError(f"dataset {full} is not prepared in data_dir {data_dir!r}: build it first, e.g. "
-                              f"`{BUILDERS[name]}.prepare(DATA_DIR, MANUAL_DIR, {config!r})`, and set data.dir=DATA_DIR")
+                              f"`{BUILDERS[name]}.prepare(DATA_DIR, {manual}{config!r})`, and set data.dir=DATA_DIR")
     self.name, self._source = full, tfds.data_source(full, data_dir=data_dir)[split]
 
   def __len__(self):

@@ -109,7 +109,8 @@ class GeneratorGRPO:
     source = sources.open_source(c.data, "train", size=self.policy.image_size)
     return pipeline.grpo_prompt_loader(source, prompts_per_step=c.rl.prompts_per_step // shard_count,
                                        group_size=c.rl.group_size, seed=c.seed, shard_index=shard_index,
-                                       shard_count=shard_count, target_mode=c.data.target_mode)
+                                       shard_count=shard_count, target_mode=c.data.target_mode,
+                                       worker_count=c.data.workers)
 
   def host_batch(self, raw):
     v, a = np.asarray(raw["valence"], np.float32), np.asarray(raw["arousal"], np.float32)
