@@ -116,3 +116,14 @@ def test_emoset_va_loader_state_resumes_at_the_same_batch(emoset_dir):
   again.set_state(state)
   got = next(again)
   assert list(got["prompt"]) == list(want["prompt"]) and np.array_equal(got["valence"], want["valence"])
+
+
+def test_lvlm_loader_resizes_a_dataset_prepared_at_another_side(emoset_dir):
+  """data.config 64 with data.image_size 32: the grain loader (and the held-out split) resize to the model's side."""
+  from emojax.data import pipeline
+  config = sft_config.get_config("smoke")
+  set_fields(config, **{"data.name": "emoset_va", "data.dir": emoset_dir, "data.config": "64",
+                        "data.noise_prob": 0.0})
+  batch = next(iter(pipeline.image_loader(config.data, batch_size=4, seed=0, shard_index=0, shard_count=1)))
+  assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == np.uint8
+  assert pipeline.held_out_split(config.data, 0, 4)["image"].shape == (4, 32, 32, 3)

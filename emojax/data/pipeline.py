@@ -153,7 +153,7 @@ def _loader(source, operations, *, seed, shard_index, shard_count, num_epochs, w
 def grpo_prompt_loader(source, *, prompts_per_step: int, group_size: int, seed: int,
                        shard_index: int, shard_count: int, num_epochs=None, worker_count=0,
                        target_mode="uniform", keep_images=False, augment=(), read_options=None,
-                       more_operations=()):
+                       more_operations=(), resize: int | None = None):
   """Batches of prompts_per_step * group_size rows: each prompt and target G times in a row.
 
   target_mode "uniform" draws (V, A) uniformly on [-3, 3]^2 per record and step (the
@@ -161,11 +161,14 @@ def grpo_prompt_loader(source, *, prompts_per_step: int, group_size: int, seed: 
   the source image's own (V, A). `emotional_prompt` always describes the source image.
   `augment` (image transforms such as Darken and PixelNoise, in order; they need keep_images) change
   images and their labels first;
-  `more_operations` (per-record transforms) run last, before batching.
+  `more_operations` (per-record transforms) run last, before batching. `resize` (with keep_images): images of
+  another side are resized to it in the loader (a dataset prepared at another size).
   """
   if target_mode not in TARGET_MODES:
     raise ValueError(f"target_mode={target_mode!r}, expected one of {TARGET_MODES}")
   operations = [SelectFields(keep_images)]
+  if keep_images and resize:
+    operations.append(ResizeImages(resize))
   operations += [t for t in augment if t.prob > 0]
   if target_mode == "uniform":
     operations.append(UniformTargets())
@@ -185,6 +188,23 @@ def pretrain_loader(source, batch_size: int, seed: int, shard_index: int, shard_
                  read_options=read_options)
 
 
+@dataclasses.dataclass(frozen=True)
+class ResizeImages(grain.MapTransform):
+  """Bicubic resize of a record's uint8 image to size x size (a dataset prepared at another side)."""
+  size: int
+
+  def map(self, example):
+    return example | {"image": resize_uint8(example["image"], self.size)}
+
+
+def resize_uint8(image, size: int) -> np.ndarray:
+  image = np.asarray(image)
+  if image.shape[:2] == (size, size):
+    return image
+  from PIL import Image
+  return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC), np.uint8)
+
+
 def image_loader(d, *, batch_size: int, seed: int, shard_index: int, shard_count: int):
   """Per-host batches of EmoShapes images with their own labels for the LVLM jobs (config.data `d`:
   world seed, size, darkening and noise augmentation, feedback-task share), one row per example: a prompt
@@ -193,7 +213,7 @@ def image_loader(d, *, batch_size: int, seed: int, shard_index: int, shard_count
   source = sources.open_source(d)
   return grpo_prompt_loader(source, prompts_per_step=batch_size // shard_count, group_size=1, seed=seed,
                             shard_index=shard_index, shard_count=shard_count, target_mode="data",
-                            worker_count=d.get("workers", 0),
+                            worker_count=d.get("workers", 0), resize=d.image_size,
                             keep_images=True, augment=(Darken(d.dark_prob), PixelNoise(d.noise_prob, d.noise_max_std)),
                             more_operations=[FeedbackTask(d.feedback_share)] if d.feedback_share > 0 else [])
 
@@ -203,7 +223,8 @@ def held_out_split(d, seed: int, num_examples: int) -> dict[str, np.ndarray]:
   num_examples of the dataset's validation split."""
   if d.name == "emoshapes" and not d.dir:
     return labelled_split(seed, num_examples, d.image_size)
-  return sources.as_arrays(sources.open_source(d, "validation"), num_examples)
+  split = sources.as_arrays(sources.open_source(d, "validation"), num_examples)
+  return split | {"image": np.stack([resize_uint8(im, d.image_size) for im in split["image"]])}
 
 
 def labelled_split(seed: int, num_examples: int, size: int = 32, noise_max_std: float = 0.0) -> dict[str, np.ndarray]:
