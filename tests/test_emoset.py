@@ -103,3 +103,12 @@ def test_bad_manual_dirs_fail_with_one_line(tmp_path):
   json.dump(entries, open(manual / "val.json", "w"))
   with pytest.raises(FileNotFoundError, match="val.json entry 1 names image/fear/fear_99999.jpg, which is not in"):
     prepare(manual, tmp_path / "data2")
+
+
+def test_va_seed_is_a_builder_config(tmp_path):
+  manual = make_emoset(tmp_path / "EmoSet", per_split=(3, 1, 1), corrupt=0)
+  prepare(manual, tmp_path / "data", "32_seed1")
+  src = tfds.data_source("emoset_va/32_seed1", data_dir=str(tmp_path / "data"))["train"]
+  for ex in (src[i] for i in range(3)):
+    category = CATEGORIES[int(ex["category"])]
+    assert ex["valence"] == pytest.approx(emoset.sample_va(ex["image_id"].decode(), category, seed=1)[0])

@@ -36,6 +36,7 @@ from emojax.io.images import load_square
 VA_STD = 0.6  # spread of an image's (V, A) around its category's centroid (a tenth of the range)
 SPLITS = {"train": "train.json", "validation": "val.json", "test": "test.json"}
 SIZES = (32, 64, 256, 512)  # 32: the tiny LVLM's input side
+SEEDS = (0, 1, 2)  # V-A draws: config "64" is seed 0, "64_seed1" seed 1
 EMOTIONAL_WORDS = {"amusement": "amusing", "awe": "awe-inspiring", "contentment": "peaceful",
                    "excitement": "exciting", "anger": "angry", "disgust": "disgusting", "fear": "frightening",
                    "sadness": "sad"}
@@ -144,7 +145,7 @@ def _builder():
     """EmoSet-118K with continuous V-A and neutral / emotional prompts (emojax.data.emoset)."""
 
     VERSION = tfds.core.Version("1.0.0")
-    BUILDER_CONFIGS = [EmoSetConfig(size=s) for s in SIZES]
+    BUILDER_CONFIGS = [EmoSetConfig(size=s, seed=seed) for seed in SEEDS for s in SIZES]
     MANUAL_DOWNLOAD_INSTRUCTIONS = ("Unpack EmoSet-118K into manual_dir: info.json, train.json, val.json, "
                                     "test.json, image/ and annotation/.")
 
