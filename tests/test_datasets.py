@@ -65,18 +65,23 @@ def test_dataset_errors_are_one_line(emoset_dir, tmp_path):
 
 
 def test_evaluate_judges_emoset_va_test_and_emotic(emoset_dir, tmp_path):
-  """emojax.evaluate's LVLM mode on prepared datasets: the same JSON fields as on EmoShapes; EMOTIC (no Mikels
-  category) leaves the category metrics out."""
-  from configs import evaluate as evaluate_cfg
-  from emojax import evaluate
+  """python -m emojax.evaluate (LVLM mode) on prepared datasets: the same JSON line as on EmoShapes; EMOTIC (no
+  Mikels category) leaves the category metrics out."""
+  import json
+  import subprocess
+  import sys
+  from conftest import ROOT, cli_env
   from emojax.data import emotic
   from emojax.io import assets
   from test_emotic import make_emotic
   emotic.prepare(tmp_path / "data", make_emotic(str(tmp_path / "EMOTIC")), "32")
   for name, data_dir, n in (("emoset_va", emoset_dir, 4), ("emotic", str(tmp_path / "data"), 1)):
-    c = set_fields(evaluate_cfg.get_config(), **{"lvlm": assets.asset_dir("lvlm_tiny"), "data.name": name,
-                                                 "data.dir": data_dir, "data.num_examples": 8})
-    out = evaluate.evaluate_lvlm(c)
+    proc = subprocess.run([sys.executable, "-m", "emojax.evaluate", "--config=configs/evaluate.py",
+                           f"--config.lvlm={assets.asset_dir('lvlm_tiny')}", f"--config.data.name={name}",
+                           f"--config.data.dir={data_dir}", "--config.data.num_examples=8"],
+                          cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["n"] == n and out["data"] == f"{name}/32" and out["split"] == "test" and out["parse_rate"] == 1.0
     assert np.isfinite(out["valence_mae"]) and np.isfinite(out["arousal_mae"])
     assert (out["category_acc"] is None) == (name == "emotic")
