@@ -13,6 +13,7 @@ from typing import Any
 
 import grain.python as grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -42,7 +43,8 @@ class Checkpointer:
            config: dict | None = None, rng: jax.Array | None = None) -> None:
     items = {"state": ocp.args.StandardSave(state)}
     if rng is not None:
-      items["rng"] = ocp.args.StandardSave({"key_data": jax.random.key_data(rng)})
+      # host numpy (the same key on every process): a process-local jax.Array cannot be saved multi-host
+      items["rng"] = ocp.args.StandardSave({"key_data": np.asarray(jax.device_get(jax.random.key_data(rng)))})
     if data_iter is not None:
       items["data"] = grain.PyGrainCheckpointSave(data_iter)
     if config is not None:

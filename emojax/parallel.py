@@ -146,9 +146,23 @@ def host_rows(batch: dict[str, jax.Array], mesh: Mesh) -> dict[str, np.ndarray]:
   return jax.device_get(multihost_utils.global_array_to_host_local_array(batch, mesh, spec))
 
 
+LAUNCH_ENV = ("EMOJAX_COORDINATOR", "EMOJAX_NUM_PROCESSES", "EMOJAX_PROCESS_ID")  # set by launch/local.sh
+
+
 def initialize_distributed() -> None:
-  """Multi-host init on TPU VMs and SLURM; a no-op on a single process."""
+  """Multi-process init: explicit (launch/local.sh sets LAUNCH_ENV; EMOJAX_INIT_TIMEOUT seconds, default 120),
+  else auto-detected on TPU VMs and SLURM; a no-op on a single process."""
   import os
+  if "EMOJAX_COORDINATOR" in os.environ:
+    missing = [k for k in LAUNCH_ENV if not os.environ.get(k)]
+    if missing:
+      raise ValueError(f"EMOJAX_COORDINATOR is set but {', '.join(missing)} is not (launch/local.sh sets all three)")
+    jax.distributed.initialize(coordinator_address=os.environ["EMOJAX_COORDINATOR"],
+                               num_processes=int(os.environ["EMOJAX_NUM_PROCESSES"]),
+                               process_id=int(os.environ["EMOJAX_PROCESS_ID"]),
+                               initialization_timeout=int(os.environ.get("EMOJAX_INIT_TIMEOUT", "120")))
+    logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+    return
   if any(k in os.environ for k in ("SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS")):
     if int(os.environ.get("SLURM_NTASKS", "2")) > 1:
       jax.distributed.initialize()
