@@ -145,6 +145,17 @@ def test_tiny_forward_rows_are_independent_and_read_every_input():
 
 
 
+def _same_loss_and_grads(plain, variant, params, inputs, rtol=1e-6, grad_atol=1e-7):
+  """jit(value_and_grad) of mean(out²) through both modules: equal up to the re-run forward's rounding."""
+  def loss(module):
+    return jax.jit(jax.value_and_grad(lambda p: jnp.mean(module.apply({"params": p}, *inputs) ** 2)))
+
+  (l0, g0), (l1, g1) = loss(plain)(params), loss(variant)(params)
+  assert float(l0) > 0
+  np.testing.assert_allclose(l1, l0, rtol=rtol)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=grad_atol), g1, g0)
+
+
 def test_remat_keeps_params_outputs_and_gradients(remat="dots_no_batch"):
   """A rematerialised MMDiT has the same parameter tree and computes the same loss and gradients (the
   backward recomputes instead of storing; only rounding of the re-run forward may differ)."""
@@ -154,13 +165,7 @@ def test_remat_keeps_params_outputs_and_gradients(remat="dots_no_batch"):
   params = mmdit.load_diffusers_params(state, config)
   shapes = lambda m: jax.tree.map(lambda a: a.shape, jax.eval_shape(m.init, jax.random.key(0), x, ctx, pooled, t))
   assert shapes(rem) == shapes(plain)
-
-  def loss(module):
-    return jax.jit(jax.value_and_grad(lambda p: jnp.mean(module.apply({"params": p}, x, ctx, pooled, t) ** 2)))
-
-  (l0, g0), (l1, g1) = loss(plain)(params), loss(rem)(params)
-  np.testing.assert_allclose(l1, l0, rtol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), g1, g0)
+  _same_loss_and_grads(plain, rem, params, (x, ctx, pooled, t))
   with pytest.raises(ValueError, match="remat 'some' unknown"):
     mmdit.MMDiT(config, remat="some").init(jax.random.key(0), x, ctx, pooled, t)
 
@@ -183,13 +188,6 @@ def test_scan_layers_computes_the_loop_and_its_gradients(remat):
                                                    list(jax.random.split(keys[3], len(jax.tree.leaves(params))))))
   assert jax.tree.structure(jax.eval_shape(scan.init, jax.random.key(0), x, ctx, pooled, t)["params"]) == \
       jax.tree.structure(params)
-
-  def loss(module):
-    return jax.jit(jax.value_and_grad(lambda p: jnp.mean(module.apply({"params": p}, x, ctx, pooled, t) ** 2)))
-
-  (l0, g0), (l1, g1) = loss(loop)(params), loss(scan)(params)
-  assert float(l0) > 0
-  np.testing.assert_allclose(l1, l0, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g1, g0)
+  _same_loss_and_grads(loop, scan, params, (x, ctx, pooled, t), rtol=1e-5, grad_atol=1e-6)
   hlo = jax.jit(lambda p: scan.apply({"params": p}, x, ctx, pooled, t)).lower(params).as_text()
   assert "while" in hlo or "scan" in hlo

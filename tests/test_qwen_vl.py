@@ -251,10 +251,13 @@ def test_tiny_preset_on_an_emoshapes_image():
                                                  ((1, 8, 16),)), params)
 
 
-def test_remat_keeps_the_loss_and_gradients():
-  """Rematerialised vision blocks and decoder layers: same parameter tree, same loss and gradients."""
+@pytest.mark.parametrize("remat,scan_layers", [("dots_no_batch", False), ("none", True), ("full", True)])
+def test_remat_and_scan_keep_the_loss_and_gradients(remat, scan_layers):
+  """Rematerialised vision blocks and decoder layers, and scan_layers (the uncached forward runs the decoder as
+  one lax.scan over stacked per-layer params; KV-cache decoding stays unrolled): same parameter tree, same loss
+  and gradients as the plain unrolled model."""
   cfg = qv.PRESETS["tiny"]
-  plain, rem = qv.QwenVL(cfg), qv.QwenVL(cfg, remat="dots_no_batch")
+  plain, variant = qv.QwenVL(cfg), qv.QwenVL(cfg, remat=remat, scan_layers=scan_layers)
   params = qv.init_params(cfg, jax.random.key(0), std=0.2)
   ids, mask, pixels, grid = qv.dummy_inputs(cfg)
   pixels = jax.random.normal(jax.random.key(1), pixels.shape)
@@ -263,30 +266,11 @@ def test_remat_keeps_the_loss_and_gradients():
     f = lambda p: jnp.mean(jax.nn.log_softmax(module.apply({"params": p}, ids, mask, pixels, grid)) ** 2)
     return jax.jit(jax.value_and_grad(f))
 
-  (l0, g0), (l1, g1) = loss(plain)(params), loss(rem)(params)
+  (l0, g0), (l1, g1) = loss(plain)(params), loss(variant)(params)
   np.testing.assert_allclose(l1, l0, rtol=1e-6)
   # per leaf, relative to its largest gradient: measured 7e-5, the size of the change a 1e-7 relative nudge of
   # the weights makes without remat (4e-5; this random deep net amplifies rounding), so 2e-4 is rounding
   worst = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max() / jnp.abs(b).max()), g1, g0)
   assert max(jax.tree.leaves(worst)) < 2e-4
-
-
-@pytest.mark.parametrize("remat", ["none", "full"])
-def test_scan_layers_keeps_the_loss_and_gradients(remat):
-  """scan_layers: the uncached forward runs the decoder layers as one lax.scan over stacked per-layer params (same
-  tree, same loss and gradients, rounding as remat above); KV-cache decoding keeps the unrolled layers."""
-  cfg = qv.PRESETS["tiny"]
-  plain, scan = qv.QwenVL(cfg, remat=remat), qv.QwenVL(cfg, remat=remat, scan_layers=True)
-  params = qv.init_params(cfg, jax.random.key(0), std=0.2)
-  ids, mask, pixels, grid = qv.dummy_inputs(cfg)
-  pixels = jax.random.normal(jax.random.key(1), pixels.shape)
-
-  def loss(module):
-    f = lambda p: jnp.mean(jax.nn.log_softmax(module.apply({"params": p}, ids, mask, pixels, grid)) ** 2)
-    return jax.jit(jax.value_and_grad(f))
-
-  (l0, g0), (l1, g1) = loss(plain)(params), loss(scan)(params)
-  np.testing.assert_allclose(l1, l0, rtol=1e-6)
-  worst = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max() / jnp.abs(b).max()), g1, g0)
-  assert max(jax.tree.leaves(worst)) < 2e-4
-  assert "while" in jax.jit(lambda p: scan.apply({"params": p}, ids, mask, pixels, grid)).lower(params).as_text()
+  if scan_layers:
+    assert "while" in jax.jit(lambda p: variant.apply({"params": p}, ids, mask, pixels, grid)).lower(params).as_text()

@@ -28,9 +28,11 @@ import os
 import zlib
 
 import numpy as np
+import tensorflow_datasets as tfds
 from absl import logging
 
 from emojax.emotion.space import CATEGORIES, CATEGORY_CENTROIDS, VA_MAX, VA_MIN
+from emojax.data import sources
 from emojax.io.images import load_square
 
 VA_STD = 0.6  # spread of an image's (V, A) around its category's centroid (a tenth of the range)
@@ -123,52 +125,41 @@ def examples(manual_dir, split_file: str, size: int, seed: int):
 
 
 def prepare(data_dir, manual_dir, config: str = "64"):
-  """Builds emoset_va/<config> into data_dir from manual_dir (checked first: one line naming what is missing);
-  returns the builder."""
-  import tensorflow_datasets as tfds
-  check_manual_dir(manual_dir)
-  builder = tfds.builder(f"emoset_va/{config}", data_dir=os.fspath(data_dir), file_format="array_record")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
-  return builder
+  """Builds emoset_va/<config> into data_dir from manual_dir (checked first: one line naming what is missing)."""
+  return sources.build("emoset_va", data_dir, config, manual_dir, check_manual_dir)
 
 
-def _builder():
-  import tensorflow_datasets as tfds
-
-  class EmoSetConfig(tfds.core.BuilderConfig):
-    def __init__(self, *, size: int, seed: int = 0, **kw):
-      super().__init__(name=f"{size}" + (f"_seed{seed}" if seed else ""),
-                       description=f"{size}x{size} images, V-A seed {seed}", **kw)
-      self.size, self.seed = size, seed
-
-  class EmosetVa(tfds.core.GeneratorBasedBuilder):
-    """EmoSet-118K with continuous V-A and neutral / emotional prompts (emojax.data.emoset)."""
-
-    VERSION = tfds.core.Version("1.0.0")
-    BUILDER_CONFIGS = [EmoSetConfig(size=s, seed=seed) for seed in SEEDS for s in SIZES]
-    MANUAL_DOWNLOAD_INSTRUCTIONS = ("Unpack EmoSet-118K into manual_dir: info.json, train.json, val.json, "
-                                    "test.json, image/ and annotation/.")
-
-    def _info(self):
-      f = tfds.features
-      s = self.builder_config.size
-      return tfds.core.DatasetInfo(builder=self, features=f.FeaturesDict({
-          "image": f.Tensor(shape=(s, s, 3), dtype=np.uint8), "image_id": f.Text(),
-          "category": f.ClassLabel(names=CATEGORIES), "valence": f.Scalar(np.float32),
-          "arousal": f.Scalar(np.float32), "brightness": f.Scalar(np.float32), "colorfulness": f.Scalar(np.float32),
-          "scene": f.Text(), "objects": f.Sequence(f.Text()), "facial_expression": f.Text(),
-          "human_action": f.Text(), "prompt": f.Text(), "emotional_prompt": f.Text()}))
-
-    def _split_generators(self, dl_manager):
-      manual_dir = os.fspath(dl_manager.manual_dir)
-      check_manual_dir(manual_dir)
-      return {split: self._generate_examples(manual_dir, file) for split, file in SPLITS.items()}
-
-    def _generate_examples(self, manual_dir, split_file):
-      c = self.builder_config
-      yield from examples(manual_dir, split_file, c.size, c.seed)
-
-  return EmosetVa
+class EmoSetConfig(tfds.core.BuilderConfig):
+  def __init__(self, *, size: int, seed: int = 0, **kw):
+    super().__init__(name=f"{size}" + (f"_seed{seed}" if seed else ""),
+                     description=f"{size}x{size} images, V-A seed {seed}", **kw)
+    self.size, self.seed = size, seed
 
 
-EmosetVa = _builder()
+class EmosetVa(tfds.core.GeneratorBasedBuilder):
+  """EmoSet-118K with continuous V-A and neutral / emotional prompts (emojax.data.emoset)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  BUILDER_CONFIGS = [EmoSetConfig(size=s, seed=seed) for seed in SEEDS for s in SIZES]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = ("Unpack EmoSet-118K into manual_dir: info.json, train.json, val.json, "
+                                  "test.json, image/ and annotation/.")
+
+  def _info(self):
+    f = tfds.features
+    s = self.builder_config.size
+    return tfds.core.DatasetInfo(builder=self, features=f.FeaturesDict({
+        "image": f.Tensor(shape=(s, s, 3), dtype=np.uint8), "image_id": f.Text(),
+        "category": f.ClassLabel(names=CATEGORIES), "valence": f.Scalar(np.float32),
+        "arousal": f.Scalar(np.float32), "brightness": f.Scalar(np.float32), "colorfulness": f.Scalar(np.float32),
+        "scene": f.Text(), "objects": f.Sequence(f.Text()), "facial_expression": f.Text(),
+        "human_action": f.Text(), "prompt": f.Text(), "emotional_prompt": f.Text()}))
+
+  def _split_generators(self, dl_manager):
+    manual_dir = os.fspath(dl_manager.manual_dir)
+    check_manual_dir(manual_dir)
+    return {split: self._generate_examples(manual_dir, file) for split, file in SPLITS.items()}
+
+  def _generate_examples(self, manual_dir, split_file):
+    c = self.builder_config
+    yield from examples(manual_dir, split_file, c.size, c.seed)
+

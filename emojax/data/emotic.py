@@ -22,8 +22,10 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import tensorflow_datasets as tfds
 from absl import logging
 
+from emojax.data import sources
 from emojax.io.images import load_square
 
 CATEGORIES = ("Affection", "Anger", "Annoyance", "Anticipation", "Aversion", "Confidence", "Disapproval",
@@ -114,49 +116,39 @@ def examples(manual_dir, split: str, size: int, crop: bool):
 
 
 def prepare(data_dir, manual_dir, config: str = "256"):
-  """Builds emotic/<config> into data_dir from manual_dir (checked first, one line); returns the builder."""
-  import tensorflow_datasets as tfds
-  check_manual_dir(manual_dir)
-  builder = tfds.builder(f"emotic/{config}", data_dir=os.fspath(data_dir), file_format="array_record")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
-  return builder
+  """Builds emotic/<config> into data_dir from manual_dir (checked first: one line naming what is missing)."""
+  return sources.build("emotic", data_dir, config, manual_dir, check_manual_dir)
 
 
-def _builder():
-  import tensorflow_datasets as tfds
-
-  class EmoticConfig(tfds.core.BuilderConfig):
-    def __init__(self, *, size: int, crop: bool, **kw):
-      super().__init__(name=f"{size}" + ("_person" if crop else ""),
-                       description=f"{size}x{size} {'person crops' if crop else 'whole images'}", **kw)
-      self.size, self.crop = size, crop
-
-  class Emotic(tfds.core.GeneratorBasedBuilder):
-    """EMOTIC, one example per annotated person (emojax.data.emotic)."""
-
-    VERSION = tfds.core.Version("1.0.0")
-    BUILDER_CONFIGS = [EmoticConfig(size=s, crop=c) for s, c in CONFIGS]
-    MANUAL_DOWNLOAD_INSTRUCTIONS = "Unpack the EMOTIC release into manual_dir: Annotations/Annotations.mat, emotic/."
-
-    def _info(self):
-      f = tfds.features
-      s = self.builder_config.size
-      return tfds.core.DatasetInfo(builder=self, features=f.FeaturesDict({
-          "image": f.Tensor(shape=(s, s, 3), dtype=np.uint8), "image_id": f.Text(), "source": f.Text(),
-          "bbox": f.Tensor(shape=(4,), dtype=np.float32), "valence": f.Scalar(np.float32),
-          "arousal": f.Scalar(np.float32), "dominance": f.Scalar(np.float32),
-          "categories": f.Sequence(f.ClassLabel(names=CATEGORIES)), "gender": f.Text(), "age": f.Text()}))
-
-    def _split_generators(self, dl_manager):
-      manual_dir = os.fspath(dl_manager.manual_dir)
-      check_manual_dir(manual_dir)
-      return {name: self._generate_examples(manual_dir, split) for name, split in SPLITS.items()}
-
-    def _generate_examples(self, manual_dir, split):
-      c = self.builder_config
-      yield from examples(manual_dir, split, c.size, c.crop)
-
-  return Emotic
+class EmoticConfig(tfds.core.BuilderConfig):
+  def __init__(self, *, size: int, crop: bool, **kw):
+    super().__init__(name=f"{size}" + ("_person" if crop else ""),
+                     description=f"{size}x{size} {'person crops' if crop else 'whole images'}", **kw)
+    self.size, self.crop = size, crop
 
 
-Emotic = _builder()
+class Emotic(tfds.core.GeneratorBasedBuilder):
+  """EMOTIC, one example per annotated person (emojax.data.emotic)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  BUILDER_CONFIGS = [EmoticConfig(size=s, crop=c) for s, c in CONFIGS]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = "Unpack the EMOTIC release into manual_dir: Annotations/Annotations.mat, emotic/."
+
+  def _info(self):
+    f = tfds.features
+    s = self.builder_config.size
+    return tfds.core.DatasetInfo(builder=self, features=f.FeaturesDict({
+        "image": f.Tensor(shape=(s, s, 3), dtype=np.uint8), "image_id": f.Text(), "source": f.Text(),
+        "bbox": f.Tensor(shape=(4,), dtype=np.float32), "valence": f.Scalar(np.float32),
+        "arousal": f.Scalar(np.float32), "dominance": f.Scalar(np.float32),
+        "categories": f.Sequence(f.ClassLabel(names=CATEGORIES)), "gender": f.Text(), "age": f.Text()}))
+
+  def _split_generators(self, dl_manager):
+    manual_dir = os.fspath(dl_manager.manual_dir)
+    check_manual_dir(manual_dir)
+    return {name: self._generate_examples(manual_dir, split) for name, split in SPLITS.items()}
+
+  def _generate_examples(self, manual_dir, split):
+    c = self.builder_config
+    yield from examples(manual_dir, split, c.size, c.crop)
+

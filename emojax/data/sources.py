@@ -43,6 +43,20 @@ class TfdsSource:
     return f"TfdsSource({self.name})"
 
 
+def build(name: str, data_dir, config: str, manual_dir=None, check_manual_dir=None):
+  """Builds the TFDS dataset name/config into data_dir (array_record), from manual_dir when the dataset has one
+  (checked first by check_manual_dir: one line naming what is missing); returns the builder."""
+  import tensorflow_datasets as tfds
+  download = None
+  if manual_dir is not None:
+    if check_manual_dir is not None:
+      check_manual_dir(manual_dir)
+    download = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
+  builder = tfds.builder(f"{name}/{config}", data_dir=os.fspath(data_dir), file_format="array_record")
+  builder.download_and_prepare(download_config=download)
+  return builder
+
+
 def open_source(d, split: str = "train", size: int | None = None):
   """The records of config.data `d` (name, dir, config, seed, num_examples, image_size); size overrides the
   image side; the TFDS config is d.config, or the image side ("64")."""

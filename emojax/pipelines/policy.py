@@ -137,7 +137,7 @@ class SD3Policy:
       emotion_params, export = assets.load(path, "SD3 generator export", "write one with the generator GRPO job")
       path, emotion_tokens, emotion_hidden = export["pipeline"], export["emotion_tokens"], export["emotion_hidden"]
       resolution = resolution or export["resolution"]
-    self.pipeline_dir = os.path.abspath(path)
+    self.pipeline_dir, self._uncond, self._encoded = os.path.abspath(path), None, {}
     self.pipe = sd3.SD3Pipeline.from_pretrained(path, dtype=dtype)
     self.shift = self.pipe.shift  # the scheduler's
     tc = self.pipe.transformer.config
@@ -164,13 +164,21 @@ class SD3Policy:
 
   def prompt_fields(self, prompts, cfg: bool) -> dict:
     fields = {"text": self._text(list(prompts))}
-    if cfg:  # diffusers' default negative prompt, ""
-      fields["text_uncond"] = self._text([""] * len(prompts))
+    if cfg:  # diffusers' default negative prompt, "": encoded once, repeated per row
+      if self._uncond is None:
+        self._uncond = self._text([""])
+      fields["text_uncond"] = {k: np.repeat(v, len(prompts), axis=0) for k, v in self._uncond.items()}
     return fields
 
   def _text(self, prompts) -> dict:
-    states, pooled = self.pipe.encode_prompt(prompts, max_sequence_length=self.max_sequence_length)
-    return {"context": np.asarray(states), "pooled": np.asarray(pooled)}
+    """The frozen encoders' states; the last few prompt lists are remembered (an eval set repeats its own)."""
+    key = tuple(prompts)
+    if key not in self._encoded:
+      states, pooled = self.pipe.encode_prompt(list(prompts), max_sequence_length=self.max_sequence_length)
+      if len(self._encoded) >= 4:
+        self._encoded.pop(next(iter(self._encoded)))
+      self._encoded[key] = {"context": np.asarray(states), "pooled": np.asarray(pooled)}
+    return self._encoded[key]
 
   def encode_text(self, params, ids):
     raise ValueError("an SD3 policy encodes prompts on the host (prompt_fields); its text encoders are not params")
@@ -212,8 +220,8 @@ class SD3Policy:
     out = []
     for start in range(0, len(prompts), batch_size):
       idx = np.arange(start, min(start + batch_size, len(prompts)))
-      x_init = jnp.stack([jax.random.normal(jax.random.fold_in(key, int(noise_ids[i])), self.image_shape)
-                          for i in idx])
+      x_init = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), self.image_shape))(
+          jnp.asarray(noise_ids[idx], jnp.uint32))
       images = self._sample_from(params, [prompts[i] for i in idx], va[idx], x_init, num_steps=num_steps,
                                  shift=shift, cfg_scale=cfg_scale)
       out.append(to_uint8(np.asarray(images)))
