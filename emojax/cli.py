@@ -6,7 +6,7 @@ import importlib.util
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from emojax import config_utils
 
@@ -54,9 +54,16 @@ def use_compilation_cache() -> None:
 
 
 def run(main, prog: str) -> None:
-  """app.run(main) where bad input is `<prog>: error: <one line>` on stderr and exit code 2."""
+  """app.run(main) where bad input is `<prog>: error: <one line>` on stderr and exit code 2; a lost peer process
+  (multi-process runs) is one line and exit code 3, without JAX's shutdown barrier (it cannot pass without the
+  dead process and would abort after its heartbeat timeout)."""
+  from emojax.parallel import PeerLostError
   try:
     app.run(main, flags_parser=parse_flags)
   except BAD_INPUT as e:
     print(f"{prog}: error: {e}", file=sys.stderr)
     sys.exit(2)
+  except PeerLostError as e:
+    print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+    logging.flush()
+    os._exit(3)

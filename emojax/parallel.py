@@ -146,11 +146,45 @@ def host_rows(batch: dict[str, jax.Array], mesh: Mesh) -> dict[str, np.ndarray]:
   return jax.device_get(multihost_utils.global_array_to_host_local_array(batch, mesh, spec))
 
 
+def to_host(tree):
+  """A pytree of (possibly sharded, possibly multi-process) arrays as whole numpy arrays on every process, reading
+  only data this process holds: fully addressable or fully replicated leaves locally, others through an
+  all-gather (a collective: every process must call it at the same point). Numpy leaves pass through."""
+  def one(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return np.asarray(jax.device_get(x))
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return jax.tree.map(one, tree)
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is set on any process (a collective with more than one process; the preemption sync point:
+  a SIGTERM that reached one host stops every host after the same step)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.array([flag], np.int32))))
+
+
+class PeerLostError(RuntimeError):
+  """A collective across processes failed: another process died (or its host did)."""
+
+
+def peer_lost(error: Exception, where: str) -> PeerLostError:
+  first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  return PeerLostError(f"a collective across the {jax.process_count()} processes failed ({first}): another process "
+                       f"has died; {where}")
+
+
 LAUNCH_ENV = ("EMOJAX_COORDINATOR", "EMOJAX_NUM_PROCESSES", "EMOJAX_PROCESS_ID")  # set by launch/local.sh
 
 
 def initialize_distributed() -> None:
-  """Multi-process init: explicit (launch/local.sh sets LAUNCH_ENV; EMOJAX_INIT_TIMEOUT seconds, default 120),
+  """Multi-process init: explicit (launch/local.sh sets LAUNCH_ENV; EMOJAX_INIT_TIMEOUT seconds, default 120, to
+  reach the coordinator; EMOJAX_HEARTBEAT_TIMEOUT seconds, default 100, after which a dead process fails the rest),
   else auto-detected on TPU VMs and SLURM; a no-op on a single process."""
   import os
   if "EMOJAX_COORDINATOR" in os.environ:
@@ -160,7 +194,8 @@ def initialize_distributed() -> None:
     jax.distributed.initialize(coordinator_address=os.environ["EMOJAX_COORDINATOR"],
                                num_processes=int(os.environ["EMOJAX_NUM_PROCESSES"]),
                                process_id=int(os.environ["EMOJAX_PROCESS_ID"]),
-                               initialization_timeout=int(os.environ.get("EMOJAX_INIT_TIMEOUT", "120")))
+                               initialization_timeout=int(os.environ.get("EMOJAX_INIT_TIMEOUT", "120")),
+                               heartbeat_timeout_seconds=int(os.environ.get("EMOJAX_HEARTBEAT_TIMEOUT", "100")))
     logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
     return
   if any(k in os.environ for k in ("SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS")):

@@ -84,11 +84,13 @@ def eval_due(step: int, config) -> bool:
 
 def host_params(state: dict, key: str = "params"):
   """state[key] as a host numpy tree, for exports (gathered across processes when sharded over them)."""
-  tree = state[key]
-  if all(x.is_fully_addressable for x in jax.tree.leaves(tree)):
-    return jax.device_get(tree)
-  from jax.experimental import multihost_utils
-  return multihost_utils.process_allgather(tree, tiled=True)
+  return parallel.to_host(state[key])
+
+
+def host_state(state: dict) -> dict:
+  """Everything of a train state but the optimizer's as host numpy, on every process (a collective: the trainer
+  gathers on all processes, then process 0 alone writes the export from it)."""
+  return {k: parallel.to_host(v) for k, v in state.items() if k != "opt_state"}
 
 
 def _flat_json(config) -> dict:
@@ -205,7 +207,7 @@ def export_checkpoint(config, workdir: str, task, step: int | None = None, direc
     with jax.set_mesh(mesh):
       state = checkpointer.restore(abstract, None, step)
       directory = directory or os.path.join(workdir, "export")
-      task.export(state, directory)
+      task.export(host_state(state), directory)
   finally:
     checkpointer.close()
   logging.info("exported step %d of %s to %s", step, workdir, directory)
@@ -297,13 +299,23 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task, *, progress
         if bar is not None:
           bar.update(1)
           bar.set_postfix({k: f"{metrics[k]:.3g}" for k in task.progress_keys if k in metrics})
-        if step % config.checkpoint_every == 0 or step == config.total_steps or preemption.requested:
+        stop = parallel.any_process(preemption.requested)  # every process stops after the same step
+        if step % config.checkpoint_every == 0 or step == config.total_steps or stop:
           checkpointer.save(step, state, data_iter, config_dict, rng=step_rng)
-        if preemption.requested:
+        if stop:
           preempted = True
           break
-    if step >= config.total_steps and hasattr(task, "export") and is_main:
-      task.export(state, os.path.join(workdir, "export"))
+    if step >= config.total_steps and hasattr(task, "export"):
+      exported = host_state(state)
+      if is_main:
+        task.export(exported, os.path.join(workdir, "export"))
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    latest = checkpointer.latest_step()
+    raise parallel.peer_lost(e, f"stopped at step {step}; the last complete checkpoint is "
+                                f"{'step ' + str(latest) if latest is not None else 'none'} in "
+                                f"{checkpointer.directory}: relaunch every process to resume") from e
   finally:
     if bar is not None:
       bar.close()

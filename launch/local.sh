@@ -9,19 +9,23 @@ launch/local.sh --num_processes=N --devices_per_process=D [--port=P] [--logdir=D
 Starts N `python -m emojax.train` processes here, process i with
   JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=D
   EMOJAX_COORDINATOR=localhost:P EMOJAX_NUM_PROCESSES=N EMOJAX_PROCESS_ID=i
-(emojax.parallel.initialize_distributed reads them), its log in DIR/process_i.log (default /tmp/emojax_local),
-and waits; exits non-zero if any process fails. --dry-run prints the commands instead.
+(emojax.parallel.initialize_distributed reads them), its log in DIR/process_i.log and its pid in DIR/process_i.pid
+(default DIR /tmp/emojax_local), and waits. When a process fails, the others get --grace=S seconds (default 150:
+JAX's heartbeat timeout, EMOJAX_HEARTBEAT_TIMEOUT, default 100, fails them first) before they are killed; the
+exit status is non-zero if any process failed. SIGTERM to one process checkpoints and stops all of them after
+the same step. --dry-run prints the commands instead.
 Example: launch/local.sh --num_processes=2 --devices_per_process=4 -- \
            --config=configs/generator.py:smoke --workdir=/tmp/run --config.mesh.num_devices=8
 USAGE
 }
-n="" d="" port=12355 logdir=/tmp/emojax_local dry=0
+n="" d="" port=12355 logdir=/tmp/emojax_local dry=0 grace=150
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --num_processes=*) n="${1#*=}" ;;
     --devices_per_process=*) d="${1#*=}" ;;
     --port=*) port="${1#*=}" ;;
     --logdir=*) logdir="${1#*=}" ;;
+    --grace=*) grace="${1#*=}" ;;
     --dry-run) dry=1 ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
@@ -29,8 +33,9 @@ while [[ $# -gt 0 ]]; do
   esac
   shift
 done
-if ! [[ "$n" =~ ^[1-9][0-9]*$ && "$d" =~ ^[1-9][0-9]*$ ]]; then
-  echo "launch/local.sh: error: --num_processes and --devices_per_process must be positive integers (see --help)" >&2
+if ! [[ "$n" =~ ^[1-9][0-9]*$ && "$d" =~ ^[1-9][0-9]*$ && "$grace" =~ ^[0-9]+$ ]]; then
+  echo "launch/local.sh: error: --num_processes and --devices_per_process must be positive integers, --grace a" \
+       "number of seconds (see --help)" >&2
   exit 2
 fi
 cmds=()
@@ -42,16 +47,31 @@ if [[ $dry == 1 ]]; then
   exit 0
 fi
 mkdir -p "$logdir"
-pids=()
-for c in "${cmds[@]}"; do
-  bash -c "$c" &
-  pids+=($!)
+declare -A proc_of=()
+for i in "${!cmds[@]}"; do
+  bash -c "${cmds[$i]/ python / exec python }" &  # exec: the pid is the python process's
+  proc_of[$!]=$i
+  echo $! > "$logdir/process_$i.pid"
 done
-status=0
-for i in "${!pids[@]}"; do
-  if ! wait "${pids[$i]}"; then
-    echo "launch/local.sh: process $i failed; its log: $logdir/process_$i.log" >&2
+status=0 watchdog=""
+while [[ ${#proc_of[@]} -gt 0 ]]; do
+  rc=0 done_pid=""
+  wait -n -p done_pid "${!proc_of[@]}" || rc=$?
+  [[ -n $done_pid ]] || continue
+  i=${proc_of[$done_pid]}
+  unset "proc_of[$done_pid]"
+  if [[ $rc != 0 ]]; then
+    echo "launch/local.sh: process $i exited with status $rc; its log: $logdir/process_$i.log" >&2
     status=1
+    if [[ -z $watchdog && ${#proc_of[@]} -gt 0 ]]; then
+      (trap 'kill $nap 2>/dev/null; exit 0' TERM
+       sleep "$grace" & nap=$!
+       wait $nap
+       echo "launch/local.sh: killing processes still running ${grace}s after the failure" >&2
+       kill -9 "${!proc_of[@]}" 2>/dev/null) &
+      watchdog=$!
+    fi
   fi
 done
+[[ -z $watchdog ]] || kill "$watchdog" 2>/dev/null || true
 exit $status

@@ -72,6 +72,32 @@ def test_shards_are_disjoint():
   assert len(seen[0]) == len(seen[1]) == 5 and not seen[0] & seen[1]
 
 
+class CountingSource(IndexedSource):
+  def __init__(self, n):
+    super().__init__(n)
+    self.read = set()
+
+  def __getitem__(self, i):
+    self.read.add(i)
+    return super().__getitem__(i)
+
+
+def test_processes_split_each_global_batch_and_read_only_their_rows():
+  """Process i's rows of step s are rows [i*R, (i+1)*R) of the one-process global batch of step s, uniform target
+  draws included, across an epoch boundary; each process reads only its records; an uneven split is refused."""
+  whole = take(iter(grpo(IndexedSource(13), prompts_per_step=4)), 9)
+  parts = [take(iter(grpo(IndexedSource(13), prompts_per_step=2, shard_index=i, shard_count=2)), 9) for i in range(2)]
+  for step, want in enumerate(whole):
+    for k in ("prompt", "valence", "arousal", "category"):
+      np.testing.assert_array_equal(np.concatenate([parts[0][step][k], parts[1][step][k]]), want[k])
+  sources = [CountingSource(13) for _ in range(2)]
+  for i, source in enumerate(sources):  # one epoch: 3 global batches of 4 of the 13 records
+    list(grpo(source, prompts_per_step=2, shard_index=i, shard_count=2, num_epochs=1))
+  assert len(sources[0].read) == len(sources[1].read) == 6 and not sources[0].read & sources[1].read
+  with pytest.raises(ValueError, match="rl.prompts_per_step of 5 does not split over 2 processes"):
+    pipeline.per_process(5, 2, "rl.prompts_per_step")
+
+
 def test_iterator_state_restores_the_stream():
   loader = grpo()
   iterator = iter(loader)

@@ -21,7 +21,7 @@ class HostScoredTask:
 
   def make_loader(self, shard_index, shard_count):
     source = emoshapes.EmoShapesSource(seed=5, num_examples=64)
-    return pipeline.grpo_prompt_loader(source, prompts_per_step=4 // shard_count, group_size=2, seed=0,
+    return pipeline.grpo_prompt_loader(source, prompts_per_step=pipeline.per_process(4, shard_count, "prompts"), group_size=2, seed=0,
                                        shard_index=shard_index, shard_count=shard_count)
 
   def host_batch(self, raw):

@@ -1,12 +1,14 @@
 """grain input pipelines: GRPO prompt groups and flow-matching pretraining batches.
 
-Both shuffle globally with `seed`, shard records across hosts (`shard_index` of
-`shard_count`, remainder dropped so every host sees as many batches) and run in-process by
-default (worker processes need absl flags parsed and a __main__ guard). Strings come out as
+All shuffle globally with `seed` and split every global batch across hosts (`shard_index` of `shard_count`):
+host i reads only the records of its rows of each global batch, so the stream of global batches does not
+depend on the number of hosts (`ProcessRowsSampler`). They run in-process by default (worker processes need
+absl flags parsed and a __main__ guard). Strings come out as
 numpy object arrays of str. `iter(loader)` is a grain DataLoaderIterator whose
 get_state()/set_state() bytes go into the checkpoint.
 """
 import dataclasses
+import sys
 
 import grain.python as grain
 import numpy as np
@@ -137,13 +139,53 @@ class ImagesToUnitRange(grain.MapTransform):
     return batch | dict(image=batch["image"].astype(np.float32) / 127.5 - 1.0)
 
 
-def _loader(source, operations, *, seed, shard_index, shard_count, num_epochs, worker_count,
-            read_options):
-  shard = grain.ShardOptions(shard_index=shard_index, shard_count=shard_count, drop_remainder=True)
-  sampler = grain.IndexSampler(len(source), shard_options=shard, shuffle=True,
-                               num_epochs=num_epochs, seed=seed)
+def per_process(global_rows: int, process_count: int, what: str) -> int:
+  """Rows each process reads of a global batch; an error at start-up if the processes cannot split it evenly."""
+  if global_rows % process_count:
+    raise ValueError(f"{what} of {global_rows} does not split over {process_count} processes; make it a multiple "
+                     f"of the process count")
+  return global_rows // process_count
+
+
+class ProcessRowsSampler:
+  """grain sampler of one process's rows of every global batch.
+
+  Position n of the global record order reads record keys[n] (a seeded shuffle of range(num_records), redrawn
+  every epoch) with grain's per-record rng seeded by seed + n; global batch b is positions [b*R*P, (b+1)*R*P) and
+  process i takes its rows [i*R, (i+1)*R) (R rows per process, P processes). The global stream is therefore the
+  same on any number of processes, and with one process this is grain's IndexSampler(shuffle=True, seed).
+  Finite epochs end at the last complete global batch."""
+
+  def __init__(self, num_records: int, *, rows: int, shard_index: int, shard_count: int, seed: int,
+               num_epochs: int | None = None):
+    if not 0 <= shard_index < shard_count:
+      raise ValueError(f"shard_index {shard_index} is outside [0, {shard_count})")
+    self._keys = grain.MapDataset.range(num_records).shuffle(seed=seed)
+    self._rows, self._shard, self._count, self._seed = rows, shard_index, shard_count, seed
+    global_batches = None if num_epochs is None else num_epochs * num_records // (rows * shard_count)
+    self._len = sys.maxsize if global_batches is None else global_batches * rows
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __repr__(self) -> str:  # grain checks a restored iterator's sampler by its repr
+    return (f"ProcessRowsSampler(num_records={len(self._keys)}, rows={self._rows}, shard_index={self._shard}, "
+            f"shard_count={self._count}, seed={self._seed}, len={self._len})")
+
+  def __getitem__(self, index: int) -> grain.RecordMetadata:
+    if not 0 <= index < self._len:
+      raise IndexError(f"sampler index {index} outside [0, {self._len})")
+    batch, row = divmod(index, self._rows)
+    n = (batch * self._count + self._shard) * self._rows + row
+    return grain.RecordMetadata(index=index, record_key=self._keys[n],
+                                rng=np.random.Generator(np.random.Philox(key=self._seed + n)))
+
+
+def _loader(source, operations, *, rows, seed, shard_index, shard_count, num_epochs, worker_count, read_options):
+  sampler = ProcessRowsSampler(len(source), rows=rows, shard_index=shard_index, shard_count=shard_count, seed=seed,
+                               num_epochs=num_epochs)
   return grain.DataLoader(
-      data_source=source, sampler=sampler, operations=operations, shard_options=shard,
+      data_source=source, sampler=sampler, operations=operations, shard_options=grain.NoSharding(),
       worker_count=worker_count,
       # Generating a record is ~1 ms of GIL-bound numpy: a few threads and a small
       # prefetch suffice, and don't starve a small host.
@@ -154,7 +196,8 @@ def grpo_prompt_loader(source, *, prompts_per_step: int, group_size: int, seed: 
                        shard_index: int, shard_count: int, num_epochs=None, worker_count=0,
                        target_mode="uniform", keep_images=False, augment=(), read_options=None,
                        more_operations=(), resize: int | None = None):
-  """Batches of prompts_per_step * group_size rows: each prompt and target G times in a row.
+  """Batches of prompts_per_step * group_size rows (this process's share of the global batch; a group never
+  spans processes): each prompt and target G times in a row.
 
   target_mode "uniform" draws (V, A) uniformly on [-3, 3]^2 per record and step (the
   generator must learn to hit any target; the category follows the target), "data" keeps
@@ -173,7 +216,7 @@ def grpo_prompt_loader(source, *, prompts_per_step: int, group_size: int, seed: 
   if target_mode == "uniform":
     operations.append(UniformTargets())
   operations += [*more_operations, grain.Batch(prompts_per_step, drop_remainder=True), RepeatGroups(group_size)]
-  return _loader(source, operations, seed=seed, shard_index=shard_index,
+  return _loader(source, operations, rows=prompts_per_step, seed=seed, shard_index=shard_index,
                  shard_count=shard_count, num_epochs=num_epochs, worker_count=worker_count,
                  read_options=read_options)
 
@@ -183,7 +226,7 @@ def pretrain_loader(source, batch_size: int, seed: int, shard_index: int, shard_
   """Endless shuffled batches: image float32 [-1, 1] NHWC, shape_mask uint8 NHW, prompts, V, A, category."""
   operations = [SelectFields(keep_images=True), grain.Batch(batch_size, drop_remainder=True),
                 ImagesToUnitRange()]
-  return _loader(source, operations, seed=seed, shard_index=shard_index,
+  return _loader(source, operations, rows=batch_size, seed=seed, shard_index=shard_index,
                  shard_count=shard_count, num_epochs=None, worker_count=worker_count,
                  read_options=read_options)
 
@@ -211,7 +254,8 @@ def image_loader(d, *, batch_size: int, seed: int, shard_index: int, shard_count
   loader with groups of 1."""
   sources.check_augmentations(d)
   source = sources.open_source(d)
-  return grpo_prompt_loader(source, prompts_per_step=batch_size // shard_count, group_size=1, seed=seed,
+  return grpo_prompt_loader(source, prompts_per_step=per_process(batch_size, shard_count, "the image batch"),
+                            group_size=1, seed=seed,
                             shard_index=shard_index, shard_count=shard_count, target_mode="data",
                             worker_count=d.get("workers", 0), resize=d.image_size,
                             keep_images=True, augment=(Darken(d.dark_prob), PixelNoise(d.noise_prob, d.noise_max_std)),
@@ -244,5 +288,5 @@ def labelled_split(seed: int, num_examples: int, size: int = 32, noise_max_std: 
 def pairs_loader(source, batch_size: int, seed: int, shard_index: int, shard_count: int, *, worker_count=0,
                  read_options=None):
   """Endless shuffled batches of preference pairs (caption, preferred, rejected uint8, kind, image_fault)."""
-  return _loader(source, [grain.Batch(batch_size, drop_remainder=True)], seed=seed, shard_index=shard_index,
+  return _loader(source, [grain.Batch(batch_size, drop_remainder=True)], rows=batch_size, seed=seed, shard_index=shard_index,
                  shard_count=shard_count, num_epochs=None, worker_count=worker_count, read_options=read_options)

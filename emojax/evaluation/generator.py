@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emojax import parallel
 from emojax.data import emoshapes
 from emojax.emotion.colour import colour_judge
 from emojax.evaluation import layout
@@ -51,13 +52,13 @@ class EvalSet:
     return self.policy.sample(params, self.prompts, self.va, self.key, **self.kw)
 
   def __call__(self, params, png_path: str | None = None) -> dict[str, float]:
-    images = self.sample(params)
+    images = parallel.to_host(self.sample(params))  # every process calls this (it may gather)
     v, a = jax.device_get(colour_judge(images))
-    if png_path:
+    if png_path and jax.process_index() == 0:
       images_io.save_grid(images, png_path, self.ncol)
-    scores = layout.layout_scores(jax.device_get(images), self.prompts) if self.policy.layout_judge else {}
+    scores = layout.layout_scores(images, self.prompts) if self.policy.layout_judge else {}
     if self.preference is not None:
-      pick, extra = self.preference(jax.device_get(images), {"prompt": self.prompts})
+      pick, extra = self.preference(images, {"prompt": self.prompts})
       scores |= {"pickscore": float(np.mean(pick)), "clip_iqa": float(np.mean(extra["clip_iqa"]))}
     return {**{"eval/" + k.replace("/", "_"): x for k, x in scores.items()},
             "eval/v_abs_err": float(np.abs(v - self.va[:, 0]).mean()),

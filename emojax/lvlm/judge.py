@@ -12,6 +12,7 @@ import os
 import jax
 import numpy as np
 
+from emojax import parallel
 from emojax.emotion import prompts, scoring
 from emojax.io import assets
 from emojax.lvlm import processor as proc_lib
@@ -78,7 +79,7 @@ def answer(model, params, processor, images, questions, *, batch_size: int, max_
     out = sampling.sample(model, params, proc_lib.prompt_batch(processor, chunk, asked, max_prompt_len),
                           jax.random.key(0), max_new_tokens=max_new_tokens, eos_ids=processor.eos_ids,
                           pad_id=processor.pad_id, temperature=0.0)
-    tokens, mask = np.asarray(out["tokens"]), np.asarray(out["mask"])
+    tokens, mask = parallel.to_host((out["tokens"], out["mask"]))
     texts += [processor.decode(tok[m > 0], skip_special_tokens=True) for tok, m in zip(tokens[:n], mask[:n])]
   return texts
 

@@ -107,9 +107,9 @@ class GeneratorGRPO:
   def make_loader(self, shard_index, shard_count):
     c = self.config
     source = sources.open_source(c.data, "train", size=self.policy.image_size)
-    return pipeline.grpo_prompt_loader(source, prompts_per_step=c.rl.prompts_per_step // shard_count,
-                                       group_size=c.rl.group_size, seed=c.seed, shard_index=shard_index,
-                                       shard_count=shard_count, target_mode=c.data.target_mode,
+    prompts = pipeline.per_process(c.rl.prompts_per_step, shard_count, "rl.prompts_per_step")  # groups stay whole
+    return pipeline.grpo_prompt_loader(source, prompts_per_step=prompts, group_size=c.rl.group_size, seed=c.seed,
+                                       shard_index=shard_index, shard_count=shard_count, target_mode=c.data.target_mode,
                                        worker_count=c.data.workers)
 
   def host_batch(self, raw):

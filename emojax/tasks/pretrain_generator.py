@@ -68,8 +68,9 @@ class PretrainGenerator:
   def make_loader(self, shard_index, shard_count):
     d = self.config.data
     source = emoshapes.EmoShapesSource(d.seed, d.num_examples, size=self.gcfg.mmdit.sample_size)
-    return pipeline.pretrain_loader(source, batch_size=self.global_batch_size // shard_count, seed=self.config.seed,
-                                    shard_index=shard_index, shard_count=shard_count)
+    rows = pipeline.per_process(self.global_batch_size, shard_count, "batch_size")
+    return pipeline.pretrain_loader(source, batch_size=rows, seed=self.config.seed, shard_index=shard_index,
+                                    shard_count=shard_count)
 
   def host_batch(self, raw):
     image = np.asarray(raw["image"], np.float32)

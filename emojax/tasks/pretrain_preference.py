@@ -71,8 +71,9 @@ class PretrainPreference:
   def make_loader(self, shard_index, shard_count):
     d = self.config.data
     source = pp.PreferencePairsSource(d.seed, d.num_examples, d.image_size)
-    return pipeline.pairs_loader(source, batch_size=self.global_batch_size // shard_count, seed=self.config.seed,
-                                 shard_index=shard_index, shard_count=shard_count)
+    rows = pipeline.per_process(self.global_batch_size, shard_count, "batch_size")
+    return pipeline.pairs_loader(source, batch_size=rows, seed=self.config.seed, shard_index=shard_index,
+                                 shard_count=shard_count)
 
   def host_batch(self, raw):
     ids, mask = self.tokenizer([str(t) for t in raw["caption"]])
