@@ -97,7 +97,7 @@ def get_config(arg=None):
   # the colour judge itself as the reward (+50%)
   c.optim = cu.optimizer(lr=1e-4, grad_clip=1.0)
   c.mesh = cu.mesh()
-  c.sharding = cu.sharding()
+  c.sharding = cu.sharding(cu.MMDIT_PARAM_RULES)
 
   if arg.preset == "smoke":
     c.total_steps, c.checkpoint_every, c.eval_every = 3, 2, 3

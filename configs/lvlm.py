@@ -76,7 +76,7 @@ def get_config(arg=None):
 
   c.optim = cu.optimizer(lr=5e-5, grad_clip=1.0, weight_decay=0.0, warmup_steps=10)
   c.mesh = cu.mesh()
-  c.sharding = cu.sharding()
+  c.sharding = cu.sharding(cu.QWEN_VL_PARAM_RULES)
 
   if arg.preset in ("feedback", "feedback_smoke"):  # both tasks, from the shipped two-task LVLM
     c.model.pretrained = "asset:lvlm_tiny"

@@ -69,7 +69,7 @@ def get_config(arg=None):
 
   c.optim = cu.optimizer(lr=6e-4, grad_clip=1.0, weight_decay=0.0, warmup_steps=200, decay_steps=1000)
   c.mesh = cu.mesh()
-  c.sharding = cu.sharding()
+  c.sharding = cu.sharding(cu.MMDIT_PARAM_RULES)
 
   if arg.preset == "va":
     c.total_steps, c.checkpoint_every, c.eval_every = 1500, 250, 250

@@ -42,7 +42,7 @@ def get_config(arg=None):
 
   c.optim = cu.optimizer(lr=1e-3, grad_clip=1.0, weight_decay=0.0, warmup_steps=50)
   c.mesh = cu.mesh()
-  c.sharding = cu.sharding()
+  c.sharding = cu.sharding(cu.QWEN_VL_PARAM_RULES)
 
   if arg.preset == "feedback":  # the second task: the shipped judge also learns to critique and rewrite
     c.model.pretrained = "asset:lvlm_tiny"  # the shipped judge (the README gives the chain that made today's asset)

@@ -22,7 +22,34 @@ DEFAULT_PARAM_RULES = (
     (r".*(to_out.*|to_add_out|out_proj|o_proj|fc2|down_proj|net_2)/kernel$", ("mlp", "embed")),
     (r".*(embedding|token_embedding|embed_tokens)$", ("vocab", "embed")),
     (r".*/kernel$", ("embed", None)),
+    (r".*/lora_A$", ("embed", None)),  # LoRA adapters (d_in, r) and (r, d_out): fsdp over the model width
+    (r".*/lora_B$", (None, "embed")),
     (r".*", None),  # everything else (norms, biases, small tensors): replicated
+)
+# The MMDiT (SD3 / SD3.5 transformer; the tiny generator adds its CLIP-style text encoder, matched by the defaults
+# after): attention projections split by heads and the feed-forward by width over tensor (Megatron column / row
+# pairs), every other kernel (adaLN modulations, the largest, and the embedders) fsdp over its input dimension.
+MMDIT_PARAM_RULES = (
+    (r".*attn2?/(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj)/kernel$", ("embed", "heads")),
+    (r".*attn2?/(to_out_0|to_add_out)/kernel$", ("heads", "embed")),
+    (r".*/net_0/proj/kernel$", ("embed", "mlp")),
+    (r".*/net_2/kernel$", ("mlp", "embed")),
+    (r".*pos_embed/pos_embed$", (None, "embed", None)),  # the (1, M*M, D) sincos buffer: 0.9 GB f32 in SD3.5-M
+) + DEFAULT_PARAM_RULES
+# Qwen2.5-VL: the decoder's and the vision blocks' attention and SwiGLU MLP tensor-parallel, the untied lm_head and
+# the token embedding split over the vocabulary; the vision attention's fused qkv, the patch embedding and the
+# merger fsdp only (tensor over a fused q|k|v output would split across the three).
+QWEN_VL_PARAM_RULES = (
+    (r".*self_attn/(q_proj|k_proj|v_proj)/kernel$", ("embed", "heads")),
+    (r".*self_attn/o_proj/kernel$", ("heads", "embed")),
+    (r".*mlp/(gate_proj|up_proj)/kernel$", ("embed", "mlp")),
+    (r".*mlp/down_proj/kernel$", ("mlp", "embed")),
+    (r".*embed_tokens/embedding$", ("vocab", "embed")),
+    (r".*lm_head/kernel$", ("embed", "vocab")),
+    (r".*/kernel$", ("embed", None)),
+    (r".*/lora_A$", ("embed", None)),
+    (r".*/lora_B$", (None, "embed")),
+    (r".*", None),
 )
 BATCH_AXES = ("data", "fsdp")
 DEFAULT_LOGICAL_RULES = (
@@ -211,9 +238,9 @@ def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, num_devices: int = -1) 
 MESH_RANGES = {f"mesh.{k}": Int(1, also=(-1,)) for k in ("num_devices", "data", "fsdp", "tensor")}
 
 
-def sharding() -> ml_collections.ConfigDict:
+def sharding(param_rules=DEFAULT_PARAM_RULES) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.param_rules = [(rx, names) for rx, names in DEFAULT_PARAM_RULES]  # param path regex -> logical axes
+  c.param_rules = [(rx, names) for rx, names in param_rules]  # param path regex -> logical axes, first match wins
   c.logical_rules = [(n, a) for n, a in DEFAULT_LOGICAL_RULES]  # logical axis -> mesh axes
   return c
 

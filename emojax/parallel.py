@@ -64,6 +64,16 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def constrain_batch(x):
+  """x sharded over the batch axes of the mesh in context (the trainer's `jax.set_mesh`), e.g. noise drawn inside
+  a jitted step, which XLA would otherwise replicate with all the compute that follows; unchanged without one."""
+  mesh = jax.sharding.get_abstract_mesh()
+  axes = tuple(a for a in BATCH_AXES if not mesh.empty and a in mesh.axis_names)
+  if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
+    return x
+  return jax.lax.with_sharding_constraint(x, P(axes))
+
+
 def _path_str(path) -> str:
   parts = []
   for k in path:

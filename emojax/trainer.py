@@ -68,8 +68,9 @@ def pretrained_state(params, tx, frozen=(), shardings=None) -> dict:
   state covers the trainable groups. Without shardings it is the `init_state` the trainer evaluates
   for shapes; with them, the `initial_state`, host arrays put straight into their shardings (never
   whole on one device first)."""
-  if shardings is None:
-    params = jax.tree.map(jnp.asarray, params)
+  if shardings is None:  # (weight shapes, e.g. for planning, become zeros: under eval_shape they cost nothing)
+    params = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct)
+                          else jnp.asarray(x), params)
     return {"step": jnp.zeros((), jnp.int32), "params": params,
             "opt_state": optim.init_opt_state(tx, params, frozen)}
   params = jax.device_put(params, shardings["params"])

@@ -1,6 +1,6 @@
 """Imports point down: no core module imports a job or a command line, rl/ knows only diffusion and GRPO
-math, models/ no training or data code, diffusion/ no network, configs only ml_collections and the config
-helpers. Read from the source (every import statement, also those inside functions)."""
+math (and the batch's sharding), models/ no training or data code, diffusion/ no network, configs only
+ml_collections and the config helpers. Read from the source (every import statement, also those inside functions)."""
 import ast
 import os
 
@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ROOT
 
-CLIS = ("emojax.train", "emojax.evaluate", "emojax.export", "emojax.cli",
+CLIS = ("emojax.train", "emojax.evaluate", "emojax.export", "emojax.cli", "emojax.plan",
         "emojax.data.report")  # a command line kept beside its package (`python -m emojax.data.report`)
 
 
@@ -47,7 +47,7 @@ CORE = ("emojax.models", "emojax.diffusion", "emojax.rl", "emojax.rewards", "emo
         "emojax.lvlm", "emojax.io", "emojax.evaluation", "emojax.pipelines", "emojax.parallel", "emojax.checkpoint",
         "emojax.trainer", "emojax.optim", "emojax.metrics", "emojax.config_utils")
 ALLOWED = {  # package -> the only emojax packages it may import (besides itself)
-    "emojax.rl": ("emojax.diffusion", "emojax.optim"),
+    "emojax.rl": ("emojax.diffusion", "emojax.optim", "emojax.parallel"),
     "emojax.diffusion": (),
     "emojax.models": ("emojax.io", "emojax.emotion.space"),
     "emojax.config_utils": (),

@@ -92,18 +92,22 @@ def cfg_velocity(apply_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
   """Classifier-free guidance as a `velocity_fn`: v = v_u + scale·(v_c − v_u).
 
   `apply_fn(x, sigma_batch, cond_pytree) -> v` receives sigma (not sigma·1000) broadcast to
-  (batch,); sigma may be a scalar (a rollout step) or per sample (batch,) (GRPO re-scoring). Conditioned and unconditioned halves run as one forward on the batch
-  concatenation [cond; uncond] (every leaf of cond/uncond has batch as dim 0). A Python
-  `scale` of 1 or None skips the unconditioned half.
+  (batch,); sigma may be a scalar (a rollout step) or per sample (batch,) (GRPO re-scoring). Conditioned and
+  unconditioned halves run as one forward on the interleaved batch [c_0, u_0, c_1, u_1, ...] (every leaf of
+  cond/uncond has batch as dim 0): sample i's two rows stay where row i is, so a batch-sharded rollout stays
+  sharded (a concatenation [cond; uncond] would move rows across devices, and XLA replicates it instead).
+  A Python `scale` of 1 or None skips the unconditioned half.
   """
   if scale is None or (isinstance(scale, numbers.Real) and scale == 1):
     return lambda x, sigma: apply_fn(x, _per_sample(sigma, x), cond)
-  both = jax.tree.map(lambda c, u: jnp.concatenate([c, u]), cond, uncond)
+  pair = lambda c, u: jnp.stack([c, u], 1).reshape(c.shape[0] * 2, *c.shape[1:])
+  both = jax.tree.map(pair, cond, uncond)
 
   def velocity_fn(x, sigma):
     sig = _per_sample(sigma, x)
-    v = apply_fn(jnp.concatenate([x, x]), jnp.concatenate([sig, sig]), both)
-    v_cond, v_uncond = jnp.split(v, 2)
+    v = apply_fn(pair(x, x), pair(sig, sig), both)
+    v = v.reshape(x.shape[0], 2, *v.shape[1:])
+    v_cond, v_uncond = v[:, 0], v[:, 1]
     return v_uncond + scale * (v_cond - v_uncond)
 
   return velocity_fn

@@ -93,6 +93,10 @@ class TinyPolicy:
     ids = self.tok(list(prompts))
     return {"input_ids": ids, "uncond_ids": np.broadcast_to(self._uncond, ids.shape).copy()}
 
+  def prompt_field_shapes(self, n: int, cfg: bool) -> dict:
+    """ShapeDtypeStructs of prompt_fields for n prompts."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self.prompt_fields([""] * n, cfg))
+
   def encode_text(self, params, ids):
     return tiny.encode_text(self.gen, params, ids)
 
@@ -130,15 +134,17 @@ class SD3Policy:
   layout_judge = False
 
   def __init__(self, path: str, dtype=jnp.float32, remat: str = "none", scan_layers: bool = False, resolution: int = 0,
-               max_sequence_length: int = 256, emotion_tokens: int = 4, emotion_hidden: int = 256, seed: int = 0):
+               max_sequence_length: int = 256, emotion_tokens: int = 4, emotion_hidden: int = 256, seed: int = 0,
+               pipe=None):
+    """pipe: an already built pipeline (e.g. AbstractSD3Pipeline for planning) instead of reading `path`."""
     from emojax.pipelines import sd3
     export, export_dir = None, os.path.abspath(path)
-    if not os.path.isfile(os.path.join(path, "model_index.json")):  # an emojax SD3 export
+    if pipe is None and not os.path.isfile(os.path.join(path, "model_index.json")):  # an emojax SD3 export
       emotion_params, export = assets.load(path, "SD3 generator export", "write one with the generator GRPO job")
       path, emotion_tokens, emotion_hidden = export["pipeline"], export["emotion_tokens"], export["emotion_hidden"]
       resolution = resolution or export["resolution"]
     self.pipeline_dir, self._uncond, self._encoded = os.path.abspath(path), None, {}
-    self.pipe = sd3.SD3Pipeline.from_pretrained(path, dtype=dtype)
+    self.pipe = pipe or sd3.SD3Pipeline.from_pretrained(path, dtype=dtype)
     self.shift = self.pipe.shift  # the scheduler's
     tc = self.pipe.transformer.config
     self.transformer = mmdit.MMDiT(tc, dtype=dtype, param_dtype=jnp.float32, remat=remat, scan_layers=scan_layers)
@@ -169,6 +175,14 @@ class SD3Policy:
         self._uncond = self._text([""])
       fields["text_uncond"] = {k: np.repeat(v, len(prompts), axis=0) for k, v in self._uncond.items()}
     return fields
+
+  def prompt_field_shapes(self, n: int, cfg: bool) -> dict:
+    """ShapeDtypeStructs of prompt_fields for n prompts (no encoder runs)."""
+    tc = self.transformer.config
+    text = {"context": jax.ShapeDtypeStruct((n, self.pipe.context_length(self.max_sequence_length),
+                                             tc.joint_attention_dim), jnp.float32),
+            "pooled": jax.ShapeDtypeStruct((n, tc.pooled_projection_dim), jnp.float32)}
+    return {"text": text, "text_uncond": text} if cfg else {"text": text}
 
   def _text(self, prompts) -> dict:
     """The frozen encoders' states; the last few prompt lists are remembered (an eval set repeats its own)."""
@@ -241,6 +255,30 @@ class SD3Policy:
         hf_weights.write_pretrained(os.path.join(tmp, "transformer"), "diffusion_pytorch_model", state,
                                     {**tiny.DIFFUSERS_TRANSFORMER, **self.pipe.transformer.config.to_dict()})
     assets.save(directory, {"emotion": params["emotion"]}, config, dtype=dtype, write_more=more)
+
+
+CLIP_LENGTH = 77  # SD3's CLIP tokenizers' model_max_length
+
+
+class AbstractSD3Pipeline:
+  """What SD3Policy uses of an SD3Pipeline with weight shapes in place of weights (ShapeDtypeStruct leaves), for
+  planning memory without a checkpoint (emojax.plan): an MMDiT config and a VAE config (default SD3's)."""
+
+  def __init__(self, transformer_config: mmdit.MMDiTConfig, vae_config=None, dtype=jnp.float32, shift: float = 3.0):
+    vae_config = vae_config or vae_lib.VAEConfig()
+    self.transformer = mmdit.MMDiT(transformer_config, dtype=dtype, param_dtype=jnp.float32)
+    self.transformer_params = mmdit.param_shapes(transformer_config)
+    self.vae = vae_lib.AutoencoderKL(vae_config, dtype=dtype)
+    side = 8 * len(vae_config.block_out_channels)  # any side the VAE's downsampling divides
+    self.vae_params = jax.eval_shape(self.vae.init, jax.random.key(0), jnp.zeros((1, side, side, 3)))["params"]
+    self.shift, self.vae_scale_factor = shift, vae_config.downsample_factor
+    self.default_size = transformer_config.sample_size * self.vae_scale_factor
+
+  def encode_prompt(self, prompts, max_sequence_length: int = 256):
+    raise ValueError("an abstract SD3 pipeline has no text encoders (it plans memory; load a pipeline directory)")
+
+  def context_length(self, max_sequence_length: int) -> int:
+    return CLIP_LENGTH + max_sequence_length  # SD3.5's three encoders: CLIP-L/G states, then T5's
 
 
 def _exported_transformer(directory: str, base_params):

@@ -102,6 +102,11 @@ class SD3Pipeline:
     self.vae_scale_factor = self.vae.config.downsample_factor
     self.default_size = tc.sample_size * self.vae_scale_factor
 
+  def context_length(self, max_sequence_length: int) -> int:
+    """Tokens of encode_prompt's states: the CLIP length, then T5's max_sequence_length (or CLIP's again)."""
+    clip_len = self.clip[0][2].max_length
+    return clip_len + (max_sequence_length if self.t5 is not None else clip_len)
+
   @classmethod
   def from_pretrained(cls, directory, dtype: Any = jnp.float32) -> "SD3Pipeline":
     return cls(directory, dtype=dtype)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from emojax import optim
+from emojax import optim, parallel
 from emojax.diffusion import sde as sde_lib
 from emojax.diffusion.rollout import cfg_velocity, rollout
 from emojax.rl import grpo
@@ -108,7 +108,7 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
     cond, uncond = conditioning(params, batch)
     b = batch["valence"].shape[0]
     k_init, k_roll = jax.random.split(rng)
-    x_init = jax.random.normal(k_init, (b, *hp.image_shape), jnp.float32)
+    x_init = parallel.constrain_batch(jax.random.normal(k_init, (b, *hp.image_shape), jnp.float32))
     fn = lambda x, s: velocity(params, x, s, cond, uncond)
     return rollout(fn, x_init, sigmas, k_roll, noise_level=hp.noise_level, method="sde", sde_steps=hp.sde_steps)
 
@@ -157,7 +157,9 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
     gradients averaged); also returns the update's (B, K) log-probs of the sampled transitions."""
     trainable, frozen = optim.partition(params, hp.frozen)
     n = hp.grad_accum
-    micro = jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), train_batch)
+    # micro-batch i holds rows i, i + n, ...: each spans every device's rows of the batch-sharded train batch (a
+    # contiguous split would put whole micro-batches on single devices and replicate their compute)
+    micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1), train_batch)
     # the loss scans over timesteps: per-timestep fields become time-major (K, b, ...)
     micro = {k: (jnp.swapaxes(v, 1, 2) if k in _TIME_MAJOR else v) for k, v in micro.items()}
 
@@ -171,7 +173,7 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
     g = jax.tree.map(lambda x: x / n, g)
     stats = jax.tree.map(jnp.mean, stats) | {k: stats[k].max() for k in ("ratio_dev", "sampler_ratio_dev")}
     trainable, opt_state, stats["grad_norm"] = optim.apply_gradients(optimizer, g, opt_state, trainable)
-    lp = jnp.swapaxes(lp, 1, 2).reshape(-1, lp.shape[1])  # (n, K, b) -> (B, K), the train batch's rows
+    lp = jnp.transpose(lp, (2, 0, 1)).reshape(-1, lp.shape[1])  # (n, K, b) -> (b, n, K) -> (B, K): row j·n + i
     return optim.merge(trainable, frozen), opt_state, l / n, stats, lp
 
   def experience(state, batch, rng, constants):

@@ -43,18 +43,18 @@ class GeneratorGRPO:
   progress_keys = ("reward_mean", "judge/v_abs_err", "judge/a_abs_err")
   batch_description = "global batch (rl.prompts_per_step * rl.group_size)"
 
-  def __init__(self, config):
+  def __init__(self, config, policy=None, host_rewards=None):
+    """policy / host_rewards: built elsewhere instead of from config (emojax.plan: weight shapes, no judge)."""
     self.config = c = config
     m = c.model
-    if m.kind == "sd3":  # real scale: no shipped tiny judge or preference model stands in for the real ones
+    if m.kind == "sd3" and policy is None:  # real scale: no shipped tiny judge or preference model stands in
       _require_paths(c)
     if m.scan_layers and m.lora.rank > 0:
       raise ValueError("model.scan_layers=True with model.lora.rank > 0: LoRA intercepts each layer's Dense calls, "
                        "which a scan over stacked layers hides; set one of them off")
-    self.policy = p = policy_lib.load(m.pretrained, m.kind, jnp.dtype(m.dtype), m.remat, m.scan_layers,
-                                      resolution=m.resolution,
-                                      max_sequence_length=m.max_sequence_length, emotion_tokens=m.emotion_tokens,
-                                      seed=c.seed)
+    self.policy = p = policy or policy_lib.load(m.pretrained, m.kind, jnp.dtype(m.dtype), m.remat, m.scan_layers,
+                                                resolution=m.resolution, max_sequence_length=m.max_sequence_length,
+                                                emotion_tokens=m.emotion_tokens, seed=c.seed)
     self._pretrained = p.params
     self.lora = lora_lib.grpo_config(m.lora)
     if self.lora is not None:  # adapters on the MMDiT, their own parameter group (fresh: the pretrained model)
@@ -70,7 +70,9 @@ class GeneratorGRPO:
       raise ValueError(f"every reward weight is 0 ({dict(c.rewards.weights)}); give one a nonzero weight, "
                        "e.g. --config.rewards.weights.lvlm_emotion=1")
     # host rewards (the LVLM judge) are built once here: loading a judge is not a per-step cost
-    self.host_rewards = {k: reward_registry.make_host(k, c) for k in weights if reward_registry.is_host(k)}
+    if host_rewards is None:
+      host_rewards = {k: reward_registry.make_host(k, c) for k in weights if reward_registry.is_host(k)}
+    self.host_rewards = host_rewards
     self.reward_weights = weights
     self.frozen = optim.check_frozen(self._pretrained, c.model.frozen, "generator")
     self.hp = generator_step.GRPOHyper(

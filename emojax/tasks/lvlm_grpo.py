@@ -55,12 +55,14 @@ SHIPPED_SFT_JUDGE = "lvlm_tiny_sft"
 class LVLMGRPO:
   progress_keys = ("reward_mean", "reward/valence", "reward/format", "reward/feedback_content", "eval/valence_mae")
 
-  def __init__(self, config):
+  def __init__(self, config, lvlm=None):
+    """lvlm: (model, config, params, processor) built elsewhere instead of read from model.pretrained (emojax.plan:
+    weight shapes)."""
     self.config = c = config
-    if not c.model.pretrained and not c.model.allow_shipped:
+    if lvlm is None and not c.model.pretrained and not c.model.allow_shipped:
       raise ValueError("this preset needs --config.model.pretrained=DIR: a transformers Qwen2.5-VL directory "
                        "(e.g. Qwen2.5-VL-7B-Instruct) or an LVLM export of configs/sft_lvlm.py")
-    self.model, self.qcfg, self._pretrained, self.processor = judge.load_lvlm(
+    self.model, self.qcfg, self._pretrained, self.processor = lvlm or judge.load_lvlm(
         c.model.pretrained or assets.asset_dir(SHIPPED_SFT_JUDGE))
     # compute in model.dtype; params, optimizer, log-probs (logits are cast to float32) and the loss stay float32
     if c.model.scan_layers and c.model.lora.rank > 0:
