@@ -126,7 +126,7 @@ def sd35m(c):
   c.rl.old_logprob = "update"  # bf16: the sampler's log-probs differ from the update's by ~3e-3 (README)
   c.rewards.weights = ml_collections.ConfigDict({"lvlm_emotion": 1.0, "colour_emotion": 0.0, "pickscore": 1.0})
   c.rewards.lvlm = cu.lvlm_judge(batch_size=16, max_prompt_len=512, max_new_tokens=256)  # 512 px: 324 image tokens
-  c.rewards.lvlm.dtype = "bfloat16"
+  c.rewards.lvlm.dtype, c.rewards.lvlm.mesh = "bfloat16", "train"  # the 7B judge sharded over the job's mesh
   c.rewards.pickscore = cu.preference_model(scale=26.0, batch_size=32)
   c.rewards.pickscore.iqa_pair = ("Good photo.", "Bad photo.")
   c.eval.num_prompts, c.eval.num_steps = 8, 40

@@ -278,12 +278,14 @@ def lvlm_judge(path: str = "", batch_size: int = 32, max_prompt_len: int = 120,
   c.max_prompt_len = max_prompt_len  # prompt tokens, left-padded: the judge question + the image tokens
   c.max_new_tokens = max_new_tokens  # answer tokens decoded at most (the tiny judge's answers need 148)
   c.dtype = "float32"  # compute dtype of the judge's forward (weights are cast per op; a 7B judge: bfloat16)
+  c.mesh = "replicated"  # "replicated": each host's default device; "train": sharded over the training job's mesh
   return c
 
 
 def lvlm_judge_ranges(prefix: str) -> dict[str, Range]:
   return {f"{prefix}.path": STR, f"{prefix}.batch_size": Int(1), f"{prefix}.max_prompt_len": Int(1),
-          f"{prefix}.max_new_tokens": Int(1), f"{prefix}.dtype": OneOf("float32", "bfloat16")}
+          f"{prefix}.max_new_tokens": Int(1), f"{prefix}.dtype": OneOf("float32", "bfloat16"),
+          f"{prefix}.mesh": OneOf("replicated", "train")}
 
 
 # Flow-GRPO's SD3.5-M LoRA targets: the joint attention's image and context projections

@@ -192,6 +192,24 @@ def peer_lost(error: Exception, where: str) -> PeerLostError:
 LAUNCH_ENV = ("EMOJAX_COORDINATOR", "EMOJAX_NUM_PROCESSES", "EMOJAX_PROCESS_ID")  # set by launch/local.sh
 
 
+def wait_for_coordinator(address: str, timeout: float) -> None:
+  """Returns once the coordinator's port accepts connections; a one-line ValueError after `timeout` seconds
+  (JAX itself would abort the process with a deadline error)."""
+  import socket
+  import time
+  host, _, port = address.rpartition(":")
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      with socket.create_connection((host, int(port)), timeout=2):
+        return
+    except OSError as e:
+      if time.monotonic() >= deadline:
+        raise ValueError(f"coordinator {address} is not reachable after {timeout:g} s ({e.strerror or e}): start "
+                         f"process 0 there (EMOJAX_COORDINATOR), or raise EMOJAX_INIT_TIMEOUT") from None
+      time.sleep(0.5)
+
+
 def initialize_distributed() -> None:
   """Multi-process init: explicit (launch/local.sh sets LAUNCH_ENV; EMOJAX_INIT_TIMEOUT seconds, default 120, to
   reach the coordinator; EMOJAX_HEARTBEAT_TIMEOUT seconds, default 100, after which a dead process fails the rest),
@@ -201,10 +219,13 @@ def initialize_distributed() -> None:
     missing = [k for k in LAUNCH_ENV if not os.environ.get(k)]
     if missing:
       raise ValueError(f"EMOJAX_COORDINATOR is set but {', '.join(missing)} is not (launch/local.sh sets all three)")
+    timeout = int(os.environ.get("EMOJAX_INIT_TIMEOUT", "120"))
+    if int(os.environ["EMOJAX_PROCESS_ID"]) != 0:  # process 0 hosts the coordinator; the others must reach it
+      wait_for_coordinator(os.environ["EMOJAX_COORDINATOR"], timeout)
     jax.distributed.initialize(coordinator_address=os.environ["EMOJAX_COORDINATOR"],
                                num_processes=int(os.environ["EMOJAX_NUM_PROCESSES"]),
                                process_id=int(os.environ["EMOJAX_PROCESS_ID"]),
-                               initialization_timeout=int(os.environ.get("EMOJAX_INIT_TIMEOUT", "120")),
+                               initialization_timeout=timeout,
                                heartbeat_timeout_seconds=int(os.environ.get("EMOJAX_HEARTBEAT_TIMEOUT", "100")))
     logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
     return

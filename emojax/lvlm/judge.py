@@ -63,31 +63,43 @@ def judge_batch(processor: proc_lib.Processor, images, max_prompt_len: int) -> d
 
 
 def answer(model, params, processor, images, questions, *, batch_size: int, max_prompt_len: int,
-           max_new_tokens: int) -> list[str]:
+           max_new_tokens: int, mesh=None) -> list[str]:
   """Greedy answers (text, special tokens dropped) to one question per uint8 image (or one for all), in
-  fixed-size jitted batches (the last one padded with copies of its final row, whose answers are dropped)."""
+  fixed-size jitted batches (the last one padded with copies of its final row, whose answers are dropped).
+  With a mesh (params sharded over it), `images` are this process's rows of a global batch: every process calls
+  this with as many rows, each jitted batch is the processes' chunks of batch_size / process_count rows as one
+  array sharded over the batch axes, and each process decodes its own rows' answers."""
   images = np.asarray(images)
   questions = [questions] * len(images) if isinstance(questions, str) else list(questions)
   if len(questions) != len(images):
     raise ValueError(f"{len(images)} images but {len(questions)} questions")
+  chunk = batch_size if mesh is None else batch_size // jax.process_count()
   texts = []
-  for start in range(0, len(images), batch_size):
-    chunk, asked = images[start:start + batch_size], questions[start:start + batch_size]
-    n = len(chunk)
-    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, 0)])
-    asked = asked + asked[-1:] * (batch_size - n)
-    out = sampling.sample(model, params, proc_lib.prompt_batch(processor, chunk, asked, max_prompt_len),
-                          jax.random.key(0), max_new_tokens=max_new_tokens, eos_ids=processor.eos_ids,
-                          pad_id=processor.pad_id, temperature=0.0)
-    tokens, mask = parallel.to_host((out["tokens"], out["mask"]))
+  for start in range(0, len(images), chunk):
+    part, asked = images[start:start + chunk], questions[start:start + chunk]
+    n = len(part)
+    part = np.concatenate([part, np.repeat(part[-1:], chunk - n, 0)])
+    asked = asked + asked[-1:] * (chunk - n)
+    batch = proc_lib.prompt_batch(processor, part, asked, max_prompt_len)
+    if mesh is not None:
+      grid = batch.pop("image_grid_thw") * jax.process_count()  # every image of the global batch has one grid
+      batch = {**parallel.put_batch(batch, mesh), "image_grid_thw": grid}
+    out = sampling.sample(model, params, batch, jax.random.key(0), max_new_tokens=max_new_tokens,
+                          eos_ids=processor.eos_ids, pad_id=processor.pad_id, temperature=0.0)
+    if mesh is None:
+      tokens, mask = parallel.to_host((out["tokens"], out["mask"]))
+    else:
+      rows = parallel.host_rows({"tokens": out["tokens"], "mask": out["mask"]}, mesh)
+      tokens, mask = rows["tokens"], rows["mask"]
     texts += [processor.decode(tok[m > 0], skip_special_tokens=True) for tok, m in zip(tokens[:n], mask[:n])]
   return texts
 
 
-def judge(model, params, processor, images, *, batch_size: int, max_prompt_len: int, max_new_tokens: int) -> list[str]:
+def judge(model, params, processor, images, *, batch_size: int, max_prompt_len: int, max_new_tokens: int,
+          mesh=None) -> list[str]:
   """Greedy judge answers for uint8 images (`answer` with the judge question)."""
   return answer(model, params, processor, images, question(processor), batch_size=batch_size,
-                max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens)
+                max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens, mesh=mesh)
 
 
 def evaluate(model, params, processor, split: dict, *, batch_size: int, max_prompt_len: int,

@@ -6,8 +6,10 @@ cache, fixed batch size so one program serves every step). Each answer is parsed
 colour judge's form 1 - (|V̂ - V| + |Â - A|) / 12 against the requested (V, A), 0 for an unparsable
 answer (`lvlm.emotion_reward_from_answers`), so the two judges give rewards on one scale.
 
-The judge runs on this host's rows, on the default device, with its own replicated parameters:
-right for the tiny judge and a single-host run; a 7B judge on a pod would want its own mesh.
+Where it runs (`rewards.lvlm.mesh`): "replicated", on each host's default device with a whole copy of its
+weights (the tiny judge, single hosts); "train", its weights sharded over the training mesh by the Qwen2.5-VL rules
+and each jitted batch a global array of every host's rows (a 7B judge on a pod): each host prepares its own
+images' prompts and parses its own rows' answers, and no host ever holds another's images.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emojax import parallel
+from emojax.config_utils import QWEN_VL_PARAM_RULES
 from emojax.emotion.scoring import worst_error
 from emojax.io import assets
 from emojax.io.images import to_uint8
@@ -34,20 +38,33 @@ class LVLMJudgeReward:
   batch_size: int
   max_prompt_len: int
   max_new_tokens: int
+  mesh: object = None  # a jax Mesh: params sharded over it, batches global (None: replicated, default device)
   last_texts: list = dataclasses.field(default_factory=list)
 
   @classmethod
-  def from_config(cls, c) -> "LVLMJudgeReward":
-    """c: `config_utils.lvlm_judge()` fields (path, batch_size, max_prompt_len, max_new_tokens, dtype)."""
+  def from_config(cls, c, mesh=None) -> "LVLMJudgeReward":
+    """c: `config_utils.lvlm_judge()` fields (path, batch_size, max_prompt_len, max_new_tokens, dtype, mesh); mesh:
+    the training mesh, which c.mesh = "train" shards the judge over."""
+    if c.get("mesh", "replicated") == "train":
+      if mesh is None:
+        raise ValueError("rewards.lvlm.mesh=train shards the judge over a training job's mesh; here there is none "
+                         "(use replicated)")
+      parallel.check_batch(int(c.batch_size), mesh, "rewards.lvlm.batch_size (a judge batch over the mesh)")
+    else:
+      mesh = None
     model, _, params, processor = judge.load_lvlm(c.path or assets.asset_dir(SHIPPED_JUDGE))
     model = model.clone(dtype=jnp.dtype(c.dtype))
-    return cls(model, jax.device_put(params), processor, int(c.batch_size), int(c.max_prompt_len),
-               int(c.max_new_tokens))
+    if mesh is None:
+      params = jax.device_put(params)
+    else:
+      abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
+      params = jax.device_put(params, parallel.param_shardings(abstract, mesh, param_rules=QWEN_VL_PARAM_RULES))
+    return cls(model, params, processor, int(c.batch_size), int(c.max_prompt_len), int(c.max_new_tokens), mesh)
 
   def answers(self, images) -> list[str]:
     self.last_texts = judge.judge(self.model, self.params, self.processor, to_uint8(images),
                                   batch_size=self.batch_size, max_prompt_len=self.max_prompt_len,
-                                  max_new_tokens=self.max_new_tokens)
+                                  max_new_tokens=self.max_new_tokens, mesh=self.mesh)
     return self.last_texts
 
   def __call__(self, images, batch) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -142,8 +142,10 @@ def colour_emotion_smooth(images, batch, block: int = 4):
 @register_host("lvlm_emotion")
 def lvlm_emotion(config):
   """Emotion reward from the LVLM judge's greedy reading of each image (emojax.rewards.lvlm_judge)."""
+  from emojax import parallel
   from emojax.rewards.lvlm_judge import LVLMJudgeReward
-  return LVLMJudgeReward.from_config(config.rewards.lvlm)
+  train = config.rewards.lvlm.get("mesh", "replicated") == "train"
+  return LVLMJudgeReward.from_config(config.rewards.lvlm, parallel.mesh_from_config(config.mesh) if train else None)
 
 
 @register_host("pickscore")
