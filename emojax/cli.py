@@ -46,6 +46,17 @@ def check_config(config, flag_name: str = "config") -> None:
   config_utils.validate(config, config_ranges(flag_name))
 
 
+def job_config(argv, config, usage: str = "--config=configs/<job>.py is required"):
+  """The checked config of a command line that takes only flags: no positional arguments, a --config given, every
+  field within its declared range."""
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments {argv[1:]}; config fields are set as --config.field=value")
+  if config is None:
+    raise ValueError(usage)
+  check_config(config)
+  return config
+
+
 def use_compilation_cache() -> None:
   import jax
   jax.config.update("jax_compilation_cache_dir", os.environ.get(

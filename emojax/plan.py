@@ -24,7 +24,7 @@ import os
 import re
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from emojax import cli
@@ -70,12 +70,7 @@ def simulate_devices(n: int) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  config = _CONFIG.value
-  if config is None:
-    raise app.UsageError("--config=configs/<job>.py[:preset] is required")
-  cli.check_config(config)
+  config = cli.job_config(argv, _CONFIG.value, "--config=configs/<job>.py[:preset] is required")
   mesh = parse_mesh(_MESH.value)
   memory = parse_bytes(_MEMORY.value)
   simulate_devices(math.prod(mesh.values()))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging as logging_std
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from emojax import cli
@@ -27,12 +27,7 @@ class _QuietLibraries(logging_std.Filter):
 
 def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}; config fields are set as --config.field=value")
-  config = _CONFIG.value
-  if config is None:
-    raise app.UsageError("--config=configs/<job>.py is required")
-  cli.check_config(config)
+  config = cli.job_config(argv, _CONFIG.value)
   workdir = _WORKDIR.value or os.path.join("workdirs", config.task)
   cli.use_compilation_cache()
   from emojax import parallel, trainer

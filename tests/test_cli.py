@@ -32,6 +32,8 @@ def _train(*args, workdir):
     (["--config=configs/lvlm.py", "--config.aggregation=sum"],
      "aggregation='sum' is out of range: it must be one of 'sequence_mean', 'token_mean'"),
     (["--config=configs/pretrain_generator.py", "--config.shape_margin=-1"], "shape_margin=-1 is out of range"),
+    ([], "--config=configs/<job>.py is required"),
+    (["--config=configs/generator.py", "extra"], "unexpected arguments ['extra']"),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path):
   workdir = tmp_path / "run"
