@@ -15,7 +15,6 @@ import argparse
 import importlib.util
 import json
 import math
-import os
 import statistics
 import sys
 import tempfile
@@ -61,8 +60,8 @@ def main(argv=None):
   args = p.parse_args(argv)
   meshes = parse_meshes(args.meshes)
   devices = max(math.prod(m.values()) for m in meshes)
-  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  os.environ["JAX_PLATFORMS"] = "cpu"
+  from emojax import cli
+  cli.simulate_devices(devices)
   from emojax import planning, trainer
   from emojax.tasks import make_task
 

@@ -57,6 +57,14 @@ def job_config(argv, config, usage: str = "--config=configs/<job>.py is required
   return config
 
 
+def simulate_devices(n: int) -> None:
+  """n simulated CPU devices for this process: call before jax initialises its backends."""
+  import re
+  flags_env = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+  os.environ["XLA_FLAGS"] = f"{flags_env} --xla_force_host_platform_device_count={n}".strip()
+  os.environ["JAX_PLATFORMS"] = "cpu"
+
+
 def use_compilation_cache() -> None:
   import jax
   jax.config.update("jax_compilation_cache_dir", os.environ.get(

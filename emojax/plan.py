@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import sys
 
@@ -62,18 +61,11 @@ def parse_bytes(text: str) -> int:
   return int(float(m.group(1)) * UNITS[(m.group(2) or "B").upper()])
 
 
-def simulate_devices(n: int) -> None:
-  """n simulated CPU devices: set before jax initialises its backends (this process's only backend)."""
-  flags_env = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
-  os.environ["XLA_FLAGS"] = f"{flags_env} --xla_force_host_platform_device_count={n}".strip()
-  os.environ["JAX_PLATFORMS"] = "cpu"
-
-
 def main(argv):
   config = cli.job_config(argv, _CONFIG.value, "--config=configs/<job>.py[:preset] is required")
   mesh = parse_mesh(_MESH.value)
   memory = parse_bytes(_MEMORY.value)
-  simulate_devices(math.prod(mesh.values()))
+  cli.simulate_devices(math.prod(mesh.values()))
   cli.use_compilation_cache()
   from emojax import planning
   with config.unlocked():

@@ -7,6 +7,7 @@ shardings and compiled; nothing is allocated.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -76,9 +77,10 @@ def shape_processor(cfg: qv.QwenVLConfig) -> proc_lib.Processor:
   return proc_lib.Processor(proc_lib.ImageConfig.for_model(cfg), proc_lib.TinyChatTokenizer())
 
 
-def _program(name, jitted, args, device_memory, parts: dict, analytic: dict) -> dict:
+def _program(name, lower, args, device_memory, parts: dict, analytic: dict) -> dict:
+  """lower(*args) -> jax Lowered (a jitted function's .lower) compiled and measured."""
   t0 = time.perf_counter()
-  compiled = jitted.lower(*args).compile()
+  compiled = lower(*args).compile()
   seconds = time.perf_counter() - t0
   m = compiled.memory_analysis()
   xla = {"argument_bytes": m.argument_size_in_bytes, "output_bytes": m.output_size_in_bytes,
@@ -121,12 +123,12 @@ def _task_programs(config, task, mesh, batch, scores_of, device_memory, wanted):
     full = {**batch, **experience, **scores_of(experience)}
     if "rollout" in wanted:
       fn = jax.jit(task.experience, in_shardings=(shardings, batch_sh, repl, const_sh), out_shardings=batch_sh)
-      rows.append(_program("rollout", fn, (state, batch, rng, constants), device_memory,
+      rows.append(_program("rollout", fn.lower, (state, batch, rng, constants), device_memory,
                            {**common, "batch_bytes": nbytes(batch, jax.tree.map(lambda _: batch_sh, batch))}, analytic))
     if "update" in wanted:
       fn = jax.jit(task.train_step, in_shardings=(shardings, batch_sh, repl, const_sh),
                    out_shardings=(shardings, repl), donate_argnums=(0,))
-      rows.append(_program("update", fn, (state, full, rng, constants), device_memory,
+      rows.append(_program("update", fn.lower, (state, full, rng, constants), device_memory,
                            {**common, "batch_bytes": nbytes(full, jax.tree.map(lambda _: batch_sh, full))}, analytic))
   return rows
 
@@ -149,26 +151,16 @@ def _judge_program(config, mesh, n_images: int, image_side: int, architecture: s
   px = jax.ShapeDtypeStruct((b * pixels.shape[0], pixels.shape[1]), F32, sharding=batch_sh)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings)
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=parallel.replicated(mesh))
-  lowered = _JudgeLowering(model, grid, b, int(j.max_new_tokens), processor)
+  # the greedy decoder `judge.answer` calls, its static arguments bound
+  lower = functools.partial(sampling._sample.lower, model, grid=(grid,) * b, max_new_tokens=int(j.max_new_tokens),
+                            num_samples=1, temperature=0.0, top_p=1.0, eos_ids=processor.eos_ids,
+                            pad_id=processor.pad_id, prefill="once")
   parts = {"config_task": config.task, "mesh": dict(mesh.shape), "params_bytes": nbytes(params, shardings),
            "lora_bytes": 0, "opt_state_bytes": 0, "constants_bytes": 0,
            "batch_bytes": nbytes((ids, ids, px), (batch_sh,) * 3), "images_per_call": b,
            "calls_per_step": -(-n_images // b)}
   with jax.set_mesh(mesh):
-    return _program("judge", lowered, (abstract, ids, ids, px, key), device_memory, parts, _analytic(params, shardings))
-
-
-class _JudgeLowering:
-  """sampling's jitted greedy decoder with the judge's static arguments bound (what `judge.answer` calls)."""
-
-  def __init__(self, model, grid, batch, max_new_tokens, processor):
-    self.kw = dict(model=model, grid=(grid,) * batch, max_new_tokens=max_new_tokens, num_samples=1, temperature=0.0,
-                   top_p=1.0, eos_ids=processor.eos_ids, pad_id=processor.pad_id, prefill="once")
-
-  def lower(self, params, ids, mask, pixels, key):
-    kw = dict(self.kw)
-    model = kw.pop("model")
-    return sampling._sample.lower(model, params, ids, mask, pixels, key, **kw)
+    return _program("judge", lower, (abstract, ids, ids, px, key), device_memory, parts, _analytic(params, shardings))
 
 
 def _generator(config, mesh, architecture, device_memory, wanted):
