@@ -85,9 +85,9 @@ def get_config(arg=None):
 
   c.eval = ml_collections.ConfigDict()
   c.eval.seed = 12345  # held-out EmoShapes seed for eval prompts and noise
-  # neutral prompts, each sampled at a 3x3 grid of V-A targets; a 36-image grid's errors move by 0.05-0.10 with
-  # the prompts and noise drawn, so compare runs with more prompts or emojax.evaluate's 5x5 grid
-  c.eval.num_prompts = 4
+  # neutral prompts, each sampled at a 3x3 grid of V-A targets: 16 x 9 = 144 images (a 36-image grid's errors
+  # move by 0.05-0.10 with the prompts and noise drawn)
+  c.eval.num_prompts = 16
   c.eval.num_steps = 8  # ODE steps
   c.eval.at_start = True  # also evaluate the pretrained generator at step 1 (the "before")
   c.eval.preference = True  # also log eval/pickscore and eval/clip_iqa with rewards.pickscore's model

@@ -78,6 +78,7 @@ def test_generator_evaluation_writes_metrics_csv_images_and_plots(tmp_path, tiny
   assert [(float(r["target_valence"]), float(r["target_arousal"])) for r in rows[:4]] == [(-3, -3), (-3, 3), (3, -3), (3, 3)]
   colour_err = np.mean([abs(float(r["colour_valence"]) - float(r["target_valence"])) for r in rows])
   assert summary["colour_valence_error"] == pytest.approx(colour_err, abs=1e-3)  # the summary is the CSV's mean
+  assert 0.5 < summary["colour_error_floor"] <= summary["colour_valence_error"] + summary["colour_arousal_error"]
   cells = {}
   for r in rows:
     cells.setdefault((r["target_valence"], r["target_arousal"]), []).append(float(r["pickscore"]))

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 
 from emojax.emotion.space import CATEGORIES, CATEGORY_CENTROIDS, check_va, nearest_category
-from emojax.emotion.colour import colour_judge, colour_judge_np
+from emojax.emotion.colour import colour_error_floor, colour_judge, colour_judge_np
 from emojax.rewards.colour_judge import emotion_reward
 
 unit = st.floats(0.0, 1.0)
@@ -108,3 +108,19 @@ def test_categories_and_nearest_centroid():
   np.testing.assert_array_equal(jax.jit(nearest_category)(v + 0.1, a - 0.1), np.arange(8))
   assert nearest_category(np.zeros((2, 3)), np.zeros((2, 3))).shape == (2, 3)
   assert int(nearest_category(-2.5, -2.5)) == CATEGORIES.index("sadness")
+
+
+def test_colour_error_floor_bounds_every_image():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (64, 4, 4, 3)).astype(np.uint8)
+  images[:32] = images[:32, :1, :1]  # flat colours too
+  v, a = colour_judge_np(images)
+  assert colour_error_floor(v, a).max() < 0.02  # what an image reads is reachable (up to the search grid)
+  target_v, target_a = rng.uniform(-3, 3, 64), rng.uniform(-3, 3, 64)
+  floor = colour_error_floor(target_v, target_a)
+  assert np.all(np.abs(v - target_v) + np.abs(a - target_a) >= floor - 0.02)
+  # V -2.4, A -2.4 needs saturation < 0: the best is grey with brightness 0.132 (V -2.4, A -1.23)
+  assert float(colour_error_floor(-2.4, -2.4)) == pytest.approx(1.1745, abs=0.01)
+  assert colour_error_floor(np.zeros((2, 3)), np.zeros((2, 3))).shape == (2, 3)
+  with pytest.raises(ValueError, match="outside"):
+    colour_error_floor(3.5, 0.0)

@@ -66,6 +66,21 @@ def brightness_saturation_for(valence: float, arousal: float) -> tuple[float, fl
   return float(b), float(s)
 
 
+def colour_error_floor(valence, arousal, resolution: int = 401) -> np.ndarray:
+  """The least |V̂ - V| + |Â - A| any image can score at each target: the colour judge reads only mean
+  brightness and saturation, so its reachable readings are va_from_means over [0, 1]^2, searched on a
+  resolution^2 grid (error of the search < 0.02). Targets outside that set (e.g. V 2.4, A 2.4, which needs
+  brightness > 1) keep a positive floor: the part of colour_valence_error + colour_arousal_error no
+  generator removes. valence, arousal: same-shaped arrays in [-3, 3]; returns float32 of that shape."""
+  v, a = np.broadcast_arrays(np.asarray(valence, np.float32), np.asarray(arousal, np.float32))
+  check_va(v, a)
+  b, s = np.meshgrid(np.linspace(0, 1, resolution), np.linspace(0, 1, resolution))
+  rv, ra = va_from_means(b.ravel(), s.ravel())
+  rv, ra = np.unique(np.round(np.stack([rv, ra], -1), 4), axis=0).T  # the clip maps many colours to one reading
+  best = [np.min(np.abs(rv - tv) + np.abs(ra - ta)) for tv, ta in zip(v.ravel(), a.ravel())]
+  return np.asarray(best, np.float32).reshape(v.shape)
+
+
 def _judge(images, xp):
   b, s = _brightness_saturation(_to_unit(images, xp), xp)
   return va_from_means(b.mean(axis=(-2, -1)), s.mean(axis=(-2, -1)), xp)

@@ -6,10 +6,11 @@ definition of emotion), and the preference model's PickScore, CLIP-Score and CLI
 
 Summary (one JSON object): valence_error / arousal_error (LVLM-judged mean absolute errors; an
 unparsed answer counts as the worst in-range one, `emotion.scoring`), colour_valence_error /
-colour_arousal_error, category_acc (judged category = the target's nearest Mikels category),
-clip_score, pickscore (raw), clip_iqa, parse_rate, n. Files: per_image.csv, images/, va_grid.png
-(per prompt: rows arousal high -> low, columns valence low -> high), va_scatter.png (target vs
-judged V and A, identity line).
+colour_arousal_error, colour_error_floor (the least colour_valence_error + colour_arousal_error any
+image can reach at these targets, `colour.colour_error_floor`), category_acc (judged category = the
+target's nearest Mikels category), clip_score, pickscore (raw), clip_iqa, parse_rate, n. Files:
+per_image.csv, images/, va_grid.png (per prompt: rows arousal high -> low, columns valence low -> high),
+va_scatter.png (target vs judged V and A, identity line).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from emojax.emotion import scoring
 from emojax.emotion.answer import parse_answer
-from emojax.emotion.colour import colour_judge_np
+from emojax.emotion.colour import colour_error_floor, colour_judge_np
 from emojax.emotion.space import CATEGORIES, check_va, nearest_category
 from emojax.io.images import to_uint8
 from emojax.pipelines import tiny
@@ -105,6 +106,7 @@ def summary(rows: dict[str, np.ndarray]) -> dict[str, float]:
   return {"valence_error": err(rows["judged_valence"], tv), "arousal_error": err(rows["judged_arousal"], ta),
           "colour_valence_error": float(np.abs(rows["colour_valence"] - tv).mean()),
           "colour_arousal_error": float(np.abs(rows["colour_arousal"] - ta).mean()),
+          "colour_error_floor": float(colour_error_floor(tv, ta).mean()),
           "category_acc": float(np.mean([c == w for c, w in zip(rows["judged_category"], want)])),
           "clip_score": float(rows["clip_score"].mean()), "pickscore": float(rows["pickscore"].mean()),
           "pickscore_min_cell": min_cell_mean(rows["pickscore"], tv, ta),
