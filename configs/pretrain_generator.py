@@ -75,7 +75,7 @@ def get_config(arg=None):
     c.total_steps, c.checkpoint_every, c.eval_every = 1500, 250, 250
     c.model.frozen = ("text", "mmdit")
     c.caption.p_neutral = 0.9  # the rest stay empty captions: V-A alone must also carry colour
-    c.eval.source, c.eval.num_prompts, c.eval.cfg_scale = "grid", 4, 1.0  # the main job's eval grid and guidance
+    c.eval.source, c.eval.num_prompts, c.eval.cfg_scale = "grid", 16, 1.0  # the main job's eval grid and guidance
     c.optim = cu.optimizer(lr=2e-3, grad_clip=1.0, weight_decay=0.0, warmup_steps=100, decay_steps=400)
   elif arg.preset == "smoke":
     c.total_steps, c.batch_size, c.checkpoint_every, c.eval_every = 4, 8, 2, 4
