@@ -23,7 +23,9 @@ from emojax.rewards import lvlm_judge
 COLOURS = {  # name -> HSV in [0, 1]
     "black": (0, 0, 0.02), "dark grey": (0, 0, 0.25), "mid grey": (0, 0, 0.5), "white": (0, 0, 1.0),
     "pale": (0.05, 0.15, 0.95), "beige": (0.1, 0.2, 0.8), "pink": (0.9, 0.5, 1.0), "red": (0, 1, 1),
-    "dark red": (0, 1, 0.5), "brown": (0.08, 0.7, 0.3), "navy": (0.65, 0.8, 0.35), "dark vivid": (0.6, 1, 0.3)}
+    "dark red": (0, 1, 0.5), "brown": (0.08, 0.7, 0.3), "navy": (0.65, 0.8, 0.35), "dark vivid": (0.6, 1, 0.3),
+    # where the V -2.4 column's targets lie: brightness 0.06, saturation 0 / 0.5 / 1
+    "near black": (0, 0, 0.06), "near black, half vivid": (0.6, 0.5, 0.06), "near black, vivid": (0.6, 1, 0.06)}
 
 
 def main():
