@@ -54,6 +54,7 @@ def get_config(arg=None):
   # is never denoised, and in pixel space it is grain that the preference model (rightly) scores as noise
   c.rl.sde_steps = 4
   c.rl.cfg_scale = 1.0  # classifier-free guidance in rollouts and training (1 = off)
+  c.rl.shared_init_noise = False  # one initial noise per group: rewards then differ only by the SDE steps' noise
   c.rl.clip_eps = 1e-4  # PPO clip range (log-probs are per-dimension means)
   c.rl.kl_beta = 0.01  # weight of the Flow-GRPO KL to the reference generator (0 = no reference)
   c.rl.adv_clip = 5.0  # advantages clipped to +-adv_clip
@@ -148,7 +149,7 @@ RANGES = {
     "rl.shift": cu.Positive(), "rl.noise_level": cu.Float(0.0, 2.0, lo_open=True), "rl.cfg_scale": cu.Float(0.0),
     "rl.clip_eps": cu.Positive(), "rl.kl_beta": cu.Float(0.0), "rl.adv_clip": cu.Positive(), "rl.adv_eps": cu.Positive(),
     "rl.timestep_fraction": cu.Fraction(lo_open=True), "rl.sde_steps": cu.Int(0), "rl.grad_accum": cu.Int(1), "rl.inner_epochs": cu.Int(1),
-    "rl.ratio_tolerance": cu.Float(0.0), "rl.old_logprob": cu.OneOf("rollout", "update"),
+    "rl.ratio_tolerance": cu.Float(0.0), "rl.shared_init_noise": cu.BOOL, "rl.old_logprob": cu.OneOf("rollout", "update"),
     **cu.preference_model_ranges("rewards.pickscore"),
     "rewards.weights.*": cu.Float(0.0), "rewards.normalize": cu.OneOf("none", "batch", "group", "group_axes"),
     "eval.seed": cu.Int(0), "eval.num_prompts": cu.Int(1), "eval.num_steps": cu.Int(1, 1000), "eval.at_start": cu.BOOL,

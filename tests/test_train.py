@@ -151,6 +151,22 @@ def test_guided_step_is_on_policy(tiny_asset, tmp_path):
   assert np.isfinite(m["loss"]) and m["ratio_dev_first"] < 1e-5 and m["reward_std"] > 0
 
 
+def test_shared_init_noise_is_one_draw_per_group(tiny_asset):
+  """rl.shared_init_noise: the rows of a group start from one noise and still end apart (the SDE steps' noise);
+  groups start apart; off, every row starts from its own noise."""
+  over = {"mesh.num_devices": 1, "rl.group_size": 4, "rl.prompts_per_step": 2}
+  shared, own = (GeneratorGRPO(generator_config(tiny_asset, **over, **{"rl.shared_init_noise": f})) for f in (True, False))
+  batch = jax.tree.map(jax.numpy.asarray, shared.host_batch(next(iter(shared.make_loader(0, 1)))))
+  rng = jax.random.key(3)
+  exp = [jax.device_get(jax.jit(t.experience)(t.init_state(rng), batch, rng, t.constants())) for t in (shared, own)]
+  start = [e["traj_x"][:, 0].reshape(2, 4, -1) for e in exp]  # (groups, group_size, pixels)
+  assert np.array_equal(start[0], np.broadcast_to(start[0][:, :1], start[0].shape))
+  assert np.abs(start[0][0, 0] - start[0][1, 0]).mean() > 0.5
+  assert np.abs(start[1][:, 0] - start[1][:, 1]).mean() > 0.5
+  images = exp[0]["images"].reshape(2, 4, -1)
+  assert np.abs(images[:, 0] - images[:, 1]).mean() > 1e-2
+
+
 def _update_flops(task):
   """XLA's FLOP estimate of one jitted update (lowered, not compiled), from abstract inputs."""
   rng = jax.random.key(0)

@@ -49,6 +49,9 @@ class GRPOHyper:
   # forward, stop-gradient: the sampler and the update are separate XLA programs, and in bf16 their rounding
   # differs by more than a 1e-4 clip range; the first epoch is then exactly on-policy)
   old_logprob: str = "rollout"
+  # one initial noise per group (DanceGRPO; Flow-GRPO's same_latent): the group's rewards then differ only by the
+  # SDE steps' noise, the part of the spread the policy gradient credits
+  shared_init_noise: bool = False
 
   @property
   def stochastic_steps(self) -> int:
@@ -108,7 +111,11 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
     cond, uncond = conditioning(params, batch)
     b = batch["valence"].shape[0]
     k_init, k_roll = jax.random.split(rng)
-    x_init = parallel.constrain_batch(jax.random.normal(k_init, (b, *hp.image_shape), jnp.float32))
+    if hp.shared_init_noise:  # groups are contiguous rows
+      x_init = jnp.repeat(jax.random.normal(k_init, (b // hp.group_size, *hp.image_shape), jnp.float32), hp.group_size, 0)
+    else:
+      x_init = jax.random.normal(k_init, (b, *hp.image_shape), jnp.float32)
+    x_init = parallel.constrain_batch(x_init)
     fn = lambda x, s: velocity(params, x, s, cond, uncond)
     return rollout(fn, x_init, sigmas, k_roll, noise_level=hp.noise_level, method="sde", sde_steps=hp.sde_steps)
 
