@@ -17,15 +17,17 @@ import ml_collections
 # Sharding rules (config defaults; emojax.parallel applies them). Parameter path regex -> logical
 # axes, first match wins; dense kernels are (in, out): column-parallel layers shard out over
 # tensor, row-parallel ones in.
-DEFAULT_PARAM_RULES = (
-    (r".*(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj|q_proj|k_proj|v_proj|fc1|gate_proj|up_proj|net_0.*|proj_in|linear_1)/kernel$", ("embed", "mlp")),
-    (r".*(to_out.*|to_add_out|out_proj|o_proj|fc2|down_proj|net_2)/kernel$", ("mlp", "embed")),
-    (r".*(embedding|token_embedding|embed_tokens)$", ("vocab", "embed")),
+_FSDP_TAIL = (  # what no model-specific rule matched: every kernel fsdp over its input dimension
     (r".*/kernel$", ("embed", None)),
     (r".*/lora_A$", ("embed", None)),  # LoRA adapters (d_in, r) and (r, d_out): fsdp over the model width
     (r".*/lora_B$", (None, "embed")),
     (r".*", None),  # everything else (norms, biases, small tensors): replicated
 )
+DEFAULT_PARAM_RULES = (
+    (r".*(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj|q_proj|k_proj|v_proj|fc1|gate_proj|up_proj|net_0.*|proj_in|linear_1)/kernel$", ("embed", "mlp")),
+    (r".*(to_out.*|to_add_out|out_proj|o_proj|fc2|down_proj|net_2)/kernel$", ("mlp", "embed")),
+    (r".*(embedding|token_embedding|embed_tokens)$", ("vocab", "embed")),
+) + _FSDP_TAIL
 # The MMDiT (SD3 / SD3.5 transformer; the tiny generator adds its CLIP-style text encoder, matched by the defaults
 # after): attention projections split by heads and the feed-forward by width over tensor (Megatron column / row
 # pairs), every other kernel (adaLN modulations, the largest, and the embedders) fsdp over its input dimension.
@@ -46,11 +48,7 @@ QWEN_VL_PARAM_RULES = (
     (r".*mlp/down_proj/kernel$", ("mlp", "embed")),
     (r".*embed_tokens/embedding$", ("vocab", "embed")),
     (r".*lm_head/kernel$", ("embed", "vocab")),
-    (r".*/kernel$", ("embed", None)),
-    (r".*/lora_A$", ("embed", None)),
-    (r".*/lora_B$", (None, "embed")),
-    (r".*", None),
-)
+) + _FSDP_TAIL
 BATCH_AXES = ("data", "fsdp")
 DEFAULT_LOGICAL_RULES = (
     ("embed", "fsdp"),

@@ -77,8 +77,9 @@ def colour_error_floor(valence, arousal, resolution: int = 401) -> np.ndarray:
   b, s = np.meshgrid(np.linspace(0, 1, resolution), np.linspace(0, 1, resolution))
   rv, ra = va_from_means(b.ravel(), s.ravel())
   rv, ra = np.unique(np.round(np.stack([rv, ra], -1), 4), axis=0).T  # the clip maps many colours to one reading
-  best = [np.min(np.abs(rv - tv) + np.abs(ra - ta)) for tv, ta in zip(v.ravel(), a.ravel())]
-  return np.asarray(best, np.float32).reshape(v.shape)
+  targets, which = np.unique(np.stack([v.ravel(), a.ravel()], -1), axis=0, return_inverse=True)  # a grid repeats
+  best = np.array([np.min(np.abs(rv - tv) + np.abs(ra - ta)) for tv, ta in targets], np.float32)
+  return best[which.ravel()].reshape(v.shape)
 
 
 def _judge(images, xp):
