@@ -79,6 +79,9 @@ def get_config(arg=None):
   # "none", "batch" or "group": z-score each reward over the batch / each group first; "group_axes": "group"
   # with each emotion reward's valence and arousal terms z-scored apart (emojax.rewards.registry.combine)
   c.rewards.normalize = "none"
+  # each emotion reward's distance in the V-A plane (rewards.registry.emotion_distance_reward): "l1" (the judges'
+  # own 1 - (|dV| + |dA|) / 12) or "l2" (1 - Euclidean / (6 sqrt 2): at targets no image reaches, lowers both axes)
+  c.rewards.emotion_distance = "l1"
   c.rewards.lvlm = cu.lvlm_judge()  # the LVLM judge of lvlm_emotion
   # the preference model of pickscore and the eval/pickscore metric; scale 37.5: pickscore_tiny's mean on clean
   # held-out renders (PickScore_v1: 26, as Flow-GRPO), so a clean picture earns about 1 and colour noise about -0.2
@@ -152,6 +155,7 @@ RANGES = {
     "rl.ratio_tolerance": cu.Float(0.0), "rl.shared_init_noise": cu.BOOL, "rl.old_logprob": cu.OneOf("rollout", "update"),
     **cu.preference_model_ranges("rewards.pickscore"),
     "rewards.weights.*": cu.Float(0.0), "rewards.normalize": cu.OneOf("none", "batch", "group", "group_axes"),
+    "rewards.emotion_distance": cu.OneOf("l1", "l2"),
     "eval.seed": cu.Int(0), "eval.num_prompts": cu.Int(1), "eval.num_steps": cu.Int(1, 1000), "eval.at_start": cu.BOOL,
     "eval.preference": cu.BOOL,
 }

@@ -55,6 +55,38 @@ def test_group_axes_zscores_valence_and_arousal_apart():
   assert np.argmax(group) == 0 and np.allclose(axes, 0.0, atol=1e-4)  # opposite axes cancel when balanced
 
 
+def test_emotion_distance_l2_prefers_lowering_both_axes():
+  """At a corner the colour model cannot reach (V -2.4, A -2.4), the judge's L1 reward ranks the image that zeroes
+  the valence error and leaves arousal at its worst reachable value (the L1 optimum, errors 0 / 1.17) above the
+  nearest reachable reading (0.44 / 0.98, the L2 optimum, lower on both axes than the first's worse one); "l2"
+  ranks them the other way. Unparsed rows get 0 either way, and an unknown distance is refused."""
+  from emojax.emotion import colour
+  b, s = np.meshgrid(np.linspace(0, 1, 201), np.linspace(0, 1, 201))
+  v, a = colour.va_from_means(b, s)
+  ev, ea = np.abs(v + 2.4).ravel(), np.abs(a + 2.4).ravel()
+  i1, i2 = np.argmin(ev + ea), np.argmin(np.hypot(ev, ea))
+  assert ev[i1] < 0.05 and ea[i1] > 1.1 and ev[i2] > 0.3 and ea[i2] < ea[i1] - 0.1
+  extras = {"v_abs_err": jnp.asarray([ev[i1], ev[i2], 0.0]), "a_abs_err": jnp.asarray([ea[i1], ea[i2], 0.0]),
+            "parsed": jnp.asarray([1.0, 1.0, 0.0])}
+  l1 = np.asarray(registry.emotion_distance_reward(extras, "l1"))
+  l2 = np.asarray(registry.emotion_distance_reward(extras, "l2"))
+  assert l1[0] > l1[1] and l2[1] > l2[0] and l1[2] == 0.0 and l2[2] == 0.0
+  np.testing.assert_allclose(l2[:2], 1 - np.hypot(ev[[i1, i2]], ea[[i1, i2]]) / (6 * np.sqrt(2)), rtol=1e-6)
+
+  def fake(images, batch):
+    return 1.0 - (extras["v_abs_err"] + extras["a_abs_err"]) / 12.0, dict(extras)
+  registry._REGISTRY["_dist_test"] = fake
+  try:
+    images = jnp.zeros((3, 8, 8, 3), jnp.float32)
+    total, logs = registry.combine(images, {}, {"_dist_test": 2.0}, emotion_distance="l2")
+    with pytest.raises(ValueError, match="emotion_distance"):
+      registry.combine(images, {}, {"_dist_test": 1.0}, emotion_distance="l3")
+  finally:
+    del registry._REGISTRY["_dist_test"]
+  np.testing.assert_allclose(total, 2.0 * l2, rtol=1e-6)
+  np.testing.assert_allclose(logs["reward/_dist_test"], l2, rtol=1e-6)
+
+
 def test_smooth_reward_does_not_pay_for_pixel_noise():
   """A red/cyan checkerboard is maximally saturated per pixel but grey once averaged: the
   per-pixel judge calls it high-arousal, the block-averaged reward does not."""

@@ -71,6 +71,7 @@ def make_host(name: str, config) -> Callable:
 
 
 NORMALIZE = ("none", "batch", "group", "group_axes")
+EMOTION_DISTANCES = ("l1", "l2")
 AXIS_ERRORS = ("v_abs_err", "a_abs_err")  # extras of an emotion reward: its per-axis |error| (6 = the worst)
 
 
@@ -82,13 +83,29 @@ def zscore(x: jax.Array, eps: float = 1e-6, group_size: int | None = None) -> ja
   return ((g - g.mean(1, keepdims=True)) / (g.std(1, keepdims=True) + eps)).reshape(x.shape)
 
 
-def combine(images, batch, weights: Mapping[str, float], normalize: str = "none", group_size: int | None = None):
+def emotion_distance_reward(extras, distance: str):
+  """An emotion reward recomputed from its per-axis errors: "l1" 1 - (|dV| + |dA|) / 12 (the judges' own form),
+  "l2" 1 - sqrt(dV^2 + dA^2) / (6 sqrt 2). Where a target lies beyond what any image reads (a corner such as
+  V -2.4, A -2.4 in the tiny world), the L1 optimum zeroes one axis and leaves the other at its worst, while the
+  L2 optimum, the nearest reachable reading, lowers both. Rows an emotion reward marks unparsed get 0."""
+  if distance not in EMOTION_DISTANCES:
+    raise ValueError(f"emotion distance {distance!r}; known: {EMOTION_DISTANCES}")
+  ev, ea = (jnp.asarray(extras[k], jnp.float32) for k in AXIS_ERRORS)
+  r = 1.0 - (ev + ea) / 12.0 if distance == "l1" else 1.0 - jnp.sqrt(ev * ev + ea * ea) / (6.0 * jnp.sqrt(2.0))
+  return jnp.where(jnp.asarray(extras["parsed"]) > 0, r, 0.0) if "parsed" in extras else r
+
+
+def combine(images, batch, weights: Mapping[str, float], normalize: str = "none", group_size: int | None = None,
+            emotion_distance: str = "l1"):
   """Sum of weight * reward and per-reward logs. normalize: "none", "batch" (each reward z-scored over
   the batch first), "group" (within each GRPO group of group_size rows, so a reward whose spread
   differs between groups cannot drown the others) or "group_axes" ("group", with an emotion reward, one
   whose extras hold AXIS_ERRORS, split into its valence and arousal terms 1 - |error| / 6, each z-scored
   and weighted w / 2: unnormalised their mean is the reward itself, 1 - (|dV| + |dA|) / 12, but within a
-  group one axis's spread would set the ranking, and GRPO trades the other axis for it)."""
+  group one axis's spread would set the ranking, and GRPO trades the other axis for it). emotion_distance "l2"
+  rescores each emotion reward by `emotion_distance_reward` first ("l1" leaves it as computed)."""
+  if emotion_distance not in EMOTION_DISTANCES:
+    raise ValueError(f"emotion_distance={emotion_distance!r}; known: {EMOTION_DISTANCES}")
   if not weights:
     raise ValueError("no rewards configured: set config.rewards to {name: weight}")
   if normalize not in NORMALIZE:
@@ -103,6 +120,8 @@ def combine(images, batch, weights: Mapping[str, float], normalize: str = "none"
       extras = {k[len(name) + 1:]: v for k, v in batch.items() if k.startswith(f"{name}/")}
     else:
       r, extras = get(name)(images, batch)
+    if emotion_distance != "l1" and all(k in extras for k in AXIS_ERRORS):
+      r = emotion_distance_reward(extras, emotion_distance)
     logs[f"reward/{name}"] = r
     logs.update({f"{name}/{k}": v for k, v in extras.items()})
     if normalize == "group_axes" and all(k in extras for k in AXIS_ERRORS):

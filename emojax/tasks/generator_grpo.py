@@ -87,7 +87,7 @@ class GeneratorGRPO:
         encode_text=lambda params, ids: p.encode_text(lora_lib.without(params), ids),
         add_emotion=lambda params, text, va, mask: p.add_emotion(lora_lib.without(params), text, va, mask),
         reward_fn=lambda images, batch: reward_registry.combine(images, batch, weights, c.rewards.normalize,
-                                                                r.group_size),
+                                                                r.group_size, c.rewards.emotion_distance),
         metrics_fn=colour_judge_errors, optimizer=self.tx, hp=self.hp, decode=p.decode)
     preference = None
     if c.eval.preference:
