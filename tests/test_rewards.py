@@ -71,6 +71,8 @@ def test_emotion_distance_l2_prefers_lowering_both_axes():
   l1 = np.asarray(registry.emotion_distance_reward(extras, "l1"))
   l2 = np.asarray(registry.emotion_distance_reward(extras, "l2"))
   assert l1[0] > l1[1] and l2[1] > l2[0] and l1[2] == 0.0 and l2[2] == 0.0
+  far = registry.emotion_distance_reward({"v_abs_err": jnp.asarray([9.0]), "a_abs_err": jnp.asarray([9.0])}, "l2")
+  assert float(far[0]) == pytest.approx(0.0, abs=1e-6)  # an answer far outside [-3, 3] scores the minimum, not < 0
   np.testing.assert_allclose(l2[:2], 1 - np.hypot(ev[[i1, i2]], ea[[i1, i2]]) / (6 * np.sqrt(2)), rtol=1e-6)
 
   def fake(images, batch):

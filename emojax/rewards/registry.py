@@ -87,10 +87,11 @@ def emotion_distance_reward(extras, distance: str):
   """An emotion reward recomputed from its per-axis errors: "l1" 1 - (|dV| + |dA|) / 12 (the judges' own form),
   "l2" 1 - sqrt(dV^2 + dA^2) / (6 sqrt 2). Where a target lies beyond what any image reads (a corner such as
   V -2.4, A -2.4 in the tiny world), the L1 optimum zeroes one axis and leaves the other at its worst, while the
-  L2 optimum, the nearest reachable reading, lowers both. Rows an emotion reward marks unparsed get 0."""
+  L2 optimum, the nearest reachable reading, lowers both. Each error is capped at 6 (a reading outside [-3, 3]
+  stays in [0, 1]); rows an emotion reward marks unparsed get 0."""
   if distance not in EMOTION_DISTANCES:
     raise ValueError(f"emotion distance {distance!r}; known: {EMOTION_DISTANCES}")
-  ev, ea = (jnp.asarray(extras[k], jnp.float32) for k in AXIS_ERRORS)
+  ev, ea = (jnp.minimum(jnp.asarray(extras[k], jnp.float32), 6.0) for k in AXIS_ERRORS)
   r = 1.0 - (ev + ea) / 12.0 if distance == "l1" else 1.0 - jnp.sqrt(ev * ev + ea * ea) / (6.0 * jnp.sqrt(2.0))
   return jnp.where(jnp.asarray(extras["parsed"]) > 0, r, 0.0) if "parsed" in extras else r
 
