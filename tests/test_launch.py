@@ -99,8 +99,13 @@ def one_process_run(config, workdir):
 # reduction, so gradients differ by float32 rounding, and Adam's normalised step turns a rounding difference in a
 # near-zero gradient coordinate into a parameter move of up to lr per step. Measured at lr 1e-4: 4e-6 after 4
 # uninterrupted generator steps, 1e-7 after 6 with a kill and a preemption (without the per-process data split:
-# 6e-4 after 3); LVLM GRPO 1.3e-6 after 2. 2e-5 is a fifth of one Adam step.
-MULTI_PROCESS_ATOL = 2e-5
+# 6e-4 after 3); LVLM GRPO 1.3e-6 after 2; the generator at lr 1e-3 with one initial noise per group (whose
+# small reward spreads scale rounding up in the advantages) 4.9e-5 after 6. The tolerance is a fifth of one
+# Adam step.
+
+
+def multi_process_atol(config):
+  return 0.2 * config.optim.learning_rate
 STEPS = 6
 GENERATOR = ["--config=configs/generator.py:smoke", f"--config.total_steps={STEPS}", "--config.checkpoint_every=1",
              f"--config.eval_every={STEPS}", "--config.rewards.lvlm.mesh=train"]  # the judge sharded across processes
@@ -156,7 +161,7 @@ def test_sigkill_then_sigterm_to_one_process_and_the_relaunches_end_as_one_proce
   config = generator.get_config("smoke")
   config.total_steps, config.checkpoint_every, config.eval_every = STEPS, 100, STEPS
   config.rewards.lvlm.mesh = "train"
-  worst = assert_params_close(export_params(workdir), one_process_run(config, tmp_path / "one"), MULTI_PROCESS_ATOL)
+  worst = assert_params_close(export_params(workdir), one_process_run(config, tmp_path / "one"), multi_process_atol(config))
   print("generator: 2 processes (killed, preempted, resumed) vs 1, max |dparam|", worst)
 
 
@@ -173,7 +178,7 @@ def test_lvlm_grpo_on_two_processes_ends_as_on_one(tmp_path):
   want = one_process_run(config, tmp_path / "one")
   rows = [json.loads(l) for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
   assert min(r["grad_norm"] for r in rows) > 0
-  worst = assert_params_close(export_params(tmp_path / "two"), want, MULTI_PROCESS_ATOL)
+  worst = assert_params_close(export_params(tmp_path / "two"), want, multi_process_atol(config))
   print("lvlm: 2 processes vs 1, max |dparam|", worst)
 
 

@@ -70,9 +70,10 @@ def test_shipped_judge_rewards_the_requested_emotion(judge):
 
 @pytest.mark.asset
 def test_generator_step_with_the_lvlm_reward(tmp_path):
-  """One GRPO step of the default rewards (LVLM judge 1, shipped preference model 1) plus the colour judge
-  at 0.5: the rewards the update logs are those separately loaded judges give the very images the rollout
-  made, row for row, so the host stage's scores reach the update aligned with their samples and prompts."""
+  """One GRPO step of the default rewards (LVLM judge 1 and the shipped preference model at the default's weight,
+  emotion rewards rescored by the default's V-A distance) plus the colour judge at 0.5: the rewards the update
+  logs are those separately loaded judges give the very images the rollout made, row for row, so the host
+  stage's scores reach the update aligned with their samples and prompts."""
   from configs import generator as generator_config
   from emojax import trainer
   from emojax.tasks.generator_grpo import GeneratorGRPO
@@ -93,13 +94,16 @@ def test_generator_step_with_the_lvlm_reward(tmp_path):
   target = {"valence": seen["raw"]["valence"], "arousal": seen["raw"]["arousal"]}
   judge = lvlm_judge.LVLMJudgeReward.from_config(c.rewards.lvlm)  # the shipped judge, loaded separately
   lvlm, ext = judge(seen["images"], target)
-  colour, _ = registry.get("colour_emotion")(jnp.asarray(seen["images"]), {k: jnp.asarray(v) for k, v in target.items()})
+  _, colour_ext = registry.get("colour_emotion")(jnp.asarray(seen["images"]), {k: jnp.asarray(v) for k, v in target.items()})
+  distance = c.rewards.emotion_distance
+  lvlm = np.asarray(registry.emotion_distance_reward(ext, distance))
+  colour = np.asarray(registry.emotion_distance_reward(colour_ext, distance))
   from emojax.io import assets
   from emojax.io.images import to_uint8
   from emojax.rewards.clip_scores import SHIPPED_PREFERENCE, ClipScorer
   scorer = ClipScorer.from_pretrained(assets.asset_dir(SHIPPED_PREFERENCE))
   pick = scorer.pickscore(to_uint8(seen["images"]), list(seen["raw"]["prompt"])) / c.rewards.pickscore.scale
-  total = lvlm + pick + 0.5 * np.asarray(colour)
+  total = lvlm + c.rewards.weights.pickscore * pick + 0.5 * colour
   assert m["reward/lvlm_emotion"] == pytest.approx(float(lvlm.mean()), abs=1e-6)
   assert m["reward/pickscore"] == pytest.approx(float(pick.mean()), abs=1e-5)
   assert m["reward_mean"] == pytest.approx(float(total.mean()), abs=1e-5)
