@@ -102,10 +102,10 @@ def one_process_run(config, workdir):
 # 6e-4 after 3); LVLM GRPO 1.3e-6 after 2; the generator at lr 1e-3 with one initial noise per group (whose
 # small reward spreads scale rounding up in the advantages) 4.9e-5 after 6. The tolerance is a fifth of one
 # Adam step.
-
-
 def multi_process_atol(config):
   return 0.2 * config.optim.learning_rate
+
+
 STEPS = 6
 GENERATOR = ["--config=configs/generator.py:smoke", f"--config.total_steps={STEPS}", "--config.checkpoint_every=1",
              f"--config.eval_every={STEPS}", "--config.rewards.lvlm.mesh=train"]  # the judge sharded across processes

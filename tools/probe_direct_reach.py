@@ -46,8 +46,8 @@ def main():
   eval_set = EvalSet(p, num_prompts=16, seed=12345, num_steps=8, shift=3.0, cfg_scale=1.0)
 
   def eval_errors(params):
-    v, a = colour.colour_judge_np(np.asarray(eval_set.sample(params)))
-    return float(np.abs(v - eval_set.va[:, 0]).mean()), float(np.abs(a - eval_set.va[:, 1]).mean())
+    m = eval_set(params)
+    return m["eval/v_abs_err"], m["eval/a_abs_err"]
 
   rest = {g: w for g, w in p.params.items() if g != "emotion"}
   uncond = p.tok([""] * args.batch)
