@@ -108,7 +108,8 @@ def multi_process_atol(config):
 
 STEPS = 6
 GENERATOR = ["--config=configs/generator.py:smoke", f"--config.total_steps={STEPS}", "--config.checkpoint_every=1",
-             f"--config.eval_every={STEPS}", "--config.rewards.lvlm.mesh=train"]  # the judge sharded across processes
+             f"--config.eval_every={STEPS}", "--config.rewards.lvlm.mesh=train",  # the judge sharded across processes
+             "--config.eval.at_start=false"]  # one evaluation (step 6) is enough here; each costs 10 s a launch
 
 
 def completed_steps(workdir):
@@ -160,7 +161,7 @@ def test_sigkill_then_sigterm_to_one_process_and_the_relaunches_end_as_one_proce
 
   config = generator.get_config("smoke")
   config.total_steps, config.checkpoint_every, config.eval_every = STEPS, 100, STEPS
-  config.rewards.lvlm.mesh = "train"
+  config.rewards.lvlm.mesh, config.eval.at_start = "train", False
   worst = assert_params_close(export_params(workdir), one_process_run(config, tmp_path / "one"), multi_process_atol(config))
   print("generator: 2 processes (killed, preempted, resumed) vs 1, max |dparam|", worst)
 
