@@ -93,8 +93,10 @@ def choose(logits, key, temperature: float, top_p: float):
 
 @functools.partial(jax.jit, static_argnames=("model", "grid", "max_new_tokens", "num_samples", "temperature", "top_p",
                                              "eos_ids", "pad_id", "prefill"))
-def _sample(model, params, ids, mask, pixels, key, *, grid, max_new_tokens, num_samples, temperature, top_p, eos_ids,
-            pad_id, prefill):
+def sample_arrays(model, params, ids, mask, pixels, key, *, grid, max_new_tokens, num_samples, temperature, top_p,
+                  eos_ids, pad_id, prefill):
+  """`sample` on arrays with every static argument explicit: what `sample` calls and emojax.plan lowers ahead of
+  time."""
   c = model.config
   b, l = ids.shape
   n, t_max, g = b * num_samples, max_new_tokens, num_samples
@@ -163,7 +165,7 @@ def sample(model: qv.QwenVL, params, batch: dict, key, *, max_new_tokens: int, e
   """
   if temperature < 0 or not 0 <= top_p <= 1:
     raise ValueError(f"temperature must be >= 0 and top_p in [0, 1]; got {temperature}, {top_p}")
-  return _sample(model, params, batch["input_ids"], batch["attention_mask"], batch["pixel_values"], key,
+  return sample_arrays(model, params, batch["input_ids"], batch["attention_mask"], batch["pixel_values"], key,
                  grid=qv.static_grid(batch["image_grid_thw"]), max_new_tokens=int(max_new_tokens),
                  num_samples=int(num_samples), temperature=float(temperature), top_p=float(top_p),
                  eos_ids=tuple(int(i) for i in np.atleast_1d(eos_ids)), pad_id=int(pad_id), prefill=prefill)
