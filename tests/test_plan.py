@@ -81,7 +81,7 @@ def test_sharding_divides_the_rollout_and_update_memory():
       for row in rows:
         check_bookkeeping(row, fsdp)
       check_update(rows[1])
-      assert rows[1]["lora_bytes"] > 0 and rows[1]["analytic_param_bytes"] == rows[0]["analytic_param_bytes"]
+      assert rows[1]["lora_bytes"] > 0
       temps[n] = {r["program"]: r["xla_temp_bytes"] for r in rows}
   finally:
     del mmdit.PRESETS["one_layer_sd35m"]
