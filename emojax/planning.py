@@ -152,9 +152,9 @@ def _judge_program(config, mesh, n_images: int, image_side: int, architecture: s
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings)
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=parallel.replicated(mesh))
   # the greedy decoder `judge.answer` calls, its static arguments bound
-  lower = functools.partial(sampling.sample_arrays.lower, model, grid=(grid,) * b, max_new_tokens=int(j.max_new_tokens),
-                            num_samples=1, temperature=0.0, top_p=1.0, eos_ids=processor.eos_ids,
-                            pad_id=processor.pad_id, prefill="once")
+  lower = functools.partial(sampling.sample_arrays.lower, model, grid=(grid,) * b,
+                            max_new_tokens=int(j.max_new_tokens), num_samples=1, temperature=0.0, top_p=1.0,
+                            eos_ids=processor.eos_ids, pad_id=processor.pad_id, prefill="once")
   parts = {"config_task": config.task, "mesh": dict(mesh.shape), "params_bytes": nbytes(params, shardings),
            "lora_bytes": 0, "opt_state_bytes": 0, "constants_bytes": 0,
            "batch_bytes": nbytes((ids, ids, px), (batch_sh,) * 3), "images_per_call": b,

@@ -166,9 +166,9 @@ def sample(model: qv.QwenVL, params, batch: dict, key, *, max_new_tokens: int, e
   if temperature < 0 or not 0 <= top_p <= 1:
     raise ValueError(f"temperature must be >= 0 and top_p in [0, 1]; got {temperature}, {top_p}")
   return sample_arrays(model, params, batch["input_ids"], batch["attention_mask"], batch["pixel_values"], key,
-                 grid=qv.static_grid(batch["image_grid_thw"]), max_new_tokens=int(max_new_tokens),
-                 num_samples=int(num_samples), temperature=float(temperature), top_p=float(top_p),
-                 eos_ids=tuple(int(i) for i in np.atleast_1d(eos_ids)), pad_id=int(pad_id), prefill=prefill)
+                       grid=qv.static_grid(batch["image_grid_thw"]), max_new_tokens=int(max_new_tokens),
+                       num_samples=int(num_samples), temperature=float(temperature), top_p=float(top_p),
+                       eos_ids=tuple(int(i) for i in np.atleast_1d(eos_ids)), pad_id=int(pad_id), prefill=prefill)
 
 
 def completion_logprobs(model: qv.QwenVL, params, input_ids, attention_mask, pixel_values, tokens, mask, grid,
