@@ -78,11 +78,12 @@ def test_sharding_divides_the_rollout_and_update_memory():
       with c.unlocked():
         c.mesh.num_devices, c.mesh.data, c.mesh.fsdp, c.model.resolution = n, 1, fsdp, 128
       rows = planning.plan(c, device_memory=2**40, architecture="one_layer_sd35m", programs=("rollout", "update"))
-      for row in rows:
+      rows = {r["program"]: r for r in rows}
+      for row in rows.values():
         check_bookkeeping(row, fsdp)
-      check_update(rows[1])
-      assert rows[1]["lora_bytes"] > 0
-      temps[n] = {r["program"]: r["xla_temp_bytes"] for r in rows}
+      check_update(rows["update"])
+      assert rows["update"]["lora_bytes"] > 0
+      temps[n] = {name: r["xla_temp_bytes"] for name, r in rows.items()}
   finally:
     del mmdit.PRESETS["one_layer_sd35m"]
   print("temporaries per device, 1 vs 8 devices", temps)
@@ -91,8 +92,8 @@ def test_sharding_divides_the_rollout_and_update_memory():
 
 
 def test_bad_input_is_one_line():
-  """The command line's errors, each one line; those found past parsing (planning.plan's) are also checked in
-  process, which costs no interpreter start."""
+  """The command line's errors, each one line: the flags' and the mesh's through the command line, planning.plan's
+  in process (the command line prints them by the same cli.run), which saves an interpreter start each."""
   for args, message in [
       (("--config=configs/generator.py:sd35m", "--mesh=data=1,pipeline=8"), "unknown axis 'pipeline'"),
       (("--config=configs/generator.py:sd35m", "--mesh=data=1,fsdp=0"), "fsdp='0' must be a positive integer"),
