@@ -27,13 +27,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from emojax import config_utils as cu
 from emojax.data import emoshapes
 from emojax.emotion import colour
-from emojax.config_utils import SD3_LORA_TARGETS
 from emojax.evaluation.generator import EvalSet
 from emojax.models import lora as lora_lib
 from emojax.pipelines import policy as policy_lib
 from emojax.pipelines import tiny
+from emojax.rewards.clip_scores import PickScoreReward
 
 
 def main():
@@ -59,18 +60,16 @@ def main():
     ap.error("--arousal_weight weighs the L1 loss; use it with --distance=l1")
 
   p = policy_lib.load(args.generator, "tiny")
-  from emojax import config_utils as cu  # the main job's preference model: eval/pickscore shows painted fields
-  from emojax.rewards.clip_scores import PickScoreReward
-  preference = PickScoreReward.from_config(cu.preference_model(scale=37.5))
+  preference = PickScoreReward.from_config(cu.preference_model(scale=37.5))  # the main job's eval/pickscore
   eval_set = EvalSet(p, num_prompts=16, seed=12345, num_steps=8, shift=3.0, cfg_scale=1.0, preference=preference)
-  lora = lora_lib.LoRAConfig(args.lora_rank, args.lora_alpha, 0.0, SD3_LORA_TARGETS) if args.lora_rank else None
-  params = p.params if lora is None else lora_lib.with_adapters(p.params, "mmdit", lora, jax.random.key(args.seed))
+  lora = lora_lib.LoRAConfig(args.lora_rank, args.lora_alpha, 0.0, cu.SD3_LORA_TARGETS) if args.lora_rank else None
+  params = p.params if lora is None else lora_lib.with_adapters(p.params, p.adapted_group, lora, jax.random.key(args.seed))
   trained = ("emotion",) if lora is None else ("emotion", lora_lib.GROUP)
   frozen = {g: w for g, w in params.items() if g not in trained}
 
   def evaluate(step, train):
     merged = {**frozen, **train}
-    merged = merged if lora is None else lora_lib.merge_group(merged, "mmdit", lora)
+    merged = merged if lora is None else lora_lib.merge_group(merged, p.adapted_group, lora)
     m = eval_set(merged, f"{args.grids}/step_{step:04d}.png" if args.grids else None)
     return m["eval/v_abs_err"], m["eval/a_abs_err"], m["eval/pickscore"]
 
@@ -116,6 +115,7 @@ def main():
       print(json.dumps({"step": step, "eval_v_abs_err": round(v, 4), "eval_a_abs_err": round(a, 4),
                         "v_change": f"{(v / v0 - 1) * 100:+.0f}%", "a_change": f"{(a / a0 - 1) * 100:+.0f}%",
                         "eval_pickscore": round(ps, 3)}), flush=True)
+
 
 if __name__ == "__main__":
   main()
