@@ -20,6 +20,7 @@ also trains LoRA adapters on the MMDiT's attention (alpha `--lora_alpha`), as th
 37.5 (the main job's eval/pickscore: 0.84 at the start), which falls when the images stop being pictures.
 """
 import argparse
+import contextlib
 import json
 
 import jax
@@ -62,7 +63,7 @@ def main():
   p = policy_lib.load(args.generator, "tiny")
   preference = PickScoreReward.from_config(cu.preference_model(scale=37.5))  # the main job's eval/pickscore
   eval_set = EvalSet(p, num_prompts=16, seed=12345, num_steps=8, shift=3.0, cfg_scale=1.0, preference=preference)
-  lora = lora_lib.LoRAConfig(args.lora_rank, args.lora_alpha, 0.0, cu.SD3_LORA_TARGETS) if args.lora_rank else None
+  lora = lora_lib.grpo_config(cu.lora(rank=args.lora_rank, alpha=args.lora_alpha))  # None at rank 0
   params = p.params if lora is None else lora_lib.with_adapters(p.params, p.adapted_group, lora, jax.random.key(args.seed))
   trained = ("emotion",) if lora is None else ("emotion", lora_lib.GROUP)
   frozen = {g: w for g, w in params.items() if g not in trained}
@@ -76,14 +77,11 @@ def main():
   uncond = p.tok([""] * args.batch)
 
   def loss(train, ids, va, key):
-    def images():
-      return tiny.generate(p.gen, {**frozen, "emotion": train["emotion"]}, ids, uncond, va, key, num_steps=8,
-                           shift=3.0, cfg_scale=1.0)
-    if lora is None:
-      x = images()
-    else:
-      with lora_lib.enabled(train[lora_lib.GROUP], lora, root=p.lora_root):
-        x = images()
+    adapters = contextlib.nullcontext() if lora is None else lora_lib.enabled(train[lora_lib.GROUP], lora,
+                                                                              root=p.lora_root)
+    with adapters:
+      x = tiny.generate(p.gen, {**frozen, "emotion": train["emotion"]}, ids, uncond, va, key, num_steps=8,
+                        shift=3.0, cfg_scale=1.0)
     dv, da = (x - t for x, t in zip(colour.colour_judge(x), va.T))
     if args.distance == "l1":
       per_image = jnp.abs(dv) + args.arousal_weight * jnp.abs(da)
@@ -96,7 +94,7 @@ def main():
   train = {g: params[g] for g in trained}
   state = opt.init(train)
   prompts = [emoshapes.make_example(2, i)["prompt"] for i in range(2000)]
-  grid = np.array([-2.4, 0.0, 2.4], np.float32)
+  grid = np.unique(eval_set.va[:, 0])  # the eval grid's values per axis
   rng, key = np.random.default_rng(args.seed), jax.random.key(args.seed)
   v0, a0, ps0 = evaluate(0, train)
   print(json.dumps({"step": 0, "eval_v_abs_err": round(v0, 4), "eval_a_abs_err": round(a0, 4),
