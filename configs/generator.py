@@ -96,7 +96,9 @@ def get_config(arg=None):
   c.eval.num_prompts = 16
   c.eval.num_steps = 8  # ODE steps
   c.eval.at_start = True  # also evaluate the pretrained generator at step 1 (the "before")
-  c.eval.preference = True  # also log eval/pickscore and eval/clip_iqa with rewards.pickscore's model
+  # also log eval/pickscore, eval/pickscore_min_cell (the lowest V-A cell's mean over prompts: a noise column) and
+  # eval/clip_iqa with rewards.pickscore's model
+  c.eval.preference = True
 
   # 1e-3 with the KL above; at 1e-4 the embedding (already trained by the supervised V-A stage) barely moves
   # (eval |dA| +3..+12%), at 1e-3 with Flow-GRPO's KL it walks off into grain (README, Status)

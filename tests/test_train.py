@@ -267,7 +267,10 @@ def test_pickscore_reward_and_eval_metrics_are_the_preference_models(tiny_asset,
   np.testing.assert_allclose(seen["out"]["reward/pickscore"], want, rtol=1e-5, atol=1e-5)
   assert m["reward/pickscore"] == pytest.approx(float(want.mean()), abs=1e-4) and "reward/colour_emotion" in m
   grid = to_uint8(jax.device_get(task.eval_set.sample(res.state["params"])))
-  assert m["eval/pickscore"] == pytest.approx(float(scorer.pickscore(grid, task.eval_set.prompts).mean()) / 4.0, abs=1e-4)
+  pick = scorer.pickscore(grid, task.eval_set.prompts) / 4.0
+  assert m["eval/pickscore"] == pytest.approx(float(pick.mean()), abs=1e-4)
+  cells = pick.reshape(-1, task.eval_set.ncol).mean(0)  # prompt-major rows, one column per V-A target
+  assert m["eval/pickscore_min_cell"] == pytest.approx(float(cells.min()), abs=1e-4) and len(cells) == 9
   assert m["eval/clip_iqa"] == pytest.approx(float(scorer.clip_iqa(grid, tuple(config.rewards.pickscore.iqa_pair)).mean()),
                                              abs=1e-5)
 

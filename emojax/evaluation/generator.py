@@ -12,6 +12,7 @@ from emojax import parallel
 from emojax.data import emoshapes
 from emojax.emotion.colour import colour_judge
 from emojax.evaluation import layout
+from emojax.evaluation.report import min_cell_mean
 from emojax.io import images as images_io
 from emojax.pipelines import tiny
 
@@ -59,7 +60,8 @@ class EvalSet:
     scores = layout.layout_scores(images, self.prompts) if self.policy.layout_judge else {}
     if self.preference is not None:
       pick, extra = self.preference(images, {"prompt": self.prompts})
-      scores |= {"pickscore": float(np.mean(pick)), "clip_iqa": float(np.mean(extra["clip_iqa"]))}
+      scores |= {"pickscore": float(np.mean(pick)), "clip_iqa": float(np.mean(extra["clip_iqa"])),
+                 "pickscore_min_cell": min_cell_mean(pick, self.va[:, 0], self.va[:, 1])}
     return {**{"eval/" + k.replace("/", "_"): x for k, x in scores.items()},
             "eval/v_abs_err": float(np.abs(v - self.va[:, 0]).mean()),
             "eval/a_abs_err": float(np.abs(a - self.va[:, 1]).mean()),
