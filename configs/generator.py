@@ -61,6 +61,9 @@ def get_config(arg=None):
   c.rl.kl_beta = 1.0
   c.rl.adv_clip = 5.0  # advantages clipped to +-adv_clip
   c.rl.adv_eps = 1e-4  # std floor in group advantages
+  # advantages divided by each group's reward std ("group", GRPO) or the batch's pooled within-group std ("batch"):
+  # with "group" a target no image reaches, whose rewards differ only by the judge's noise, still gets +-1 advantages
+  c.rl.adv_std = "group"
   c.rl.timestep_fraction = 1.0  # fraction of the SDE steps trained per sample
   c.rl.grad_accum = 2  # micro-batches per optimizer update
   c.rl.inner_epochs = 1  # optimizer updates per rollout batch
@@ -155,6 +158,7 @@ RANGES = {
     "rl.prompts_per_step": cu.Int(1), "rl.group_size": cu.Int(2), "rl.num_steps": cu.Int(1, 1000),
     "rl.shift": cu.Positive(), "rl.noise_level": cu.Float(0.0, 2.0, lo_open=True), "rl.cfg_scale": cu.Float(0.0),
     "rl.clip_eps": cu.Positive(), "rl.kl_beta": cu.Float(0.0), "rl.adv_clip": cu.Positive(), "rl.adv_eps": cu.Positive(),
+    "rl.adv_std": cu.OneOf("group", "batch"),
     "rl.timestep_fraction": cu.Fraction(lo_open=True), "rl.sde_steps": cu.Int(0), "rl.grad_accum": cu.Int(1), "rl.inner_epochs": cu.Int(1),
     "rl.ratio_tolerance": cu.Float(0.0), "rl.shared_init_noise": cu.BOOL, "rl.old_logprob": cu.OneOf("rollout", "update"),
     **cu.preference_model_ranges("rewards.pickscore"),

@@ -52,6 +52,7 @@ class GRPOHyper:
   # one initial noise per group (DanceGRPO; Flow-GRPO's same_latent): the group's rewards then differ only by the
   # SDE steps' noise, the part of the spread the policy gradient credits
   shared_init_noise: bool = False
+  adv_std: str = "group"  # the advantages' divisor: each group's reward std or the batch's pooled one (grpo.group_advantages)
 
   @property
   def stochastic_steps(self) -> int:
@@ -201,7 +202,7 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
     _, k_time = jax.random.split(rng)
     images = batch["images"]
     reward, reward_logs = reward_fn(images, batch)
-    adv, adv_stats = grpo.group_advantages(reward, hp.group_size, hp.adv_eps, hp.adv_clip)
+    adv, adv_stats = grpo.group_advantages(reward, hp.group_size, hp.adv_eps, hp.adv_clip, hp.adv_std)
 
     b = reward.shape[0]
     # each sample trains on its own random subset of k_train timesteps, gathered batch-major (B, K, ...)

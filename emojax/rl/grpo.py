@@ -7,12 +7,18 @@ import jax.numpy as jnp
 ZERO_STD_TOL = 1e-6
 
 
-def group_advantages(rewards, group_size: int, eps: float = 1e-4, adv_clip: float = 5.0):
-  """Group-relative advantages A = clip((r − mean_g) / (std_g + eps), ±adv_clip).
+ADV_STD_SCOPES = ("group", "batch")
+
+
+def group_advantages(rewards, group_size: int, eps: float = 1e-4, adv_clip: float = 5.0, std_scope: str = "group"):
+  """Group-relative advantages A = clip((r − mean_g) / (std + eps), ±adv_clip).
 
   Args:
     rewards: (B,), groups contiguous: rows [i·G, (i+1)·G) are the G samples of prompt i.
     group_size: G; B % G must be 0 (ValueError otherwise, from static shapes).
+    std_scope: "group" divides by each group's std_g (GRPO, Flow-GRPO); "batch" by the pooled within-group std
+      (the RMS of r − mean_g over the batch), so a group whose rewards barely differ (a target no image reaches, where the reward is
+      flat and its differences are the judge's noise) gets advantages as small as its spread instead of ±1.
 
   std_g is the population std (ddof=0). Groups with std_g < ZERO_STD_TOL get A = 0.
 
@@ -20,14 +26,17 @@ def group_advantages(rewards, group_size: int, eps: float = 1e-4, adv_clip: floa
     (advantages (B,) float32, stats) with stats zero_std_ratio (fraction of such groups),
     reward_mean, reward_std (over the batch, ddof=0).
   """
+  if std_scope not in ADV_STD_SCOPES:
+    raise ValueError(f"std_scope={std_scope!r}; known: {ADV_STD_SCOPES}")
   rewards = jnp.asarray(rewards, jnp.float32)
   if rewards.ndim != 1 or rewards.shape[0] % group_size:
     raise ValueError(f"rewards of shape {rewards.shape} do not split into groups of {group_size}")
   groups = rewards.reshape(-1, group_size)
-  mean = groups.mean(axis=1, keepdims=True)
-  std = groups.std(axis=1, keepdims=True)
-  zero_std = std < ZERO_STD_TOL
-  adv = jnp.where(zero_std, 0.0, jnp.clip((groups - mean) / (std + eps), -adv_clip, adv_clip))
+  centred = groups - groups.mean(axis=1, keepdims=True)
+  std_g = groups.std(axis=1, keepdims=True)
+  zero_std = std_g < ZERO_STD_TOL
+  std = std_g if std_scope == "group" else jnp.sqrt(jnp.mean(centred * centred))
+  adv = jnp.where(zero_std, 0.0, jnp.clip(centred / (std + eps), -adv_clip, adv_clip))
   stats = {
       "zero_std_ratio": zero_std.mean(),
       "reward_mean": rewards.mean(),

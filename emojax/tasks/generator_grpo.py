@@ -80,6 +80,7 @@ class GeneratorGRPO:
         noise_level=r.noise_level, cfg_scale=r.cfg_scale, clip_eps=r.clip_eps, kl_beta=r.kl_beta, adv_clip=r.adv_clip,
         adv_eps=r.adv_eps, timestep_fraction=r.timestep_fraction, grad_accum=r.grad_accum, inner_epochs=r.inner_epochs,
         sde_steps=r.sde_steps or None, old_logprob=r.old_logprob, shared_init_noise=r.shared_init_noise,
+        adv_std=r.adv_std,
         image_shape=p.image_shape, frozen=self.frozen)
     self.tx = optim.make_optimizer(c.optim, c.total_steps)
     self._experience, self._step, _ = generator_step.make_train_step(
