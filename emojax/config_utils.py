@@ -247,11 +247,13 @@ SHARDING_RANGES = {"sharding.param_rules": ANY, "sharding.logical_rules": ANY}
 
 
 def optimizer(lr: float, grad_clip: float = 1.0, weight_decay: float = 0.0, warmup_steps: int = 0,
-              decay_steps: int = 0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> ml_collections.ConfigDict:
+              decay_steps: int = 0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+              decay_fraction: float = 0.0) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.learning_rate = lr  # peak learning rate of AdamW
   c.warmup_steps = warmup_steps  # linear warmup steps, then constant
   c.decay_steps = decay_steps  # linear decay to 0 over the last decay_steps of total_steps (0 = none)
+  c.decay_fraction = decay_fraction  # or over this share of total_steps, rounded (0 = none; not with decay_steps)
   c.b1 = b1  # Adam beta1
   c.b2 = b2  # Adam beta2
   c.eps = eps  # Adam epsilon
@@ -262,6 +264,7 @@ def optimizer(lr: float, grad_clip: float = 1.0, weight_decay: float = 0.0, warm
 
 OPTIM_RANGES = {
     "optim.learning_rate": Positive(), "optim.warmup_steps": Int(0), "optim.decay_steps": Int(0),
+    "optim.decay_fraction": Float(0.0, 1.0, hi_open=True),
     "optim.b1": Float(0.0, 1.0, hi_open=True), "optim.b2": Float(0.0, 1.0, hi_open=True), "optim.eps": Positive(),
     "optim.weight_decay": Float(0.0), "optim.grad_clip": Positive(),
 }

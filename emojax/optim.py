@@ -15,10 +15,15 @@ import optax
 
 
 def learning_rate_schedule(c, total_steps: int | None = None):
-  """Linear warmup, constant, then (with decay_steps and total_steps) linear decay to 0 at total_steps."""
-  decay = c.get("decay_steps", 0)
-  if decay and total_steps is None:
-    raise ValueError("optim.decay_steps needs the run's total_steps")
+  """Linear warmup, constant, then (with decay_steps or decay_fraction, and total_steps) linear decay to 0 at
+  total_steps."""
+  decay, fraction = c.get("decay_steps", 0), c.get("decay_fraction", 0.0)
+  if decay and fraction:
+    raise ValueError(f"optim.decay_steps={decay} and optim.decay_fraction={fraction}: set one of them, the other to 0")
+  if (decay or fraction) and total_steps is None:
+    raise ValueError("optim.decay_steps / decay_fraction needs the run's total_steps")
+  if fraction:
+    decay = min(round(fraction * total_steps), total_steps - c.warmup_steps)
   pieces, bounds = [], []
   if c.warmup_steps:
     pieces.append(optax.linear_schedule(0.0, c.learning_rate, c.warmup_steps))

@@ -119,11 +119,15 @@ def test_learning_rate_warms_up_holds_then_decays_to_zero_at_total_steps():
   c = config_utils.optimizer(lr=2.0, warmup_steps=10, decay_steps=40)
   lr = optim.learning_rate_schedule(c, total_steps=100)
   np.testing.assert_allclose([float(lr(s)) for s in (0, 5, 10, 59, 60, 80, 100)], [0, 1, 2, 2, 2, 1, 0], atol=1e-6)
-  with pytest.raises(ValueError, match="decay_steps needs the run's total_steps"):
+  with pytest.raises(ValueError, match="decay_fraction needs the run's total_steps"):
     optim.make_optimizer(c)
   with pytest.raises(ValueError, match="overlaps the warmup"):
     optim.learning_rate_schedule(c, total_steps=45)
   assert float(optim.learning_rate_schedule(config_utils.optimizer(lr=0.5))(7)) == 0.5
+  half = optim.learning_rate_schedule(config_utils.optimizer(lr=2.0, decay_fraction=0.5), total_steps=120)
+  np.testing.assert_allclose([float(half(s)) for s in (0, 60, 90, 120)], [2, 2, 1, 0], atol=1e-6)
+  with pytest.raises(ValueError, match="set one of them"):
+    optim.learning_rate_schedule(config_utils.optimizer(lr=2.0, decay_steps=5, decay_fraction=0.5), total_steps=120)
 
 
 def test_supervised_va_stage_trains_only_the_emotion_embedding(tiny_asset, tmp_path):
