@@ -40,7 +40,7 @@ from emojax import parallel
 # how long it runs and how often it saves, evaluates and exports, and the mesh it runs on (a
 # different mesh is equal up to float rounding).
 RESUME_MUTABLE = ("total_steps", "checkpoint_every", "eval_every", "keep_checkpoints", "resume_changes",
-                  "optim.decay_steps", "eval.*", "export_*", "mesh.*", "sharding.*")
+                  "optim.decay_steps", "optim.decay_fraction", "eval.*", "export_*", "mesh.*", "sharding.*")
 
 
 class Task(Protocol):
