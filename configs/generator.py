@@ -104,9 +104,10 @@ def get_config(arg=None):
   c.eval.preference = True
 
   # 1e-3 with the KL above; at 1e-4 the embedding (already trained by the supervised V-A stage) barely moves
-  # (eval |dA| +3..+12%), at 1e-3 with Flow-GRPO's KL it walks off into grain (README, Status). Decayed linearly to 0
-  # over the last half (60 of 120 steps): where no image reaches the target (V -2.4, A -2.4) the reward is flat and the embedding
-  # random-walks; at a constant 1e-3 that cell turned to grain by step 120 on 2 of 5 seeds (eval/pickscore_min_cell)
+  # (eval |dA| +3..+12%), at 1e-3 with Flow-GRPO's KL it walks off into grain (README, Status). Decayed linearly
+  # to 0 over the last half (60 of 120 steps): where no image reaches the target (V -2.4, A -2.4) the reward is
+  # flat and the embedding random-walks; at a constant 1e-3 that cell turned to grain by step 120 on 2 of 5 seeds
+  # (eval/pickscore_min_cell)
   c.optim = cu.optimizer(lr=1e-3, grad_clip=1.0, decay_fraction=0.5)
   c.mesh = cu.mesh()
   c.sharding = cu.sharding(cu.MMDIT_PARAM_RULES)

@@ -52,7 +52,7 @@ class GRPOHyper:
   # one initial noise per group (DanceGRPO; Flow-GRPO's same_latent): the group's rewards then differ only by the
   # SDE steps' noise, the part of the spread the policy gradient credits
   shared_init_noise: bool = False
-  adv_std: str = "group"  # the advantages' divisor: each group's reward std or the batch's pooled one (grpo.group_advantages)
+  adv_std: str = "group"  # advantages' divisor: each group's reward std or the batch's pooled one (grpo)
 
   @property
   def stochastic_steps(self) -> int:

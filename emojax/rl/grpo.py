@@ -16,9 +16,10 @@ def group_advantages(rewards, group_size: int, eps: float = 1e-4, adv_clip: floa
   Args:
     rewards: (B,), groups contiguous: rows [i·G, (i+1)·G) are the G samples of prompt i.
     group_size: G; B % G must be 0 (ValueError otherwise, from static shapes).
-    std_scope: "group" divides by each group's std_g (GRPO, Flow-GRPO); "batch" by the pooled within-group std
-      (the RMS of r − mean_g over the batch), so a group whose rewards barely differ (a target no image reaches, where the reward is
-      flat and its differences are the judge's noise) gets advantages as small as its spread instead of ±1.
+    std_scope: "group" divides by each group's std_g (GRPO, Flow-GRPO); "batch" by the pooled within-group
+      std (the RMS of r − mean_g over the batch), so a group whose rewards barely differ (a target no image
+      reaches, where the reward is flat and its differences are the judge's noise) gets advantages as small as
+      its spread instead of ±1.
 
   std_g is the population std (ddof=0). Groups with std_g < ZERO_STD_TOL get A = 0.
 
