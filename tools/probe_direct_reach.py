@@ -80,9 +80,9 @@ def main():
     adapters = contextlib.nullcontext() if lora is None else lora_lib.enabled(train[lora_lib.GROUP], lora,
                                                                               root=p.lora_root)
     with adapters:
-      x = tiny.generate(p.gen, {**frozen, "emotion": train["emotion"]}, ids, uncond, va, key, num_steps=8,
-                        shift=3.0, cfg_scale=1.0)
-    dv, da = (x - t for x, t in zip(colour.colour_judge(x), va.T))
+      images = tiny.generate(p.gen, {**frozen, "emotion": train["emotion"]}, ids, uncond, va, key, num_steps=8,
+                             shift=3.0, cfg_scale=1.0)
+    dv, da = (x - t for x, t in zip(colour.colour_judge(images), va.T))
     if args.distance == "l1":
       per_image = jnp.abs(dv) + args.arousal_weight * jnp.abs(da)
     else:
