@@ -23,54 +23,68 @@ The shipped asset is one workdir, run and then resumed three times with override
       --config.model.init_from=/tmp/pretrain_gen/export
   python -m emojax.train --config=configs/pretrain_generator.py:smoke --workdir=/tmp/x   # seconds
 """
-import ml_collections
-
 from emojax import config_utils as cu
+
+PRESETS = {
+    "full": "flow-matching pretraining of text encoder and MMDiT from a random init",
+    "va": "the supervised V-A stage: only the V-A embedding learns",
+    "smoke": "a few tiny steps, seconds, for tests",
+}
+
+
+def fields() -> cu.Fields:
+  # 3000 optimizer steps: about 75 minutes on 2 free CPU cores
+  f = cu.run_fields(task="pretrain_generator", total_steps=3000, checkpoint_every=200, eval_every=400)
+  f("batch_size", 64, cu.Int(1), "global images per step")
+  f("ema_decay", 0.999, cu.Fraction(), "EMA decay cap (warmed up as (1+t)/(10+t))")
+  f("export_weights", "ema", cu.OneOf("ema", "params"),
+    'weights evaluated and exported: "ema", or "params" (raw; sharper after the lr decay)')
+  f("export_dtype", "float16", cu.OneOf(*cu.DTYPES), "dtype of the exported params.safetensors")
+  f("logit_mean", 1.0986, cu.Float(), "SD3 logit-normal sigma density: mean; ln(3) = the sampling schedule's shift 3")
+  f("logit_std", 1.0, cu.Positive(), "SD3 logit-normal sigma density: std")
+  f("shape_weight", 0.0, cu.Float(0.0),
+    "extra loss weight on shape pixels (1 + w there, renormalised per image): makes layout matter")
+  f("shape_margin", 0, cu.Int(0, 16),
+    "px of background around each shape weighted like it (0: shape pixels only, which paints blocks)")
+  f("uniform_sigma_frac", 0.0, cu.Fraction(),
+    "share of samples with sigma ~ U(0, 1) instead (logit-normal puts ~1% below 0.1)")
+
+  f("model.preset", "tiny", cu.OneOf("tiny"), "MMDiT / text encoder preset (of a random init)")
+  f("model.init_from", "", cu.STR, 'generator directory to start from instead of a random init ("" = random)')
+  f("model.frozen", ("emotion",), cu.Names("text", "emotion", "mmdit"),
+    'parameter groups left untouched (the V-A stage: ("text", "mmdit"))')
+  f("model.num_emotion_tokens", 4, cu.Int(1), "V-A tokens appended to the text context (zero, frozen here)")
+  f("model.max_text_length", 176, cu.Int(3), "byte ids per prompt incl. BOS/EOS (at most 44 words)")
+
+  f("caption.p_empty", 0.1, cu.Fraction(), "caption dropout for classifier-free guidance")
+  f("caption.p_neutral", 0.3, cu.Fraction(), "neutral prompt (shapes only); the rest get the emotional prompt")
+  f("caption.p_drop_pooled", 0.0, cu.Fraction(),
+    "pooled text vector replaced by the empty prompt's: forces the token context to carry the prompt")
+
+  f("data.seed", 1, cu.Int(0), "EmoShapes world seed (eval uses another)")
+  f("data.num_examples", 200_000, cu.Int(1), "size of the procedural training set")
+
+  f("eval.seed", 12345, cu.Int(0), "held-out EmoShapes seed for the sample grid")
+  f("eval.num_prompts", 32, cu.Int(1), "held-out emotional prompts sampled at each eval")
+  f("eval.num_steps", 20, cu.Int(1, 1000), "ODE steps")
+  f("eval.shift", 3.0, cu.Positive(), "SD3 schedule shift")
+  f("eval.cfg_scale", 3.0, cu.Float(0.0), "classifier-free guidance scale")
+  f("eval.source", "emotional", cu.OneOf("emotional", "grid"),
+    '"emotional": held-out emotional prompts; "grid": neutral prompts x a V-A grid (the V-A stage)')
+
+  f.include("optim", cu.optimizer_fields(lr=6e-4, grad_clip=1.0, weight_decay=0.0, warmup_steps=200, decay_steps=1000))
+  f.include("mesh", cu.mesh_fields())
+  f.include("sharding", cu.sharding_fields(cu.MMDIT_PARAM_RULES))
+  return f
+
+
+FIELDS = fields()
 
 
 def get_config(arg=None):
   arg = cu.parse_arg(arg, preset="full")
-  c = ml_collections.ConfigDict()
-  # 3000 optimizer steps: about 75 minutes on 2 free CPU cores
-  cu.run_fields(c, task="pretrain_generator", total_steps=3000, checkpoint_every=200, eval_every=400)
-  c.batch_size = 64  # global images per step
-  c.ema_decay = 0.999  # EMA decay cap (warmed up as (1+t)/(10+t))
-  c.export_weights = "ema"  # weights evaluated and exported: "ema", or "params" (raw; sharper after the lr decay)
-  c.export_dtype = "float16"  # dtype of the exported params.safetensors
-  c.logit_mean = 1.0986  # SD3 logit-normal sigma density: mean; ln(3) = the sampling schedule's shift 3
-  c.logit_std = 1.0  # SD3 logit-normal sigma density: std
-  c.shape_weight = 0.0  # extra loss weight on shape pixels (1 + w there, renormalised per image): makes layout matter
-  c.shape_margin = 0  # px of background around each shape weighted like it (0: shape pixels only, which paints blocks)
-  c.uniform_sigma_frac = 0.0  # share of samples with sigma ~ U(0, 1) instead (logit-normal puts ~1% below 0.1)
-
-  c.model = ml_collections.ConfigDict()
-  c.model.preset = "tiny"  # MMDiT / text encoder preset (of a random init)
-  c.model.init_from = ""  # generator directory to start from instead of a random init ("" = random)
-  c.model.frozen = ("emotion",)  # parameter groups left untouched (the V-A stage: ("text", "mmdit"))
-  c.model.num_emotion_tokens = 4  # V-A tokens appended to the text context (zero, frozen here)
-  c.model.max_text_length = 176  # byte ids per prompt incl. BOS/EOS (at most 44 words)
-
-  c.caption = ml_collections.ConfigDict()
-  c.caption.p_empty = 0.1  # caption dropout for classifier-free guidance
-  c.caption.p_neutral = 0.3  # neutral prompt (shapes only); the rest get the emotional prompt
-  c.caption.p_drop_pooled = 0.0  # pooled text vector replaced by the empty prompt's: forces the token context to carry the prompt
-
-  c.data = ml_collections.ConfigDict()
-  c.data.seed = 1  # EmoShapes world seed (eval uses another)
-  c.data.num_examples = 200_000  # size of the procedural training set
-
-  c.eval = ml_collections.ConfigDict()
-  c.eval.seed = 12345  # held-out EmoShapes seed for the sample grid
-  c.eval.num_prompts = 32  # held-out emotional prompts sampled at each eval
-  c.eval.num_steps = 20  # ODE steps
-  c.eval.shift = 3.0  # SD3 schedule shift
-  c.eval.cfg_scale = 3.0  # classifier-free guidance scale
-  c.eval.source = "emotional"  # "emotional": held-out emotional prompts; "grid": neutral prompts x a V-A grid (the V-A stage)
-
-  c.optim = cu.optimizer(lr=6e-4, grad_clip=1.0, weight_decay=0.0, warmup_steps=200, decay_steps=1000)
-  c.mesh = cu.mesh()
-  c.sharding = cu.sharding(cu.MMDIT_PARAM_RULES)
-
+  cu.check_preset(arg.preset, PRESETS, "pretrain_generator")
+  c = FIELDS.config()
   if arg.preset == "va":
     c.total_steps, c.checkpoint_every, c.eval_every = 1500, 250, 250
     c.model.frozen = ("text", "mmdit")
@@ -81,20 +95,4 @@ def get_config(arg=None):
     c.total_steps, c.batch_size, c.checkpoint_every, c.eval_every = 4, 8, 2, 4
     c.optim.warmup_steps, c.optim.decay_steps = 0, 2
     c.eval.num_prompts, c.eval.num_steps = 8, 2
-  elif arg.preset != "full":
-    raise ValueError(f"unknown preset {arg.preset!r} for pretrain_generator; use full, va or smoke")
   return c
-
-
-RANGES = {
-    **cu.RUN_RANGES, **cu.OPTIM_RANGES, **cu.MESH_RANGES, **cu.SHARDING_RANGES,
-    "task": cu.OneOf("pretrain_generator"), "batch_size": cu.Int(1), "ema_decay": cu.Fraction(),
-    "export_weights": cu.OneOf("ema", "params"), "export_dtype": cu.OneOf(*cu.DTYPES),
-    "logit_mean": cu.Float(), "logit_std": cu.Positive(), "shape_weight": cu.Float(0.0), "shape_margin": cu.Int(0, 16),
-    "uniform_sigma_frac": cu.Fraction(),
-    "model.preset": cu.OneOf("tiny"), "model.init_from": cu.STR, "model.frozen": cu.Names("text", "emotion", "mmdit"), "model.num_emotion_tokens": cu.Int(1), "model.max_text_length": cu.Int(3),
-    "caption.p_empty": cu.Fraction(), "caption.p_neutral": cu.Fraction(), "caption.p_drop_pooled": cu.Fraction(),
-    "data.seed": cu.Int(0), "data.num_examples": cu.Int(1),
-    "eval.seed": cu.Int(0), "eval.num_prompts": cu.Int(1), "eval.num_steps": cu.Int(1, 1000), "eval.shift": cu.Positive(),
-    "eval.cfg_scale": cu.Float(0.0), "eval.source": cu.OneOf("emotional", "grid"),
-}

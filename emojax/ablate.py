@@ -53,7 +53,7 @@ def train_config(c, seed: int):
   tc.seed = seed
   if c.train.protocol == "paper":
     tc.data.prompt_field, tc.data.target_mode = "emotional_prompt", "data"
-  config_utils.validate(tc, module.RANGES, what=path)
+  config_utils.validate(tc, module.FIELDS, what=path)
   return tc
 
 

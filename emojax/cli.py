@@ -1,5 +1,5 @@
 """What every emojax command line shares: flag parsing with one-line errors, the config file's declared
-ranges checked before anything runs, the compilation cache, and exit code 2 for bad input."""
+fields' ranges checked before anything runs, the compilation cache, and exit code 2 for bad input."""
 from __future__ import annotations
 
 import importlib.util
@@ -28,22 +28,22 @@ def parse_flags(argv):
     raise app.UsageError(f"bad flag or config: {cause} (config fields are listed in the config file)") from None
 
 
-def config_ranges(flag_name: str = "config") -> dict:
-  """The RANGES table of the config file the --config flag named."""
+def config_fields(flag_name: str = "config") -> config_utils.Fields:
+  """The declared FIELDS of the config file the --config flag named."""
   from ml_collections import config_flags
   path = config_flags.get_config_filename(flags.FLAGS[flag_name]).split(":")[0]  # drop a ":preset" suffix
-  spec = importlib.util.spec_from_file_location("_emojax_config_ranges", path)
+  spec = importlib.util.spec_from_file_location("_emojax_config_fields", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  ranges = getattr(module, "RANGES", None)
-  if ranges is None:
-    raise ValueError(f"{path} declares no RANGES table of its fields' valid values")
-  return ranges
+  fields = getattr(module, "FIELDS", None)
+  if not isinstance(fields, config_utils.Fields):
+    raise ValueError(f"{path} declares no FIELDS (config_utils.Fields: every field's default, range and doc)")
+  return fields
 
 
 def check_config(config, flag_name: str = "config") -> None:
   """Every field within its declared range (one-line ValueError otherwise)."""
-  config_utils.validate(config, config_ranges(flag_name))
+  config_utils.validate(config, config_fields(flag_name))
 
 
 def job_config(argv, config, usage: str = "--config=configs/<job>.py is required"):

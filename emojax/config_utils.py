@@ -1,14 +1,17 @@
-"""Config helpers: shared config pieces, `file.py:preset,key=value` parsing, and declared ranges.
+"""Config helpers: field declarations (default, range and doc together), shared config pieces and
+`file.py:preset,key=value` parsing.
 
-Configs import only this module and ml_collections, so loading one pulls in no jax, Flax or
-model. Each config file declares the valid range of every field it has in one table, `RANGES`
-(path -> Range; a path may end in `.*` for every key below it); `validate` checks a config
-against it before a job touches its workdir.
+Configs import only this module and ml_collections, so loading one pulls in no jax, Flax or model. Each config
+file declares every field once in `FIELDS` (a `Fields`: dotted path -> default, Range, one-line doc), builds
+its defaults with `FIELDS.config()` and lets presets override values; `validate` checks a config against
+`FIELDS` before a job touches its workdir.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import fnmatch
+import functools
 import math
 from typing import Any
 
@@ -161,6 +164,68 @@ DTYPES = ("float32", "float16", "bfloat16")
 REMATS = ("none", "full", "dots", "dots_no_batch")  # emojax.models.remat.NAMES (configs import no models)
 
 
+# -------------------------------------------------------------------------------------------- fields
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+  """A declared field: its default, the values it may take and what it does (one line)."""
+  default: Any  # a leaf's value; a map's {key: value}
+  range: Range
+  doc: str
+
+
+class Fields:
+  """A job's fields, each declared once: `f("rl.group_size", 8, Int(2), "samples per prompt")`.
+
+  A path ending in `.*` declares a map: its default is a {key: value} dict and every value below it (keys
+  included later, e.g. by a preset) lies in its range. `config()` builds a fresh ConfigDict of the defaults.
+  """
+
+  def __init__(self):
+    self._fields: dict[str, Field] = {}
+
+  def __call__(self, path: str, default, range_: Range, doc: str) -> None:
+    if path in self._fields or any(p.startswith(path + ".") or path.startswith(p + ".") for p in self._fields):
+      raise ValueError(f"field {path} is declared twice (or as both a field and a group)")
+    if not isinstance(range_, Range) or not doc.strip() or "\n" in doc:
+      raise ValueError(f"field {path} needs a Range and a one-line doc")
+    values = default.values() if path.endswith(".*") else (default,)
+    for v in values:
+      if not range_.ok(v):
+        raise ValueError(f"field {path}'s default {v!r} is out of its range: it must be {range_.describe()}")
+    self._fields[path] = Field(default, range_, doc)
+
+  def include(self, prefix: str, other: Fields) -> None:
+    """Every field of other, under prefix ("" = at the top)."""
+    for path, f in other.items():
+      self(f"{prefix}.{path}" if prefix else path, f.default, f.range, f.doc)
+
+  def items(self):
+    return self._fields.items()
+
+  def range_of(self, path: str) -> Range | None:
+    """A leaf path's range: its own declaration, else the longest map (`.*`) pattern it falls under."""
+    if path in self._fields:
+      return self._fields[path].range
+    maps = [p for p in self._fields if p.endswith(".*") and fnmatch.fnmatchcase(path, p)]
+    return self._fields[max(maps, key=len)].range if maps else None
+
+  def config(self) -> ml_collections.ConfigDict:
+    root = ml_collections.ConfigDict()
+    for path, f in self._fields.items():
+      is_map = path.endswith(".*")
+      *parents, leaf = path.removesuffix(".*").split(".")
+      node = root
+      for p in parents:
+        if p not in node:
+          node[p] = ml_collections.ConfigDict()
+        node = node[p]
+      value = copy.deepcopy(f.default)
+      node[leaf] = ml_collections.ConfigDict(value) if is_map else value
+    return root
+
+
 def flatten(config) -> dict[str, Any]:
   """Leaf fields of a (nested) ConfigDict or dict as {dotted.path: value}."""
   out = {}
@@ -172,24 +237,14 @@ def flatten(config) -> dict[str, Any]:
   return out
 
 
-def range_of(path: str, ranges: dict[str, Range]) -> Range | None:
-  if path in ranges:
-    return ranges[path]
-  matches = [p for p in ranges if p.endswith(".*") and fnmatch.fnmatchcase(path, p)]
-  return ranges[max(matches, key=len)] if matches else None
-
-
-def validate(config, ranges: dict[str, Range], what: str = "config") -> None:
-  """One-line ValueError for the first field outside its declared range (or with none declared)."""
+def validate(config, fields: Fields, what: str = "config") -> None:
+  """One-line ValueError for the first field outside its declared range (or not declared)."""
   for path, value in sorted(flatten(config).items()):
-    r = range_of(path, ranges)
+    r = fields.range_of(path)
     if r is None:
-      raise ValueError(f"{what} field {path} has no declared range (add it to the config file's RANGES)")
+      raise ValueError(f"{what} field {path} has no declared range (declare it in the config file's FIELDS)")
     if not r.ok(value):
       raise ValueError(f"{what} field {path}={value!r} is out of range: it must be {r.describe()}")
-
-
-# ------------------------------------------------------------------------------------- shared pieces
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -206,87 +261,88 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(out)
 
 
-def run_fields(c: ml_collections.ConfigDict, *, task: str, total_steps: int, checkpoint_every: int,
-               eval_every: int, keep_checkpoints: int = 2, seed: int = 0) -> None:
-  """The fields every training job has, set on c."""
-  c.task = task  # which job emojax.train runs
-  c.seed = seed  # seeds init, per-step RNG and data order (a resumed run must keep it)
-  c.total_steps = total_steps  # optimizer steps of the whole run (may grow on resume)
-  c.checkpoint_every = checkpoint_every  # steps between checkpoints (and at total_steps and on SIGTERM)
-  c.keep_checkpoints = keep_checkpoints  # newest checkpoints kept
-  c.eval_every = eval_every  # steps between evaluations (and at total_steps)
-  c.resume_changes = ""  # comma-separated fields deliberately changed from the checkpoint resumed (staged runs)
+def check_preset(preset: str, presets: dict[str, str], job: str) -> None:
+  """One-line ValueError unless preset is one of the config file's PRESETS (name -> what it is)."""
+  if preset not in presets:
+    names = list(presets)
+    raise ValueError(f"unknown preset {preset!r} for {job}; use {', '.join(names[:-1])} or {names[-1]}")
 
 
-RUN_RANGES = {
-    "seed": Int(0), "total_steps": Int(1), "checkpoint_every": Int(1), "keep_checkpoints": Int(1),
-    "eval_every": Int(1), "resume_changes": STR,
-}
+# ------------------------------------------------------------------------------------- shared pieces
+# Each `*_fields` declares a group of fields; the function of the same name without `_fields` builds it as a
+# ConfigDict (for presets that replace a whole group, and for code that needs one).
 
 
-def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, num_devices: int = -1) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.num_devices = num_devices  # devices the mesh uses (the first N); -1 = all
-  c.data = data  # data-parallel axis size; -1 = all devices left over
-  c.fsdp = fsdp  # parameter/optimizer-sharded data-parallel axis size
-  c.tensor = tensor  # tensor-parallel axis size (shards heads / MLP width)
-  return c
+def _as_config(declare):
+  @functools.wraps(declare)
+  def build(*args, **kwargs) -> ml_collections.ConfigDict:
+    return declare(*args, **kwargs).config()
+  build.__name__ = build.__qualname__ = declare.__name__.removesuffix("_fields")
+  build.__doc__ = f"`{declare.__name__}(...)` as a ConfigDict."
+  return build
 
 
-MESH_RANGES = {f"mesh.{k}": Int(1, also=(-1,)) for k in ("num_devices", "data", "fsdp", "tensor")}
+def run_fields(*, task: str, total_steps: int, checkpoint_every: int, eval_every: int, keep_checkpoints: int = 2,
+               seed: int = 0) -> Fields:
+  """The fields every training job has."""
+  f = Fields()
+  f("task", task, OneOf(task), "which job emojax.train runs")
+  f("seed", seed, Int(0), "seeds init, per-step RNG and data order (a resumed run must keep it)")
+  f("total_steps", total_steps, Int(1), "optimizer steps of the whole run (may grow on resume)")
+  f("checkpoint_every", checkpoint_every, Int(1), "steps between checkpoints (and at total_steps and on SIGTERM)")
+  f("keep_checkpoints", keep_checkpoints, Int(1), "newest checkpoints kept")
+  f("eval_every", eval_every, Int(1), "steps between evaluations (and at total_steps)")
+  f("resume_changes", "", STR, "comma-separated fields deliberately changed from the checkpoint resumed (staged runs)")
+  return f
 
 
-def sharding(param_rules=DEFAULT_PARAM_RULES) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.param_rules = [(rx, names) for rx, names in param_rules]  # param path regex -> logical axes, first match wins
-  c.logical_rules = [(n, a) for n, a in DEFAULT_LOGICAL_RULES]  # logical axis -> mesh axes
-  return c
+def mesh_fields(data: int = -1, fsdp: int = 1, tensor: int = 1, num_devices: int = -1) -> Fields:
+  f = Fields()
+  f("num_devices", num_devices, Int(1, also=(-1,)), "devices the mesh uses (the first N); -1 = all")
+  f("data", data, Int(1, also=(-1,)), "data-parallel axis size; -1 = all devices left over")
+  f("fsdp", fsdp, Int(1, also=(-1,)), "parameter/optimizer-sharded data-parallel axis size")
+  f("tensor", tensor, Int(1, also=(-1,)), "tensor-parallel axis size (shards heads / MLP width)")
+  return f
 
 
-SHARDING_RANGES = {"sharding.param_rules": ANY, "sharding.logical_rules": ANY}
+def sharding_fields(param_rules=DEFAULT_PARAM_RULES) -> Fields:
+  f = Fields()
+  f("param_rules", [(rx, names) for rx, names in param_rules], ANY,
+    "param path regex -> logical axes, first match wins")
+  f("logical_rules", [(n, a) for n, a in DEFAULT_LOGICAL_RULES], ANY, "logical axis -> mesh axes")
+  return f
 
 
-def optimizer(lr: float, grad_clip: float = 1.0, weight_decay: float = 0.0, warmup_steps: int = 0,
-              decay_steps: int = 0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-              decay_fraction: float = 0.0) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.learning_rate = lr  # peak learning rate of AdamW
-  c.warmup_steps = warmup_steps  # linear warmup steps, then constant
-  c.decay_steps = decay_steps  # linear decay to 0 over the last decay_steps of total_steps (0 = none)
-  c.decay_fraction = decay_fraction  # or over this share of total_steps, rounded (0 = none; not with decay_steps)
-  c.b1 = b1  # Adam beta1
-  c.b2 = b2  # Adam beta2
-  c.eps = eps  # Adam epsilon
-  c.weight_decay = weight_decay  # decoupled weight decay
-  c.grad_clip = grad_clip  # global-norm gradient clipping threshold
-  return c
+def optimizer_fields(lr: float, grad_clip: float = 1.0, weight_decay: float = 0.0, warmup_steps: int = 0,
+                     decay_steps: int = 0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                     decay_fraction: float = 0.0) -> Fields:
+  f = Fields()
+  f("learning_rate", lr, Positive(), "peak learning rate of AdamW")
+  f("warmup_steps", warmup_steps, Int(0), "linear warmup steps, then constant")
+  f("decay_steps", decay_steps, Int(0), "linear decay to 0 over the last decay_steps of total_steps (0 = none)")
+  f("decay_fraction", decay_fraction, Float(0.0, 1.0, hi_open=True),
+    "or over this share of total_steps, rounded (0 = none; not with decay_steps)")
+  f("b1", b1, Float(0.0, 1.0, hi_open=True), "Adam beta1")
+  f("b2", b2, Float(0.0, 1.0, hi_open=True), "Adam beta2")
+  f("eps", eps, Positive(), "Adam epsilon")
+  f("weight_decay", weight_decay, Float(0.0), "decoupled weight decay")
+  f("grad_clip", grad_clip, Positive(), "global-norm gradient clipping threshold")
+  return f
 
 
-OPTIM_RANGES = {
-    "optim.learning_rate": Positive(), "optim.warmup_steps": Int(0), "optim.decay_steps": Int(0),
-    "optim.decay_fraction": Float(0.0, 1.0, hi_open=True),
-    "optim.b1": Float(0.0, 1.0, hi_open=True), "optim.b2": Float(0.0, 1.0, hi_open=True), "optim.eps": Positive(),
-    "optim.weight_decay": Float(0.0), "optim.grad_clip": Positive(),
-}
-
-
-def lvlm_judge(path: str = "", batch_size: int = 32, max_prompt_len: int = 120,
-               max_new_tokens: int = 152) -> ml_collections.ConfigDict:
+def lvlm_judge_fields(path: str = "", batch_size: int = 32, max_prompt_len: int = 120,
+                      max_new_tokens: int = 152) -> Fields:
   """The LVLM judge of the generator's lvlm_emotion reward."""
-  c = ml_collections.ConfigDict()
-  c.path = path  # LVLM judge directory (emojax export or transformers Qwen2.5-VL); "" = the shipped tiny judge
-  c.batch_size = batch_size  # images per jitted greedy-decoding batch (the last batch is padded)
-  c.max_prompt_len = max_prompt_len  # prompt tokens, left-padded: the judge question + the image tokens
-  c.max_new_tokens = max_new_tokens  # answer tokens decoded at most (the tiny judge's answers need 148)
-  c.dtype = "float32"  # compute dtype of the judge's forward (weights are cast per op; a 7B judge: bfloat16)
-  c.mesh = "replicated"  # "replicated": each host's default device; "train": sharded over the training job's mesh
-  return c
-
-
-def lvlm_judge_ranges(prefix: str) -> dict[str, Range]:
-  return {f"{prefix}.path": STR, f"{prefix}.batch_size": Int(1), f"{prefix}.max_prompt_len": Int(1),
-          f"{prefix}.max_new_tokens": Int(1), f"{prefix}.dtype": OneOf("float32", "bfloat16"),
-          f"{prefix}.mesh": OneOf("replicated", "train")}
+  f = Fields()
+  f("path", path, STR, 'LVLM judge directory (emojax export or transformers Qwen2.5-VL); "" = the shipped tiny judge')
+  f("batch_size", batch_size, Int(1), "images per jitted greedy-decoding batch (the last batch is padded)")
+  f("max_prompt_len", max_prompt_len, Int(1), "prompt tokens, left-padded: the judge question + the image tokens")
+  f("max_new_tokens", max_new_tokens, Int(1), "answer tokens decoded at most (the tiny judge's answers need 148)")
+  f("dtype", "float32", OneOf("float32", "bfloat16"),
+    "compute dtype of the judge's forward (weights are cast per op; a 7B judge: bfloat16)")
+  f("mesh", "replicated", OneOf("replicated", "train"),
+    '"replicated": the default device of each host; "train": sharded over the mesh of the training job')
+  return f
 
 
 # Flow-GRPO's SD3.5-M LoRA targets: the joint attention's image and context projections
@@ -295,54 +351,49 @@ SD3_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_pro
 QWEN_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # decoder only
 
 
-def lora(rank: int = 0, alpha: float = 64.0, targets=SD3_LORA_TARGETS) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.rank = rank  # LoRA rank; 0 = no LoRA (the configured parameter groups train directly)
-  c.alpha = alpha  # the adapter's output is scaled by alpha / rank
-  c.dropout = 0.0  # dropout on the adapter's input (GRPO needs 0: the rollout and the update must be one policy)
-  c.target_modules = tuple(targets)  # Dense layers to adapt: PEFT-style names matched as dotted-path suffixes
-  return c
+def lora_fields(rank: int = 0, alpha: float = 64.0, targets=SD3_LORA_TARGETS) -> Fields:
+  f = Fields()
+  f("rank", rank, Int(0), "LoRA rank; 0 = no LoRA (the configured parameter groups train directly)")
+  f("alpha", alpha, Positive(), "the adapter's output is scaled by alpha / rank")
+  f("dropout", 0.0, Float(0.0, 1.0, hi_open=True),
+    "dropout on the adapter's input (GRPO needs 0: the rollout and the update must be one policy)")
+  f("target_modules", tuple(targets), Names(),
+    "Dense layers to adapt: PEFT-style names matched as dotted-path suffixes")
+  return f
 
 
-def lora_ranges(prefix: str) -> dict[str, Range]:
-  return {f"{prefix}.rank": Int(0), f"{prefix}.alpha": Positive(), f"{prefix}.dropout": Float(0.0, 1.0, hi_open=True),
-          f"{prefix}.target_modules": Names()}
-
-
-def preference_model(path: str = "", scale: float = 1.0, batch_size: int = 32) -> ml_collections.ConfigDict:
+def preference_model_fields(path: str = "", scale: float = 1.0, batch_size: int = 32) -> Fields:
   """The preference model of the generator's pickscore reward and metrics."""
-  c = ml_collections.ConfigDict()
-  c.path = path  # transformers CLIP directory (e.g. PickScore_v1); "" = the shipped tiny preference model
-  c.scale = scale  # the reward is PickScore / scale (PickScore_v1: 26, as Flow-GRPO; the tiny model: see its README)
-  c.iqa_pair = ("a clean picture", "a noisy picture")  # CLIP-IQA antonyms (positive first); real CLIP: Good/Bad photo.
-  c.batch_size = batch_size  # images per jitted scoring batch
-  return c
+  f = Fields()
+  f("path", path, STR, 'transformers CLIP directory (e.g. PickScore_v1); "" = the shipped tiny preference model')
+  f("scale", scale, Positive(),
+    "the reward is PickScore / scale (PickScore_v1: 26, as Flow-GRPO; the tiny model: see its README)")
+  f("iqa_pair", ("a clean picture", "a noisy picture"), Names(),
+    "CLIP-IQA antonyms (positive first); real CLIP: Good/Bad photo.")
+  f("batch_size", batch_size, Int(1), "images per jitted scoring batch")
+  return f
 
 
-def preference_model_ranges(prefix: str) -> dict[str, Range]:
-  return {f"{prefix}.path": STR, f"{prefix}.scale": Positive(), f"{prefix}.iqa_pair": Names(),
-          f"{prefix}.batch_size": Int(1)}
-
-
-def lvlm_data(seed: int) -> ml_collections.ConfigDict:
+def lvlm_data_fields(seed: int) -> Fields:
   """config.data of the LVLM jobs: which EmoShapes world they train on, and its noise augmentation."""
-  d = ml_collections.ConfigDict()
-  d.name = "emoshapes"  # training images: "emoshapes" or "emoset_va" (emojax.data.sources)
-  d.dir = ""  # TFDS data_dir of a prepared dataset ("" with emoshapes: the procedural world)
-  d.config = ""  # TFDS builder config ("" = the image side, e.g. "64")
-  d.workers = 0  # grain worker processes reading and transforming records (0: threads of the main process)
-  d.seed = seed  # EmoShapes world seed of the training images
-  d.num_examples = 200_000  # size of the procedural training set
-  d.image_size = 32  # EmoShapes image side in pixels
-  d.dark_prob = 0.0  # share of training images darkened (x U(0.04, 0.4)) and relabelled (pipeline.Darken)
-  d.noise_prob = 0.5  # share of training images given Gaussian pixel noise and relabelled (pipeline.PixelNoise)
-  d.noise_max_std = 0.4  # the noise std is uniform in [0, noise_max_std] ([0, 1] pixel units)
-  d.feedback_share = 0.0  # share of rows turned into feedback-task rows (pipeline.FeedbackTask); 0 = judge only
-  return d
+  f = Fields()
+  f("name", "emoshapes", OneOf("emoshapes", "emoset_va"),
+    'training images: "emoshapes" or "emoset_va" (emojax.data.sources)')
+  f("dir", "", STR, 'TFDS data_dir of a prepared dataset ("" with emoshapes: the procedural world)')
+  f("config", "", STR, 'TFDS builder config ("" = the image side, e.g. "64")')
+  f("workers", 0, Int(0), "grain worker processes reading and transforming records (0: threads of the main process)")
+  f("seed", seed, Int(0), "EmoShapes world seed of the training images")
+  f("num_examples", 200_000, Int(1), "size of the procedural training set")
+  f("image_size", 32, Int(8, 4096), "EmoShapes image side in pixels")
+  f("dark_prob", 0.0, Fraction(), "share of training images darkened (x U(0.04, 0.4)) and relabelled (pipeline.Darken)")
+  f("noise_prob", 0.5, Fraction(),
+    "share of training images given Gaussian pixel noise and relabelled (pipeline.PixelNoise)")
+  f("noise_max_std", 0.4, Fraction(), "the noise std is uniform in [0, noise_max_std] ([0, 1] pixel units)")
+  f("feedback_share", 0.0, Fraction(),
+    "share of rows turned into feedback-task rows (pipeline.FeedbackTask); 0 = judge only")
+  return f
 
 
-LVLM_DATA_RANGES = {
-    "data.name": OneOf("emoshapes", "emoset_va"), "data.dir": STR, "data.config": STR, "data.workers": Int(0),
-    "data.seed": Int(0), "data.num_examples": Int(1), "data.image_size": Int(8, 4096),
-    "data.dark_prob": Fraction(), "data.noise_prob": Fraction(), "data.noise_max_std": Fraction(), "data.feedback_share": Fraction(),
-}
+mesh, sharding, optimizer = _as_config(mesh_fields), _as_config(sharding_fields), _as_config(optimizer_fields)
+lvlm_judge, lora = _as_config(lvlm_judge_fields), _as_config(lora_fields)
+preference_model, lvlm_data = _as_config(preference_model_fields), _as_config(lvlm_data_fields)

@@ -19,7 +19,9 @@ def _train(*args, workdir):
 
 @pytest.mark.parametrize("args, message", [
     (["--config=configs/generator.py", "--config.rl.no_such_field=1"], "unknown config field rl.no_such_field"),
-    (["--config=configs/generator.py:bogus"], "unknown preset 'bogus'"),
+    (["--config=configs/generator.py:bogus"], "unknown preset 'bogus' for generator; use default, smoke or sd35m"),
+    (["--config=configs/lvlm.py", "--config.rewards.weights.format=-1"],
+     "config field rewards.weights.format=-1.0 is out of range: it must be a number >= 0"),
     (["--config=configs/generator.py", "--config.model.pretrained=/nonexistent/gen"], "/nonexistent/gen does not exist"),
     # what a new user tried: out-of-range values are named with their valid range, before anything runs
     (["--config=configs/generator.py", "--config.rl.group_size=0"],
@@ -46,9 +48,9 @@ def test_bad_input_is_one_line(args, message, tmp_path):
 
 
 def test_loading_a_config_imports_no_jax_flax_or_model():
-  code = ("import sys\nimport configs.generator, configs.lvlm, configs.sft_lvlm, configs.pretrain_generator, "
-          "configs.evaluate\nfor n in ('generator', 'lvlm', 'sft_lvlm', 'pretrain_generator'):\n"
-          "  getattr(configs, n).get_config()\n"
+  names = ("generator", "lvlm", "sft_lvlm", "pretrain_generator", "pretrain_preference", "evaluate",
+           "evaluate_generator", "ablation")
+  code = (f"import importlib, sys\nfor n in {names!r}:\n  importlib.import_module('configs.' + n).get_config()\n"
           "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'optax', 'orbax', 'grain') "
           "or m.startswith(('emojax.models', 'emojax.tasks'))))")
   proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

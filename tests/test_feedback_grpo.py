@@ -70,7 +70,7 @@ def mixed_task(tmp_path_factory):
   c = lvlm_config.get_config("feedback_smoke")
   c.unlock()
   c.data.feedback_share = 0.5
-  config_utils.validate(c, lvlm_config.RANGES, what="configs/lvlm.py")
+  config_utils.validate(c, lvlm_config.FIELDS, what="configs/lvlm.py")
   task = LVLMGRPO(c)
   task._read = lambda images: [Answer(float(v), float(a), None, "", True) for v, a in zip(*colour_judge_np(images))]
   return task
