@@ -28,8 +28,7 @@ def fields() -> cu.Fields:
   f("model.emotion_tokens", 4, cu.Int(1),
     "sd3: V-A tokens joining the text context (a tiny generator's config holds its own)")
   f("model.frozen", ("text", "mmdit"), cu.Names(*GENERATOR_GROUPS),
-    "parameter groups left untouched: only the V-A embedding learns (training the MMDiT too "
-    "reward-hacks the colour judge with texture within 40 steps)")
+    "parameter groups left untouched (default: the V-A embedding alone learns, so texture cannot fool the judge)")
   f("model.dtype", "float32", cu.OneOf("float32", "bfloat16"),
     "compute dtype of the generator's forward in rollouts and updates; params, optimizer, log-probs, ratios, "
     "advantages and the loss stay float32")
@@ -55,66 +54,55 @@ def fields() -> cu.Fields:
   f("rl.num_steps", 8, cu.Int(1, 1000), "SDE sampling steps")
   f("rl.shift", 3.0, cu.Positive(), "SD3 sigma-schedule shift")
   f("rl.noise_level", 1.0, cu.Float(0.0, 2.0, lo_open=True),
-    "SDE noise level a (Flow-GRPO: 0.7; here arousal moves only at 1.0, README)")
+    "SDE noise level a: how far rollouts of one group spread (Flow-GRPO: 0.7)")
   f("rl.sde_steps", 4, cu.Int(0),
-    "leading SDE steps (trained); the rest are Euler steps (0 = all SDE): noise a late SDE step injects "
-    "is never denoised, and in pixel space it is grain that the preference model (rightly) scores as noise")
+    "leading SDE steps (trained); the rest are Euler steps (0 = all SDE): noise a late SDE step injects is never "
+    "denoised")
   f("rl.cfg_scale", 1.0, cu.Float(0.0), "classifier-free guidance in rollouts and training (1 = off)")
   f("rl.shared_init_noise", True, cu.BOOL,
     "one initial noise per group: rewards then differ only by the SDE steps' noise")
   f("rl.clip_eps", 1e-4, cu.Positive(), "PPO clip range (log-probs are per-dimension means)")
   f("rl.kl_beta", 1.0, cu.Float(0.0),
-    "weight of the Flow-GRPO KL to the reference generator (0 = no reference); 1.0, not Flow-GRPO's 0.01: at "
-    "lr 1e-3 the embedding otherwise drifts to where the MMDiT draws grain (eval PickScore/37.5 0.84 -> 0.49)")
+    "weight of the Flow-GRPO KL to the reference generator (0 = no reference); high, to hold the embedding near "
+    "the pretrained one")
   f("rl.adv_clip", 5.0, cu.Positive(), "advantages clipped to +-adv_clip")
   f("rl.adv_eps", 1e-4, cu.Positive(), "std floor in group advantages")
   f("rl.adv_std", "group", cu.OneOf("group", "batch"),
     'advantages divided by each group\'s reward std ("group", GRPO) or the batch\'s pooled within-group std '
-    '("batch"): with "group" a target no image reaches, whose rewards differ only by the judge\'s noise, still '
-    "gets +-1 advantages")
+    '("batch": a group whose rewards differ only by judge noise gets small advantages)')
   f("rl.timestep_fraction", 1.0, cu.Fraction(lo_open=True), "fraction of the SDE steps trained per sample")
   f("rl.grad_accum", 2, cu.Int(1), "micro-batches per optimizer update")
   f("rl.inner_epochs", 1, cu.Int(1), "optimizer updates per rollout batch")
   f("rl.ratio_tolerance", 1e-5, cu.Float(0.0), "warn when the first-epoch ratio deviates from 1 by more")
   f("rl.old_logprob", "rollout", cu.OneOf("rollout", "update"),
-    'the PPO ratio\'s old log-prob: "rollout" (the sampler\'s) or "update" (the first update\'s own forward; in '
-    "bf16 the sampler's and the update's programs round apart by more than clip_eps; sampler_ratio_dev logs the gap)")
+    'the PPO ratio\'s old log-prob: "rollout" (the sampler\'s) or "update" (the first update\'s own forward, for '
+    "when the two programs round apart, e.g. in bf16; sampler_ratio_dev logs the gap)")
 
   f("rewards.weights.*", {"lvlm_emotion": 1.0, "colour_emotion": 0.0, "pickscore": 0.03}, cu.Float(0.0),
-    "reward name -> weight (emojax.rewards.registry); zero weights are skipped, so "
-    "--config.rewards.weights.lvlm_emotion=0 --config.rewards.weights.colour_emotion=1 switches judges. "
-    "lvlm_emotion: the LVLM judge's greedy reading; colour_emotion: the colour judge, which stays the "
-    "independent evaluator (judge/* metrics) either way; "
-    "pickscore: the preference model's PickScore / rewards.pickscore.scale, a tripwire against painting noise "
-    "(the KL keeps the pictures); 0.03: on noise-level-1.0 rollouts its spread within a group (0.23) dwarfs the "
-    "emotion reward's, and at weights 0.1-1 it sets the ranking and pulls the dark column vivid (README, Status)")
+    "reward name -> weight (emojax.rewards.registry; zero weights are skipped): lvlm_emotion, the LVLM judge's "
+    "reading; colour_emotion, the colour judge (always the independent evaluator, judge/*); pickscore, "
+    "PickScore / rewards.pickscore.scale, kept small: a tripwire against painting noise, not a ranking")
   f("rewards.normalize", "none", cu.OneOf("none", "batch", "group", "group_axes"),
     '"none", "batch" or "group": z-score each reward over the batch / each group first; "group_axes": "group" '
     "with each emotion reward's valence and arousal terms z-scored apart (emojax.rewards.registry.combine)")
   f("rewards.emotion_distance", "l2", cu.OneOf("l1", "l2"),
     "each emotion reward's distance in the V-A plane (rewards.registry.emotion_distance_reward): \"l1\" (the "
-    "judges' own 1 - (|dV| + |dA|) / 12) or \"l2\" (1 - Euclidean / (6 sqrt 2): at targets no image reaches, "
-    "lowers both axes)")
+    "judges' own 1 - (|dV| + |dA|) / 12) or \"l2\" (1 - Euclidean / (6 sqrt 2): pulls both axes together)")
   f.include("rewards.lvlm", cu.lvlm_judge_fields())  # the LVLM judge of lvlm_emotion
-  # the preference model of pickscore and the eval/pickscore metric; scale 37.5: pickscore_tiny's mean on clean
-  # held-out renders (PickScore_v1: 26, as Flow-GRPO), so a clean picture earns about 1 and colour noise about -0.2
+  # the preference model of pickscore and eval/pickscore; scale: about the tiny model's PickScore of a clean
+  # render, so a clean picture earns about 1
   f.include("rewards.pickscore", cu.preference_model_fields(scale=37.5))
 
   f("eval.seed", 12345, cu.Int(0), "held-out EmoShapes seed for eval prompts and noise")
   f("eval.num_prompts", 16, cu.Int(1),
-    "neutral prompts, each sampled at a 3x3 grid of V-A targets: 16 x 9 = 144 images (a 36-image grid's errors "
-    "move by 0.05-0.10 with the prompts and noise drawn)")
+    "neutral prompts, each sampled at a 3x3 grid of V-A targets (16 x 9 = 144 images)")
   f("eval.num_steps", 8, cu.Int(1, 1000), "ODE steps")
   f("eval.at_start", True, cu.BOOL, 'also evaluate the pretrained generator at step 1 (the "before")')
   f("eval.preference", True, cu.BOOL,
-    "also log eval/pickscore, eval/pickscore_min_cell (the lowest V-A cell's mean over prompts: a noise column) "
-    "and eval/clip_iqa with rewards.pickscore's model")
+    "also log eval/pickscore, eval/pickscore_min_cell (the lowest V-A cell's mean over prompts) and eval/clip_iqa "
+    "with rewards.pickscore's model")
 
-  # 1e-3 with the KL above; at 1e-4 the embedding (already trained by the supervised V-A stage) barely moves
-  # (eval |dA| +3..+12%), at 1e-3 with Flow-GRPO's KL it walks off into grain (README, Status). Decayed linearly
-  # to 0 over the last half (60 of 120 steps): where no image reaches the target (V -2.4, A -2.4) the reward is
-  # flat and the embedding random-walks; at a constant 1e-3 that cell turned to grain by step 120 on 2 of 5 seeds
-  # (eval/pickscore_min_cell)
+  # decayed linearly to 0 over the last half of the run, so the embedding settles where a target's reward is flat
   f.include("optim", cu.optimizer_fields(lr=1e-3, grad_clip=1.0, decay_fraction=0.5))
   f.include("mesh", cu.mesh_fields())
   f.include("sharding", cu.sharding_fields(cu.MMDIT_PARAM_RULES))
@@ -151,7 +139,7 @@ def sd35m(c):
   c.rl.num_steps, c.rl.sde_steps, c.rl.cfg_scale, c.rl.noise_level = 10, 0, 4.5, 0.7
   c.rl.shared_init_noise, c.rewards.emotion_distance = False, "l1"
   c.rl.clip_eps, c.rl.kl_beta, c.rl.timestep_fraction = 1e-4, 0.01, 1.0
-  c.rl.old_logprob = "update"  # bf16: the sampler's log-probs differ from the update's by ~3e-3 (README)
+  c.rl.old_logprob = "update"  # bf16: the sampler's and the update's programs round apart
   c.rewards.weights = {"lvlm_emotion": 1.0, "colour_emotion": 0.0, "pickscore": 1.0}
   c.rewards.lvlm = cu.lvlm_judge(batch_size=16, max_prompt_len=512, max_new_tokens=256)  # 512 px: 324 image tokens
   c.rewards.lvlm.dtype, c.rewards.lvlm.mesh = "bfloat16", "train"  # the 7B judge sharded over the job's mesh

@@ -19,7 +19,6 @@ PRESETS = {
 
 
 def fields() -> cu.Fields:
-  # 80 GRPO steps of about 5 s each on 2 CPU cores: ~7 min plus evaluations
   f = cu.run_fields(task="lvlm_grpo", total_steps=80, checkpoint_every=40, eval_every=40)
   f("export_dtype", "float32", cu.OneOf(*cu.DTYPES), "dtype of the exported params.safetensors")
   f("max_prompt_len", 120, cu.Int(1),
@@ -28,7 +27,7 @@ def fields() -> cu.Fields:
   f("images_per_step", 4, cu.Int(1), "distinct images per step (global batch rows; x group_size sampled answers)")
   f("group_size", 8, cu.Int(2), "sampled answers per image (the GRPO group)")
   f("temperature", 0.7, cu.Float(0.0, lo_open=True),
-    "rollout temperature, also of every scored log-prob; at 1.0 a quarter of samples break format")
+    "rollout temperature, also of every scored log-prob (lower keeps sampled answers in format)")
   f("top_p", 1.0, cu.Fraction(lo_open=True), "nucleus mass of rollouts (1 = full distribution)")
   f("max_new_tokens", 152, cu.Int(1), "answer tokens incl. end of turn (the longest SFT answer is 148)")
   f("clip_eps", 0.2, cu.Positive(), "token-level PPO clip range of the ratio")

@@ -33,19 +33,18 @@ PRESETS = {
 
 
 def fields() -> cu.Fields:
-  # 3000 optimizer steps: about 75 minutes on 2 free CPU cores
   f = cu.run_fields(task="pretrain_generator", total_steps=3000, checkpoint_every=200, eval_every=400)
   f("batch_size", 64, cu.Int(1), "global images per step")
   f("ema_decay", 0.999, cu.Fraction(), "EMA decay cap (warmed up as (1+t)/(10+t))")
   f("export_weights", "ema", cu.OneOf("ema", "params"),
-    'weights evaluated and exported: "ema", or "params" (raw; sharper after the lr decay)')
+    'weights evaluated and exported: "ema" (the moving average) or "params" (the raw weights)')
   f("export_dtype", "float16", cu.OneOf(*cu.DTYPES), "dtype of the exported params.safetensors")
   f("logit_mean", 1.0986, cu.Float(), "SD3 logit-normal sigma density: mean; ln(3) = the sampling schedule's shift 3")
   f("logit_std", 1.0, cu.Positive(), "SD3 logit-normal sigma density: std")
   f("shape_weight", 0.0, cu.Float(0.0),
     "extra loss weight on shape pixels (1 + w there, renormalised per image): makes layout matter")
   f("shape_margin", 0, cu.Int(0, 16),
-    "px of background around each shape weighted like it (0: shape pixels only, which paints blocks)")
+    "px of background around each shape weighted like it (0: shape pixels only), so outlines count too")
   f("uniform_sigma_frac", 0.0, cu.Fraction(),
     "share of samples with sigma ~ U(0, 1) instead (logit-normal puts ~1% below 0.1)")
 

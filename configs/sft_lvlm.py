@@ -19,7 +19,6 @@ PRESETS = {
 
 
 def fields() -> cu.Fields:
-  # 500 optimizer steps: about 30 min at 2.8-3.7 s each on a shared 2-core CPU
   f = cu.run_fields(task="sft_lvlm", total_steps=500, checkpoint_every=250, eval_every=250)
   f("batch_size", 32, cu.Int(1), "global examples per step")
   f("export_dtype", "float32", cu.OneOf(*cu.DTYPES),
@@ -60,7 +59,7 @@ def get_config(arg=None):
   cu.check_preset(arg.preset, PRESETS, "sft_lvlm")
   c = FIELDS.config()
   if arg.preset == "feedback":  # the second task: the shipped judge also learns to critique and rewrite
-    c.model.pretrained = "asset:lvlm_tiny"  # the shipped judge (the README gives the chain that made today's asset)
+    c.model.pretrained = "asset:lvlm_tiny"  # the shipped judge
     c.data.seed = 5  # a world neither the judge's SFT (1) nor its GRPO (3) saw
     c.data.feedback_share = 0.5
     c.max_prompt_len, c.target_len = 216, 240  # the longest feedback question (215 with the image) and answer (239)

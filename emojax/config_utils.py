@@ -367,7 +367,7 @@ def preference_model_fields(path: str = "", scale: float = 1.0, batch_size: int 
   f = Fields()
   f("path", path, STR, 'transformers CLIP directory (e.g. PickScore_v1); "" = the shipped tiny preference model')
   f("scale", scale, Positive(),
-    "the reward is PickScore / scale (PickScore_v1: 26, as Flow-GRPO; the tiny model: see its README)")
+    "the reward is PickScore / scale, about 1 for a clean picture (PickScore_v1: 26, as Flow-GRPO)")
   f("iqa_pair", ("a clean picture", "a noisy picture"), Names(),
     "CLIP-IQA antonyms (positive first); real CLIP: Good/Bad photo.")
   f("batch_size", batch_size, Int(1), "images per jitted scoring batch")
