@@ -1,6 +1,6 @@
 """Evaluating any generator export on prompts x a V-A grid, as the paper reports it.
 
-Every (prompt, V, A) is generated from fixed noise (ODE, JIT-batched), then read by every judge:
+Every (prompt, V, A) is generated from fixed noise (the policy's `generate_uint8`), then read by every judge:
 the LVLM judge's V̂, Â and category (its greedy answer), the colour judge's V and A (the tiny world's
 definition of emotion), and the preference model's PickScore, CLIP-Score and CLIP-IQA.
 
@@ -15,19 +15,14 @@ va_scatter.png (target vs judged V and A, identity line).
 from __future__ import annotations
 
 import csv
-import functools
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from emojax.emotion import scoring
 from emojax.emotion.answer import parse_answer
 from emojax.emotion.colour import colour_error_floor, colour_judge_np
 from emojax.emotion.space import CATEGORIES, check_va, nearest_category
-from emojax.io.images import to_uint8
-from emojax.pipelines import tiny
 
 CSV_FIELDS = ("file", "prompt", "target_valence", "target_arousal", "judged_valence", "judged_arousal",
               "judged_category", "colour_valence", "colour_arousal", "clip_score", "pickscore", "clip_iqa")
@@ -51,39 +46,6 @@ def grid_rows(prompts, grid) -> tuple[list[str], np.ndarray]:
     raise ValueError("no prompts to evaluate")
   va = np.array([(v, a) for v in grid for a in grid], np.float32)
   return [p for p in prompts for _ in va], np.tile(va, (len(prompts), 1))
-
-
-def generate(gen, gcfg, params, prompts, va, *, seed: int, batch_size: int, num_steps: int, shift: float,
-             cfg_scale: float, progress: bool = True, noise_ids=None) -> np.ndarray:
-  """uint8 images (N, H, W, 3): row i from the noise fold_in(key(seed), noise_ids[i]) (default i), whatever
-  the batching."""
-  tok = tiny.tokenizer_for(gcfg)
-  key = jax.random.key(seed)
-  noise_ids = np.arange(len(prompts)) if noise_ids is None else np.asarray(noise_ids)
-  if len(noise_ids) != len(prompts):
-    raise ValueError(f"{len(prompts)} prompts but {len(noise_ids)} noise ids")
-  out = []
-  starts = range(0, len(prompts), batch_size)
-  if progress:
-    from tqdm import tqdm
-    starts = tqdm(starts, desc="generate", unit="batch")
-  for start in starts:
-    idx = np.arange(start, min(start + batch_size, len(prompts)))
-    pad = np.concatenate([idx, np.full(batch_size - len(idx), idx[-1])])
-    batch_prompts = [prompts[i] for i in pad]
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(noise_ids[pad]))
-    images = _generate_rows(gen, params, tok(batch_prompts), tok([""] * batch_size), jnp.asarray(va[pad]), keys,
-                            num_steps=num_steps, shift=shift, cfg_scale=cfg_scale)
-    out.append(to_uint8(np.asarray(images))[:len(idx)])
-  return np.concatenate(out)
-
-
-@functools.partial(jax.jit, static_argnames=("gen", "num_steps", "shift", "cfg_scale"))
-def _generate_rows(gen, params, ids, uncond, va, keys, *, num_steps, shift, cfg_scale):
-  """One jitted batch where each row has its own noise key (so batching never changes a row)."""
-  kw = dict(num_steps=num_steps, shift=shift, cfg_scale=cfg_scale)
-  return jax.vmap(lambda i, u, v, k: tiny.generate(gen, params, i[None], u[None], v[None], k, **kw)[0])(
-      ids, uncond, va, keys)
 
 
 def judge_rows(images, prompts, va, *, lvlm_answers, scorer, iqa_pair) -> dict[str, np.ndarray]:

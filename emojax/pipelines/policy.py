@@ -119,8 +119,7 @@ class TinyPolicy:
                          shift=shift, cfg_scale=cfg_scale, method="ode")
 
   def generate_uint8(self, params, prompts, va, **kw) -> np.ndarray:
-    from emojax.evaluation import report
-    return report.generate(self.gen, self.gcfg, params, prompts, va, **kw)
+    return tiny.generate_uint8(self.gen, self.gcfg, params, prompts, va, **kw)
 
   def export(self, directory, params, dtype=np.float32, write_more=None):
     tiny.export_generator(directory, self.gcfg, params, dtype, write_more=write_more)

@@ -13,12 +13,12 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from emojax.diffusion import schedule
 from emojax.diffusion.rollout import cfg_velocity, rollout
-import numpy as np
-
 from emojax.io import assets, hf_weights
+from emojax.io.images import to_uint8
 from emojax.io.tokenizers import ByteTokenizer
 from emojax.models import generator as gen_lib
 from emojax.models import mmdit
@@ -100,3 +100,37 @@ def generate(gen: gen_lib.Generator, params, input_ids, uncond_ids, va, key, *, 
   sigmas = jnp.asarray(schedule.sd3_sigmas(num_steps, shift))
   x0, _ = rollout(fn, x, sigmas, k_roll, noise_level=noise_level, method=method, with_logprob=False)
   return jnp.clip(x0, -1.0, 1.0)
+
+
+def generate_uint8(gen: gen_lib.Generator, gcfg: gen_lib.GeneratorConfig, params, prompts, va, *, seed: int,
+                   batch_size: int, num_steps: int, shift: float, cfg_scale: float, progress: bool = True,
+                   noise_ids=None) -> np.ndarray:
+  """uint8 ODE images (N, H, W, 3) of prompts at va, in jitted batches: row i from the noise
+  fold_in(key(seed), noise_ids[i]) (default i), whatever the batching."""
+  tok = tokenizer_for(gcfg)
+  key = jax.random.key(seed)
+  noise_ids = np.arange(len(prompts)) if noise_ids is None else np.asarray(noise_ids)
+  if len(noise_ids) != len(prompts):
+    raise ValueError(f"{len(prompts)} prompts but {len(noise_ids)} noise ids")
+  out = []
+  starts = range(0, len(prompts), batch_size)
+  if progress:
+    from tqdm import tqdm
+    starts = tqdm(starts, desc="generate", unit="batch")
+  for start in starts:
+    idx = np.arange(start, min(start + batch_size, len(prompts)))
+    pad = np.concatenate([idx, np.full(batch_size - len(idx), idx[-1])])
+    batch_prompts = [prompts[i] for i in pad]
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(noise_ids[pad]))
+    images = _generate_rows(gen, params, tok(batch_prompts), tok([""] * batch_size), jnp.asarray(va[pad]), keys,
+                            num_steps=num_steps, shift=shift, cfg_scale=cfg_scale)
+    out.append(to_uint8(np.asarray(images))[:len(idx)])
+  return np.concatenate(out)
+
+
+@functools.partial(jax.jit, static_argnames=("gen", "num_steps", "shift", "cfg_scale"))
+def _generate_rows(gen, params, ids, uncond, va, keys, *, num_steps, shift, cfg_scale):
+  """One jitted batch where each row has its own noise key (so batching never changes a row)."""
+  kw = dict(num_steps=num_steps, shift=shift, cfg_scale=cfg_scale)
+  return jax.vmap(lambda i, u, v, k: generate(gen, params, i[None], u[None], v[None], k, **kw)[0])(
+      ids, uncond, va, keys)

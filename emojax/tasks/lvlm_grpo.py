@@ -36,7 +36,6 @@ from absl import logging
 from emojax import optim, trainer
 from emojax.data import feedback, judge_targets, pipeline
 from emojax.emotion.colour import colour_judge_np
-from emojax.evaluation import report
 from emojax.io import assets
 from emojax.lvlm import judge, sampling
 from emojax.lvlm import processor as proc_lib
@@ -113,7 +112,7 @@ class LVLMGRPO:
     self._reward_keys += [f"reward/feedback_{k}" for k in parts]
     gen, gcfg, gparams = tiny.load_generator(f.generator)
     gparams = jax.device_put(gparams)
-    self._render = lambda prompts, va, ids: report.generate(
+    self._render = lambda prompts, va, ids: tiny.generate_uint8(
         gen, gcfg, gparams, prompts, np.asarray(va, np.float32), seed=f.noise_seed, batch_size=f.batch_size,
         num_steps=f.num_steps, shift=f.shift, cfg_scale=f.cfg_scale, progress=False, noise_ids=ids)
     reader = LVLMJudgeReward.from_config(f.judge)
