@@ -4,7 +4,7 @@ booking a pod.
   python -m bench.mesh --config=configs/generator.py --meshes=8x1x1,4x2x1,2x2x2,1x8x1,1x4x2
   python -m bench.mesh --config=configs/lvlm.py:smoke --meshes=8x1x1,2x1x4 --set=max_new_tokens=152
 
-Meshes are data x fsdp x tensor. For each: the job's programs compiled ahead of time (emojax.planning: per-device
+Meshes are data x fsdp x tensor. For each: the job's programs compiled ahead of time (emojax.plan: per-device
 bytes of the largest program, XLA's figure, and the compile time of each), then `steps` training steps of the job
 itself through the trainer (its real data, weights and host stages) timed per step, the first (compilation) apart.
 One JSON line per mesh, then a markdown table. The devices are simulated on this CPU, so the step times say how
@@ -62,7 +62,7 @@ def main(argv=None):
   devices = max(math.prod(m.values()) for m in meshes)
   from emojax import cli
   cli.simulate_devices(devices)
-  from emojax import planning, trainer
+  from emojax import plan, trainer
   from emojax.tasks import make_task
 
   rows = []
@@ -74,7 +74,7 @@ def main(argv=None):
       config.total_steps, config.checkpoint_every, config.eval_every = args.steps, 10**6, 10**6
       if "eval" in config and "at_start" in config.eval:
         config.eval.at_start = False
-    plans = planning.plan(config.copy_and_resolve_references(), device_memory=2**50)
+    plans = plan.plan(config.copy_and_resolve_references(), device_memory=2**50)
     with tempfile.TemporaryDirectory() as workdir:
       result = trainer.run(config, workdir, make_task(config), progress=False)
     times = [m["step_time_s"] for m in result.metrics]

@@ -67,7 +67,7 @@ def test_sharding_divides_the_rollout_and_update_memory():
   and the update's temporaries shrink by far more than half against one device (classifier-free guidance that
   concatenated [cond; uncond] was replicated by XLA: the rollout of a 2-layer one at 256 px kept 0.75x)."""
   from configs import generator
-  from emojax import planning
+  from emojax import plan
   from emojax.models import mmdit
   mmdit.PRESETS["one_layer_sd35m"] = dataclasses.replace(mmdit.PRESETS["sd35m"], num_layers=1,
                                                          dual_attention_layers=(0,))
@@ -77,7 +77,7 @@ def test_sharding_divides_the_rollout_and_update_memory():
       c = generator.get_config("sd35m")
       with c.unlocked():
         c.mesh.num_devices, c.mesh.data, c.mesh.fsdp, c.model.resolution = n, 1, fsdp, 128
-      rows = planning.plan(c, device_memory=2**40, architecture="one_layer_sd35m", programs=("rollout", "update"))
+      rows = plan.plan(c, device_memory=2**40, architecture="one_layer_sd35m", programs=("rollout", "update"))
       rows = {r["program"]: r for r in rows}
       for row in rows.values():
         check_bookkeeping(row, fsdp)
@@ -92,7 +92,7 @@ def test_sharding_divides_the_rollout_and_update_memory():
 
 
 def test_bad_input_is_one_line():
-  """The command line's errors, each one line: the flags' and the mesh's through the command line, planning.plan's
+  """The command line's errors, each one line: the flags' and the mesh's through the command line, plan.plan's
   in process (the command line prints them by the same cli.run), which saves an interpreter start each."""
   for args, message in [
       (("--config=configs/generator.py:sd35m", "--mesh=data=1,pipeline=8"), "unknown axis 'pipeline'"),
@@ -102,10 +102,10 @@ def test_bad_input_is_one_line():
     proc = plan_cli(*args, timeout=300)
     assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], (args, proc.stderr[-2000:])
   from configs import generator, sft_lvlm
-  from emojax import planning  # not emojax.plan: its absl flags would clash with other CLIs imported by tests
+  from emojax import plan  # its flags are defined only when it runs as the command line
   with pytest.raises(ValueError, match="plans generator_grpo and lvlm_grpo configs"):
-    planning.plan(sft_lvlm.get_config(), device_memory=2**30)
+    plan.plan(sft_lvlm.get_config(), device_memory=2**30)
   with pytest.raises(ValueError, match=re.escape("['eval'] are not programs")):
-    planning.plan(generator.get_config("sd35m"), device_memory=2**30, programs=("judge", "eval"))
+    plan.plan(generator.get_config("sd35m"), device_memory=2**30, programs=("judge", "eval"))
   with pytest.raises(ValueError, match="no MMDiT preset of that name"):
-    planning.plan(generator.get_config("sd35m"), device_memory=2**30, architecture="sd9")
+    plan.plan(generator.get_config("sd35m"), device_memory=2**30, architecture="sd9")
