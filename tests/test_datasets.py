@@ -92,7 +92,7 @@ def test_report_prints_counts_histograms_and_loader_speed(emoset_dir, tmp_path):
   import subprocess
   import sys
   from conftest import ROOT, cli_env
-  from emojax.data import emotic, report
+  from emojax.data import emotic, stats
   from test_emotic import make_emotic
   png = tmp_path / "va.png"
   proc = subprocess.run([sys.executable, "-m", "emojax.data.report", "--name=emoset_va", f"--data_dir={emoset_dir}",
@@ -105,7 +105,7 @@ def test_report_prints_counts_histograms_and_loader_speed(emoset_dir, tmp_path):
   assert all(v["loader_examples_per_s"] > 0 for v in out["splits"].values()) and png.stat().st_size > 1000
   emotic.prepare(tmp_path / "data", make_emotic(str(tmp_path / "EMOTIC")), "32")
   train = sources.TfdsSource("emotic", str(tmp_path / "data"), "train", "32")
-  assert report.category_counts("emotic", train) == {"Fear": 1, "Happiness": 1, "Peace": 1, "Pleasure": 1}
+  assert stats.category_counts("emotic", train) == {"Fear": 1, "Happiness": 1, "Peace": 1, "Pleasure": 1}
 
 
 def test_emoset_va_loader_state_resumes_at_the_same_batch(emoset_dir):
