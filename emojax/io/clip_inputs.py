@@ -3,8 +3,9 @@
 Images follow transformers' CLIPImageProcessor (its PIL backend, `CLIPImageProcessorPil`): resize so
 the shortest side is `size.shortest_edge` (the long side int(shortest · long / short)) with PIL
 bicubic on the uint8 image, centre crop to `crop_size` (zero-padded if the image is smaller), x/255,
-normalise by the directory's image_mean / image_std; read from preprocessor_config.json (transformers'
-defaults where it says nothing). Output is NHWC float32 (transformers' NCHW, transposed).
+normalise by the directory's image_mean / image_std; read as transformers 5 reads them
+(`image_processor_dict`), with transformers' defaults for what the file leaves out. Output is NHWC
+float32 (transformers' NCHW, transposed).
 
 Prompts are tokenised by the directory's own tokenizer through transformers (local files only),
 padded to the text tower's max_position_embeddings and truncated there, so every batch has one shape.
@@ -21,6 +22,30 @@ import numpy as np
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # transformers.image_utils.OPENAI_CLIP_MEAN
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+PROCESSOR_FILE, IMAGE_PROCESSOR_FILE = "processor_config.json", "preprocessor_config.json"
+
+
+def image_processor_dict(directory) -> tuple[dict, str]:
+  """(image processor settings, where they came from) of a transformers directory: processor_config.json's
+  nested "image_processor" (a transformers 5 processor.save_pretrained, which writes no
+  preprocessor_config.json) or the flat preprocessor_config.json (image_processor.save_pretrained, and
+  checkpoints made before transformers 5). With both, the nested entry wins, as in transformers 5's
+  get_image_processor_dict; a processor_config.json without one (older processors) defers to the flat file."""
+  directory = os.fspath(directory)
+  path = os.path.join(directory, PROCESSOR_FILE)
+  if os.path.isfile(path):
+    with open(path) as f:
+      nested = json.load(f).get("image_processor")
+    if nested is not None:
+      if not isinstance(nested, dict):
+        raise ValueError(f"{path}: \"image_processor\" is {type(nested).__name__}, not the settings dict")
+      return nested, f"{path}[image_processor]"
+  path = os.path.join(directory, IMAGE_PROCESSOR_FILE)
+  if os.path.isfile(path):
+    with open(path) as f:
+      return json.load(f), path
+  raise FileNotFoundError(f"no image processor settings in {directory}: looked for {IMAGE_PROCESSOR_FILE} and an "
+                          f"\"image_processor\" entry in {PROCESSOR_FILE}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,11 +60,7 @@ class ImageConfig:
 
   @classmethod
   def from_directory(cls, directory) -> "ImageConfig":
-    path = os.path.join(os.fspath(directory), "preprocessor_config.json")
-    if not os.path.isfile(path):
-      return cls()
-    with open(path) as f:
-      d = json.load(f)
+    d, path = image_processor_dict(directory)
     size, crop = d.get("size", {"shortest_edge": 224}), d.get("crop_size", {"height": 224, "width": 224})
     if isinstance(size, int):
       size = {"shortest_edge": size}
@@ -51,7 +72,6 @@ class ImageConfig:
                image_mean=tuple(d.get("image_mean", CLIP_MEAN)), image_std=tuple(d.get("image_std", CLIP_STD)),
                do_resize=bool(d.get("do_resize", True)), do_center_crop=bool(d.get("do_center_crop", True)))
 
-
   def to_hf_dict(self) -> dict:
     """preprocessor_config.json of transformers' CLIPImageProcessor for this config."""
     return {"image_processor_type": "CLIPImageProcessor", "do_resize": self.do_resize,
@@ -61,7 +81,7 @@ class ImageConfig:
             "image_std": list(self.image_std), "do_convert_rgb": True}
 
   def save(self, directory) -> None:
-    with open(os.path.join(os.fspath(directory), "preprocessor_config.json"), "w") as f:
+    with open(os.path.join(os.fspath(directory), IMAGE_PROCESSOR_FILE), "w") as f:
       json.dump(self.to_hf_dict(), f, indent=1)
 
 

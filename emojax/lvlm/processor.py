@@ -1,15 +1,16 @@
 """Qwen2.5-VL inputs: image -> pixel_values + grid, chat text -> ids with the image placeholder
 expanded, and a left-padded prompt batch for `emojax.lvlm.sampling`.
 
-Images follow transformers' Qwen2VLImageProcessor (the PIL/numpy backend, `Qwen2VLImageProcessorPil`
-in transformers 5; the torchvision backend resizes with torch's antialiased bicubic, which differs
-by a few levels per pixel): `smart_resize` to multiples of patch_size*merge_size within
-[min_pixels, max_pixels], PIL bicubic on uint8, x/255, CLIP mean/std, the single frame repeated
-temporal_patch_size times, then patches flattened in the vision tower's order (blocks of
-merge x merge patches, each patch a (C, T, P, P) row). Sizes come from the model's VisionConfig;
-min/max pixels default to HF's 56*56 and 28*28*1280 expressed in merged tokens (4 and 1280 tokens
-of (patch*merge)^2 pixels), so the tiny world (patch 4, merge 2) keeps a 32x32 image as it is and
-real weights get exactly HF's defaults.
+Images follow transformers' Qwen2VLImageProcessor (its PIL/numpy backend, `Qwen2VLImageProcessorPil`
+in transformers 5; the torchvision backend, which transformers 5 picks when torchvision is installed,
+resizes with torch's antialiased bicubic, a few levels per pixel off PIL's): `smart_resize` to
+multiples of patch_size*merge_size within [min_pixels, max_pixels], PIL bicubic on uint8, x/255,
+mean/std (CLIP's by default), the single frame repeated temporal_patch_size times, then patches
+flattened in the vision tower's order (blocks of merge x merge patches, each patch a (C, T, P, P)
+row). A transformers directory's settings are read as transformers 5 reads them (flat or nested:
+`ImageConfig.from_directory`). The tiny world's come from the model's VisionConfig, min/max pixels
+HF's 56*56 and 28*28*1280 expressed in merged tokens (4 and 1280 tokens of (patch*merge)^2 pixels),
+so the tiny world (patch 4, merge 2) keeps a 32x32 image as it is and Qwen2.5-VL's get HF's own.
 
 Text follows Qwen2_5_VLProcessor: each `<|image_pad|>` of the chat text becomes t*h*w/merge^2
 copies of itself (one per merged image token) before tokenising. The tiny world's tokenizer is
@@ -28,7 +29,7 @@ import numpy as np
 
 from emojax.emotion import prompts
 from emojax.models import qwen_vl as qv
-from emojax.io import tokenizers
+from emojax.io import clip_inputs, tokenizers
 
 # transformers.image_utils.OPENAI_CLIP_MEAN / _STD
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -72,12 +73,12 @@ class ImageConfig:
     return cls(**{**kw, **overrides})
 
   @classmethod
-  def from_hf_dict(cls, d: dict[str, Any]) -> "ImageConfig":
-    """preprocessor_config.json -> config: min/max_pixels (or transformers 5's size dict), sizes, mean/std.
+  def from_hf_dict(cls, d: dict[str, Any], source: str = "preprocessor config") -> "ImageConfig":
+    """Image processor settings -> config: min/max_pixels (or transformers 5's size dict), sizes, mean/std.
     Switched-off steps (do_resize etc. false) are not supported: the vision tower was trained with them."""
     off = [k for k in ("do_resize", "do_rescale", "do_normalize", "do_convert_rgb") if d.get(k) is False]
     if off or d.get("rescale_factor", 1 / 255) != 1 / 255:
-      raise ValueError(f"preprocessor config switches off {off or 'rescale_factor=1/255'}: not supported")
+      raise ValueError(f"{source} switches off {off or 'rescale_factor=1/255'}: not supported")
     size = d.get("size") or {}
     kw = dict(min_pixels=d.get("min_pixels", size.get("shortest_edge")),
               max_pixels=d.get("max_pixels", size.get("longest_edge")),
@@ -86,6 +87,13 @@ class ImageConfig:
               image_mean=tuple(d["image_mean"]) if "image_mean" in d else None,
               image_std=tuple(d["image_std"]) if "image_std" in d else None)
     return cls(**{k: v for k, v in kw.items() if v is not None})
+
+  @classmethod
+  def from_directory(cls, directory, **overrides) -> "ImageConfig":
+    """A transformers directory's settings, flat or nested as transformers 5 reads them
+    (`clip_inputs.image_processor_dict`); no settings file is an error, not HF's defaults."""
+    d, source = clip_inputs.image_processor_dict(directory)
+    return dataclasses.replace(cls.from_hf_dict(d, source), **overrides)
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -253,8 +261,9 @@ class Processor:
 
   @classmethod
   def from_pretrained(cls, directory, config: qv.QwenVLConfig | None = None) -> "Processor":
-    """A transformers Qwen2.5-VL directory: tokenizer files, preprocessor_config.json if present (else
-    HF's defaults for the model's patch sizes), config.json for the model config if not given."""
+    """A transformers Qwen2.5-VL directory: tokenizer files, the image processor settings
+    (`ImageConfig.from_directory`), config.json for the model config if not given. emojax's own LVLM
+    exports hold no tokenizer or image settings: `Processor.tiny` serves them (`judge.load_lvlm`)."""
     directory = os.fspath(directory)
     tok = HFChatTokenizer(directory)
     if config is None:
@@ -263,11 +272,7 @@ class Processor:
         raise FileNotFoundError(f"{path} not found: expected a transformers Qwen2.5-VL directory")
       with open(path) as f:
         config = qv.QwenVLConfig.from_hf_dict(json.load(f))
-    image = ImageConfig.for_model(config)
-    path = os.path.join(directory, "preprocessor_config.json")
-    if os.path.isfile(path):
-      with open(path) as f:
-        image = dataclasses.replace(ImageConfig.from_hf_dict(json.load(f)), in_channels=image.in_channels)
+    image = ImageConfig.from_directory(directory, in_channels=config.vision_config.in_channels)
     if tok.image_token_id != config.image_token_id:
       raise ValueError(f"tokenizer's {IMAGE_PAD} id {tok.image_token_id} != config image_token_id "
                        f"{config.image_token_id}")

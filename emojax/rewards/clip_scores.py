@@ -59,7 +59,8 @@ class ClipScorer:
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
       raise FileNotFoundError(f"CLIP directory {directory} does not exist: put a transformers CLIP directory "
-                              "(config.json, model.safetensors, tokenizer files, preprocessor_config.json) there")
+                              "(config.json, model.safetensors, tokenizer files, preprocessor_config.json or a "
+                              "transformers 5 processor_config.json) there")
     model, params = clip_lib.from_pretrained(directory)
     tokenizer = clip_inputs.Tokenizer(directory, model.config.text.max_position_embeddings)
     return cls(model, jax.device_put(params), tokenizer, clip_inputs.ImageConfig.from_directory(directory), batch_size)
