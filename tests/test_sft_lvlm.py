@@ -19,6 +19,7 @@ from emojax.data import feedback, judge_targets, pipeline
 from emojax.emotion import scoring
 from emojax.lvlm import judge, sampling
 from emojax.lvlm import processor as proc_lib
+from emojax.rewards import feedback as fb_rewards
 from emojax.tasks import sft_lvlm
 from emojax.tasks.sft_lvlm import SFTLVLM
 
@@ -251,7 +252,7 @@ def test_shipped_lvlm_rewrites_prompts_keeping_their_content():
   ex = [feedback.feedback_example(777, i) for i in range(16)]
   kw = dict(batch_size=16, max_prompt_len=216, max_new_tokens=240)
   texts = judge.answer(model, params, processor, np.stack([e["image"] for e in ex]), [e["question"] for e in ex], **kw)
-  m = sft_lvlm.feedback_metrics(texts, ex)
+  m = fb_rewards.feedback_metrics(texts, ex)
   assert m["format_rate"] == 1.0 and m["content_rate"] >= 0.85, m
   e = ex[0]
   corners = [feedback.feedback_turn(e["prompt"], t, (0.0, 0.0))[0] for t in ((-2.5, -2.5), (2.5, 2.5))]

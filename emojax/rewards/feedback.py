@@ -36,6 +36,15 @@ def content_reward(texts: Sequence, neutral_prompts: Sequence[str]) -> np.ndarra
   return np.array(out, np.float32)
 
 
+def feedback_metrics(texts, examples) -> dict[str, float]:
+  """Feedback answers against their examples ({"prompt", "rewritten"}): format_rate and content_rate (the
+  format and content rewards' means), exact_rate (the rewrite is the oracle's, adjectives too)."""
+  mean = lambda x: float(np.mean(x, dtype=np.float64))
+  return {"format_rate": mean(format_reward(texts)),
+          "content_rate": mean(content_reward(texts, [e["prompt"] for e in examples])),
+          "exact_rate": mean([parse_feedback(t) == e["rewritten"] for t, e in zip(texts, examples)])}
+
+
 COMPONENTS = ("format", "content", "valence", "arousal")
 
 

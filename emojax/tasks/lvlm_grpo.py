@@ -45,7 +45,6 @@ from emojax.rewards import feedback as fb_rewards
 from emojax.rewards import lvlm as lvlm_rewards
 from emojax.rewards.lvlm_judge import LVLMJudgeReward
 from emojax.rl import lvlm_step
-from emojax.tasks.sft_lvlm import feedback_metrics
 
 
 SHIPPED_SFT_JUDGE = "lvlm_tiny_sft"
@@ -265,7 +264,7 @@ class LVLMGRPO:
 
     eff = fb_rewards.effect_reward(texts, [e["prompt"] for e in ex], targets, np.arange(len(ex)), render=render,
                                    read=self._read, eps=c.feedback.eps)
-    out = feedback_metrics(texts, ex)
+    out = fb_rewards.feedback_metrics(texts, ex)
     if seen:
       cv, ca = colour_judge_np(seen["images"])
       out["colour_error"] = float(np.mean(np.abs(cv - seen["va"][:, 0]) + np.abs(ca - seen["va"][:, 1])))

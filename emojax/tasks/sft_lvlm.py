@@ -22,6 +22,7 @@ from emojax.io import assets
 from emojax.lvlm import judge, sampling
 from emojax.lvlm import processor as proc_lib
 from emojax.models import qwen_vl as qv
+from emojax.rewards import feedback as fb_rewards
 
 
 def make_model(model_config):
@@ -70,16 +71,6 @@ def sft_loss(logits, target_ids, target_mask) -> tuple[jax.Array, jax.Array]:
   m = target_mask.astype(jnp.float32)
   n = jnp.maximum(m.sum(), 1.0)
   return (nll * m).sum() / n, ((jnp.argmax(lp, -1) == target_ids) * m).sum() / n
-
-
-def feedback_metrics(texts, examples) -> dict[str, float]:
-  """Feedback answers against their examples: format_rate (exactly think + prompt blocks), content_rate
-  (the rewrite keeps every shape in its place), exact_rate (the rewrite is the oracle's, adjectives too)."""
-  rewrites = [prompts.parse_feedback(t) for t in texts]
-  return {"format_rate": float(np.mean([prompts.feedback_well_formed(t) for t in texts])),
-          "content_rate": float(np.mean([r is not None and feedback.content_kept(e["prompt"], r)
-                                         for r, e in zip(rewrites, examples)])),
-          "exact_rate": float(np.mean([r == e["rewritten"] for r, e in zip(rewrites, examples)]))}
 
 
 class SFTLVLM:
@@ -151,7 +142,7 @@ class SFTLVLM:
       texts = judge.answer(self.model, params, self.processor, np.stack([e["image"] for e in self.eval_feedback]),
                            [e["question"] for e in self.eval_feedback], batch_size=c.eval.batch_size,
                            max_prompt_len=c.max_prompt_len, max_new_tokens=c.target_len)
-      out |= {f"eval/feedback_{k}": v for k, v in feedback_metrics(texts, self.eval_feedback).items()}
+      out |= {f"eval/feedback_{k}": v for k, v in fb_rewards.feedback_metrics(texts, self.eval_feedback).items()}
     return out
 
   def on_step_end(self, step, state, metrics, workdir):
