@@ -18,7 +18,6 @@ change against base, LVLM-judged errors, CLIP-Score, PickScore and CLIP-IQA.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -28,7 +27,8 @@ from ml_collections import config_flags
 
 from emojax import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/ablation.py", "ml_collections config file (path[:arg]).",
+_CONFIG = config_flags.DEFINE_config_file("config", cli.config_path("configs/ablation.py"),
+                                          "ml_collections config file (path[:arg]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (training runs, per-row metrics, the table).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
@@ -41,14 +41,10 @@ POOL = 2000  # held-out examples the emotional-prompt row picks from
 def train_config(c, seed: int):
   """The generator job's config for one run seed, with the ablation's protocol."""
   from emojax import config_utils
-  path = c.train.config
-  beside = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)  # the repository's configs/
-  path = path if os.path.isfile(path) or os.path.isabs(path) or not os.path.isfile(beside) else beside
+  path = cli.config_path(c.train.config)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"train.config {c.train.config} does not exist (a path from the repository root)")
-  spec = importlib.util.spec_from_file_location("_emojax_ablation_train", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+    raise FileNotFoundError(f"train.config {c.train.config} does not exist (a path, or configs/NAME.py of the package)")
+  module = cli.load_config_module(path)
   tc = module.get_config(c.train.preset)
   tc.seed = seed
   if c.train.protocol == "paper":
@@ -59,8 +55,7 @@ def train_config(c, seed: int):
 
 def eval_config(c, seed: int, generator: str, feedback_rounds: int = 0, rewriter: str = "lvlm", rewrite: bool = True):
   """A configs/evaluate_generator.py config for one row."""
-  from configs import evaluate_generator
-  e = evaluate_generator.get_config()
+  e = cli.load_config_module("configs/evaluate_generator.py").get_config()
   e.generator, e.lvlm, e.preference, e.seed = generator, c.eval.lvlm, c.eval.preference, seed
   e.grid, e.num_steps, e.batch_size = tuple(c.eval.grid), c.eval.num_steps, c.eval.batch_size
   e.data.seed, e.data.num_prompts = c.eval.data_seed, c.eval.num_prompts

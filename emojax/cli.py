@@ -16,7 +16,7 @@ BAD_INPUT = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError,
 def parse_flags(argv):
   """absl flag parsing whose errors are one line naming the culprit (a --config.field override)."""
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(_resolve_config_flags(argv))
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:  # e.g. --config.no_such_field=1
     lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
     cause = lines[-1] if lines else type(e).__name__  # config-file errors arrive wrapped with a traceback
@@ -28,14 +28,49 @@ def parse_flags(argv):
     raise app.UsageError(f"bad flag or config: {cause} (config fields are listed in the config file)") from None
 
 
+PACKAGE_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def config_path(path: str) -> str:
+  """`configs/NAME.py` names the installed package's copy when no such file is under the working directory; any
+  path that exists (or is absolute) is taken as it is."""
+  if os.path.exists(path) or os.path.isabs(path):
+    return path
+  parts = os.path.normpath(path).split(os.sep)
+  installed = os.path.join(PACKAGE_CONFIGS, *parts[1:])
+  return installed if parts[0] == "configs" and len(parts) > 1 and os.path.isfile(installed) else path
+
+
+def _resolve_config_flags(argv):
+  """argv with every --config=configs/... (and --config configs/...) resolved by config_path, ':preset' kept."""
+  out, argv = [], list(argv)
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      path, sep, preset = a.removeprefix("--config=").partition(":")
+      a = f"--config={config_path(path)}{sep}{preset}"
+    elif i and argv[i - 1] == "--config":
+      path, sep, preset = a.partition(":")
+      a = f"{config_path(path)}{sep}{preset}"
+    out.append(a)
+  return out
+
+
+def load_config_module(path: str):
+  """The module of a config file (path[:preset] accepted; configs/NAME.py resolved by config_path)."""
+  path = config_path(path.split(":")[0])
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path} does not exist (give a path, or configs/NAME.py of the package)")
+  spec = importlib.util.spec_from_file_location("_emojax_config_" + os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def config_fields(flag_name: str = "config") -> config_utils.Fields:
   """The declared FIELDS of the config file the --config flag named."""
   from ml_collections import config_flags
-  path = config_flags.get_config_filename(flags.FLAGS[flag_name]).split(":")[0]  # drop a ":preset" suffix
-  spec = importlib.util.spec_from_file_location("_emojax_config_fields", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  fields = getattr(module, "FIELDS", None)
+  path = config_flags.get_config_filename(flags.FLAGS[flag_name])
+  fields = getattr(load_config_module(path), "FIELDS", None)
   if not isinstance(fields, config_utils.Fields):
     raise ValueError(f"{path} declares no FIELDS (config_utils.Fields: every field's default, range and doc)")
   return fields

@@ -31,7 +31,8 @@ from ml_collections import config_flags
 
 from emojax import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/evaluate.py", "ml_collections config file (path[:arg]).",
+_CONFIG = config_flags.DEFINE_config_file("config", cli.config_path("configs/evaluate.py"),
+                                          "ml_collections config file (path[:arg]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of a generator evaluation.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")

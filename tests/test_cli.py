@@ -154,3 +154,32 @@ def test_generator_evaluation_on_split_prompts_reports_the_clean_level(tmp_path)
   s = ClipScorer.from_pretrained(assets.asset_dir(SHIPPED_PREFERENCE))
   want = s.pickscore(np.stack([e["image"] for e in examples]), [e["prompt"] for e in examples]).mean()
   assert summary["n"] == 2 and summary["pickscore_clean"] == pytest.approx(float(want), abs=1e-3)
+
+
+def test_configs_resolve_to_the_installed_package_outside_a_checkout(tmp_path):
+  """From a directory with no configs/, configs/NAME.py is the package's; a file under the working directory wins."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  run = lambda *a: subprocess.run([sys.executable, "-m", "emojax.train", f"--workdir={tmp_path / 'w'}", *a],
+                                  cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                                  stdin=subprocess.DEVNULL)
+  proc = run("--config=configs/generator.py:smoke", "--config.rl.group_size=0")  # loaded, then refused by its range
+  assert proc.returncode == 2 and "rl.group_size=0 is out of range" in proc.stderr.strip().splitlines()[-1], proc.stderr
+  (tmp_path / "configs").mkdir()
+  (tmp_path / "configs" / "generator.py").write_text("raise ValueError('the local configs/generator.py')\n")
+  proc = run("--config=configs/generator.py")
+  assert proc.returncode == 2 and "the local configs/generator.py" in proc.stderr, proc.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_config_path_keeps_existing_and_absolute_paths(tmp_path, monkeypatch):
+  from emojax import cli
+  monkeypatch.chdir(tmp_path)
+  assert cli.config_path("configs/generator.py") == os.path.join(cli.PACKAGE_CONFIGS, "generator.py")
+  assert cli.config_path("configs/no_such.py") == "configs/no_such.py"  # the loader's error names what was asked
+  assert cli.config_path("/abs/generator.py") == "/abs/generator.py"
+  (tmp_path / "configs").mkdir()
+  (tmp_path / "configs" / "generator.py").write_text("")
+  assert cli.config_path("configs/generator.py") == "configs/generator.py"
+  assert cli._resolve_config_flags(["prog", "--config", "configs/generator.py:smoke"])[2] == "configs/generator.py:smoke"
+  assert cli._resolve_config_flags(["prog", "--config=configs/lvlm.py:feedback"])[1] == (
+      f"--config={os.path.join(cli.PACKAGE_CONFIGS, 'lvlm.py')}:feedback")
