@@ -90,7 +90,7 @@ def main(argv):
   from emojax.data.feedback import content_kept
   from emojax.pipelines import policy as policy_lib
   from emojax.rewards.clip_scores import PickScoreReward
-  from emojax.rewards.lvlm_judge import LVLMJudgeReward
+  from emojax.rewards.lvlm_emotion import LVLMJudgeReward
   policy = policy_lib.load(_GENERATOR.value)
   judge_reward = LVLMJudgeReward.from_config(cu.lvlm_judge(_LVLM.value, batch_size=_BATCH.value))
   scorer = PickScoreReward.from_config(cu.preference_model(_PREFERENCE.value, batch_size=_BATCH.value)).scorer

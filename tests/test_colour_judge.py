@@ -8,7 +8,7 @@ from hypothesis import given, settings
 
 from emojax.emotion.space import CATEGORIES, CATEGORY_CENTROIDS, check_va, nearest_category
 from emojax.emotion.colour import colour_error_floor, colour_judge, colour_judge_np
-from emojax.rewards.colour_judge import emotion_reward
+from emojax.rewards.emotion_distance import emotion_reward
 
 unit = st.floats(0.0, 1.0)
 

@@ -11,7 +11,7 @@ from emojax.emotion.answer import Answer
 from emojax.emotion.colour import colour_judge_np
 from emojax.emotion.prompts import format_feedback, parse_feedback
 from emojax.rewards import feedback as fb
-from emojax.rewards import lvlm as lvlm_rewards
+from emojax.rewards import multitask
 from emojax.tasks.lvlm_grpo import LVLMGRPO
 
 NEUTRAL = "a circle at the top left and a square at the bottom"
@@ -103,7 +103,7 @@ def test_mixed_batch_rewards_each_task_by_its_own_reward(mixed_task):
   fb_texts = [format_feedback(oracle, "too dark")] * 2 + ["garbage"] * (g - 2)
   out = task.score(_rows(task, judge_texts + fb_texts), raw)
 
-  want_judge, _ = lvlm_rewards.multitask_reward(judge_texts, [e0["valence"]] * g, [e0["arousal"]] * g,
+  want_judge, _ = multitask.multitask_reward(judge_texts, [e0["valence"]] * g, [e0["arousal"]] * g,
                                                 [e0["category"]] * g, task.weights, task.config.rewards.eps)
   np.testing.assert_allclose(out["rewards"][:g], want_judge, rtol=1e-6)
   assert np.isnan(out["reward/feedback_format"][:g]).all() and np.isnan(out["reward/valence"][g:]).all()

@@ -8,7 +8,7 @@ import pytest
 from emojax import config_utils
 from emojax.data import pipeline
 from emojax.io import images
-from emojax.rewards import lvlm_judge, registry
+from emojax.rewards import emotion_distance, lvlm_emotion, registry
 from emojax.emotion.colour import colour_judge
 
 
@@ -42,7 +42,7 @@ def test_to_uint8_rounds_like_the_sample_pngs():
 
 @pytest.fixture(scope="module")
 def judge():
-  return lvlm_judge.LVLMJudgeReward.from_config(config_utils.lvlm_judge(batch_size=16))
+  return lvlm_emotion.LVLMJudgeReward.from_config(config_utils.lvlm_judge(batch_size=16))
 
 
 @pytest.mark.asset
@@ -92,12 +92,12 @@ def test_generator_step_with_the_lvlm_reward(tmp_path):
   task.score = spy
   m = trainer.run(c, str(tmp_path), task, progress=False).metrics[0]
   target = {"valence": seen["raw"]["valence"], "arousal": seen["raw"]["arousal"]}
-  judge = lvlm_judge.LVLMJudgeReward.from_config(c.rewards.lvlm)  # the shipped judge, loaded separately
+  judge = lvlm_emotion.LVLMJudgeReward.from_config(c.rewards.lvlm)  # the shipped judge, loaded separately
   lvlm, ext = judge(seen["images"], target)
   _, colour_ext = registry.get("colour_emotion")(jnp.asarray(seen["images"]), {k: jnp.asarray(v) for k, v in target.items()})
   distance = c.rewards.emotion_distance
-  lvlm = np.asarray(registry.emotion_distance_reward(ext, distance))
-  colour = np.asarray(registry.emotion_distance_reward(colour_ext, distance))
+  lvlm = np.asarray(emotion_distance.emotion_distance_reward(ext, distance))
+  colour = np.asarray(emotion_distance.emotion_distance_reward(colour_ext, distance))
   from emojax.io import assets
   from emojax.io.images import to_uint8
   from emojax.rewards.clip_scores import SHIPPED_PREFERENCE, ClipScorer
@@ -120,7 +120,7 @@ def test_bf16_judge_reads_as_the_fp32_one():
   for dtype in ("float32", "bfloat16"):
     c = config_utils.lvlm_judge(batch_size=16)
     c.dtype = dtype
-    reward = lvlm_judge.LVLMJudgeReward.from_config(c)
+    reward = lvlm_emotion.LVLMJudgeReward.from_config(c)
     assert reward.model.dtype == jnp.dtype(dtype)
     _, extras = reward(split["image"], {"valence": split["valence"], "arousal": split["arousal"]})
     assert extras["parsed"].all()
@@ -141,7 +141,7 @@ def test_judge_sharded_over_the_training_mesh_answers_as_the_replicated_one(judg
   mesh = parallel.make_mesh(2, 2, 2)
   c = config_utils.lvlm_judge(batch_size=16)
   c.mesh = "train"
-  sharded = lvlm_judge.LVLMJudgeReward.from_config(c, mesh)
+  sharded = lvlm_emotion.LVLMJudgeReward.from_config(c, mesh)
   specs = {str(x.sharding.spec) for x in jax.tree.leaves(sharded.params)}
   assert any("tensor" in s for s in specs) and any("fsdp" in s for s in specs), specs
   r_sharded, _ = sharded(images, target)
@@ -150,6 +150,6 @@ def test_judge_sharded_over_the_training_mesh_answers_as_the_replicated_one(judg
   np.testing.assert_array_equal(r_sharded, r_replicated)
   with pytest.raises(ValueError, match="rewards.lvlm.batch_size .* of 12 is not divisible by mesh data\\*fsdp = 8"):
     c.batch_size = 12
-    lvlm_judge.LVLMJudgeReward.from_config(c, parallel.make_mesh(1, 8, 1))
+    lvlm_emotion.LVLMJudgeReward.from_config(c, parallel.make_mesh(1, 8, 1))
   with pytest.raises(ValueError, match="shards the judge over a training job's mesh; here there is none"):
-    lvlm_judge.LVLMJudgeReward.from_config(c)
+    lvlm_emotion.LVLMJudgeReward.from_config(c)

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emojax.rewards import registry
+from emojax.rewards import emotion_distance, registry
 
 
 def _batch(v, a):
@@ -68,10 +68,10 @@ def test_emotion_distance_l2_prefers_lowering_both_axes():
   assert ev[i1] < 0.05 and ea[i1] > 1.1 and ev[i2] > 0.3 and ea[i2] < ea[i1] - 0.1
   extras = {"v_abs_err": jnp.asarray([ev[i1], ev[i2], 0.0]), "a_abs_err": jnp.asarray([ea[i1], ea[i2], 0.0]),
             "parsed": jnp.asarray([1.0, 1.0, 0.0])}
-  l1 = np.asarray(registry.emotion_distance_reward(extras, "l1"))
-  l2 = np.asarray(registry.emotion_distance_reward(extras, "l2"))
+  l1 = np.asarray(emotion_distance.emotion_distance_reward(extras, "l1"))
+  l2 = np.asarray(emotion_distance.emotion_distance_reward(extras, "l2"))
   assert l1[0] > l1[1] and l2[1] > l2[0] and l1[2] == 0.0 and l2[2] == 0.0
-  far = registry.emotion_distance_reward({"v_abs_err": jnp.asarray([9.0]), "a_abs_err": jnp.asarray([9.0])}, "l2")
+  far = emotion_distance.emotion_distance_reward({"v_abs_err": jnp.asarray([9.0]), "a_abs_err": jnp.asarray([9.0])}, "l2")
   assert float(far[0]) == pytest.approx(0.0, abs=1e-6)  # an answer far outside [-3, 3] scores the minimum, not < 0
   np.testing.assert_allclose(l2[:2], 1 - np.hypot(ev[[i1, i2]], ea[[i1, i2]]) / (6 * np.sqrt(2)), rtol=1e-6)
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from emojax import config_utils
 from emojax.data import pipeline
-from emojax.rewards import lvlm as lvlm_rewards
-from emojax.rewards import lvlm_judge
+from emojax.emotion.answer import parse_answers
+from emojax.rewards import lvlm_emotion
 
 BINS = (0.0, 0.15, 0.3, 0.5, 0.7, 1.01)
 
@@ -31,9 +31,9 @@ def main():
   ap.add_argument("--seed", type=int, default=777, help="EmoShapes world of the held-out images")
   ap.add_argument("--n", type=int, default=512, help="number of images")
   args = ap.parse_args()
-  judge = lvlm_judge.LVLMJudgeReward.from_config(config_utils.lvlm_judge(path=args.lvlm))
+  judge = lvlm_emotion.LVLMJudgeReward.from_config(config_utils.lvlm_judge(path=args.lvlm))
   split = pipeline.labelled_split(args.seed, args.n)
-  answers = lvlm_rewards.parse_all(judge.answers(split["image"]))
+  answers = parse_answers(judge.answers(split["image"]))
   parsed = np.array([a is not None for a in answers])
   v_hat = np.array([a.valence if a is not None else np.nan for a in answers], np.float64)
   a_hat = np.array([a.arousal if a is not None else np.nan for a in answers], np.float64)

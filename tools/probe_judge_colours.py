@@ -16,9 +16,9 @@ import numpy as np
 
 from emojax import config_utils
 from emojax.data import emoshapes
+from emojax.emotion.answer import parse_answers
 from emojax.emotion.colour import colour_judge_np
-from emojax.rewards import lvlm as lvlm_rewards
-from emojax.rewards import lvlm_judge
+from emojax.rewards import lvlm_emotion
 
 COLOURS = {  # name -> HSV in [0, 1]
     "black": (0, 0, 0.02), "dark grey": (0, 0, 0.25), "mid grey": (0, 0, 0.5), "white": (0, 0, 1.0),
@@ -32,7 +32,7 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--lvlm", default="", help="LVLM judge directory ('' = the shipped tiny judge)")
   args = ap.parse_args()
-  judge = lvlm_judge.LVLMJudgeReward.from_config(config_utils.lvlm_judge(path=args.lvlm))
+  judge = lvlm_emotion.LVLMJudgeReward.from_config(config_utils.lvlm_judge(path=args.lvlm))
   example = emoshapes.make_example(5, 0)
   background = example["shape_mask"] == 0
   images, names = [], []
@@ -45,7 +45,7 @@ def main():
   images.append(np.clip(images[names.index("pale")] + grain, 0, 255).astype(np.uint8))
   names.append("pale + grain")
   images = np.stack(images)
-  answers = lvlm_rewards.parse_all(judge.answers(images))  # judge.judge pads the last batch itself
+  answers = parse_answers(judge.answers(images))  # judge.judge pads the last batch itself
   v, a = colour_judge_np(images)
   for i, name in enumerate(names):
     got = answers[i]

@@ -79,6 +79,12 @@ def parse_answer(text) -> Answer | None:
     return None
 
 
+def parse_answers(texts) -> list[Answer | None]:
+  """parse_answer of each text; entries that already are Answer (or None) pass through, so a batch is parsed
+  once and shared."""
+  return [t if t is None or isinstance(t, Answer) else parse_answer(t) for t in texts]
+
+
 def last_block(text: str, open_tag: str, close_tag: str) -> tuple[int, int] | None:
   """(start, end) of the content of the last complete open...close pair, or None.
 

@@ -1,6 +1,6 @@
 """The colour-emotion model that defines emotion in EmoShapes: (valence, arousal) of images by
 Valdez & Mehrabian (1994). EmoShapes labels its images with it, and as the colour judge it is the
-evaluator nobody trained (`emojax.rewards.colour_judge` turns it into a reward).
+evaluator nobody trained (`emojax.rewards.emotion_distance` turns its reading into a reward).
 
 Per pixel, with r, g, b in [0, 1], brightness and saturation are the HSV coordinates
 

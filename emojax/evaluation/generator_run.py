@@ -16,13 +16,13 @@ from emojax.pipelines import policy as policy_lib
 
 @dataclasses.dataclass
 class Judges:
-  lvlm: object  # rewards.lvlm_judge.LVLMJudgeReward (also the feedback loop's rewriter)
+  lvlm: object  # rewards.lvlm_emotion.LVLMJudgeReward (also the feedback loop's rewriter)
   preference: object  # rewards.clip_scores.PickScoreReward
 
   @classmethod
   def from_config(cls, c) -> "Judges":
     from emojax.rewards.clip_scores import PickScoreReward
-    from emojax.rewards.lvlm_judge import LVLMJudgeReward
+    from emojax.rewards.lvlm_emotion import LVLMJudgeReward
     return cls(LVLMJudgeReward.from_config(c.lvlm), PickScoreReward.from_config(c.preference))
 
 

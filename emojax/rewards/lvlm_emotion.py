@@ -4,7 +4,7 @@ Generated images (B, H, W, 3) in [-1, 1] are quantised to uint8 exactly as a sav
 put to the judge with its judge question (`emojax.lvlm.judge`), and answered greedily (jitted, KV
 cache, fixed batch size so one program serves every step). Each answer is parsed; the reward is the
 colour judge's form 1 - (|V̂ - V| + |Â - A|) / 12 against the requested (V, A), 0 for an unparsable
-answer (`lvlm.emotion_reward_from_answers`), so the two judges give rewards on one scale.
+answer (`emotion_reward_from_answers`, `emotion_distance`), so the two judges give rewards on one scale.
 
 Where it runs (`rewards.lvlm.mesh`): "replicated", on each host's default device with a whole copy of its
 weights (the tiny judge, single hosts); "train", its weights sharded over the training mesh by the Qwen2.5-VL rules
@@ -14,6 +14,7 @@ images' prompts and parses its own rows' answers, and no host ever holds another
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,13 +22,31 @@ import numpy as np
 
 from emojax import parallel
 from emojax.config_utils import QWEN_VL_PARAM_RULES
+from emojax.emotion.answer import parse_answers
 from emojax.emotion.scoring import worst_error
+from emojax.emotion.space import check_va
 from emojax.io import assets
 from emojax.io.images import to_uint8
 from emojax.lvlm import judge
-from emojax.rewards import lvlm as lvlm_rewards
+from emojax.rewards.emotion_distance import emotion_reward
 
 SHIPPED_JUDGE = "lvlm_tiny"
+
+
+def emotion_reward_from_answers(answers: Sequence, target_va) -> np.ndarray:
+  """1 - (|V̂ - V| + |Â - A|) / 12 per answer (`emotion_distance.emotion_reward`), 0 if unparsable.
+
+  target_va is (B, 2), rows of (V, A), as the generator batch stacks them.
+  """
+  answers = parse_answers(answers)
+  target_va = np.asarray(target_va, np.float32)
+  if target_va.shape != (len(answers), 2):
+    raise ValueError(f"target_va has shape {target_va.shape}, expected ({len(answers)}, 2) rows of (V, A)")
+  check_va(target_va[:, 0], target_va[:, 1])
+  ok = np.array([a is not None for a in answers], bool)
+  v_hat = np.array([a.valence if a is not None else np.nan for a in answers], np.float32)
+  a_hat = np.array([a.arousal if a is not None else np.nan for a in answers], np.float32)
+  return np.asarray(emotion_reward(v_hat, a_hat, target_va[:, 0], target_va[:, 1], valid=ok), np.float32)
 
 
 @dataclasses.dataclass
@@ -68,9 +87,9 @@ class LVLMJudgeReward:
     return self.last_texts
 
   def __call__(self, images, batch) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    answers = lvlm_rewards.parse_all(self.answers(images))
+    answers = parse_answers(self.answers(images))
     target = np.stack([np.asarray(batch["valence"], np.float32), np.asarray(batch["arousal"], np.float32)], -1)
-    reward = lvlm_rewards.emotion_reward_from_answers(answers, target)
+    reward = emotion_reward_from_answers(answers, target)
     ok = np.array([a is not None for a in answers])
     read = lambda f: np.array([getattr(a, f) if a is not None else np.nan for a in answers], np.float32)
     # the judge's own reading against the target; an unparsed answer counts as the worst in-range one

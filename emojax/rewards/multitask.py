@@ -1,6 +1,5 @@
-"""Rewards computed from LVLM answer texts (host-side numpy; text is parsed, not traced).
-
-LVLM GRPO multi-task rewards, each in [0, 1] per answer, 0 for an unparsable answer:
+"""LVLM GRPO's multi-task rewards of answer texts (host-side numpy; text is parsed, not traced), each in
+[0, 1] per answer, 0 for an unparsable answer:
 - format:   1 if the text is well formed (see emojax.emotion.answer), else 0;
 - valence:  max(0, 1 - |V̂ - V| / eps), likewise arousal. Graded, so a near miss outranks
             a far one inside a group, yet zero beyond eps, so an answer off by more than eps
@@ -8,12 +7,8 @@ LVLM GRPO multi-task rewards, each in [0, 1] per answer, 0 for an unparsable ans
 - category: 1 if the answered category equals the target, else 0.
 multitask_reward sums them by weights.
 
-Generator side: emotion_reward_from_answers scores generated images by the LVLM's reading
-of them, with the colour judge's form 1 - (|dV| + |dA|) / 12 (0 if unparsable), so the
-LVLM judge and the colour judge give rewards on one scale.
-
-Every function takes answer texts or already parsed answers (Answer or None), so a batch is
-parsed once and shared.
+Every function takes answer texts or already parsed answers (Answer or None, `parse_answers`), so a
+batch is parsed once and shared.
 """
 from __future__ import annotations
 
@@ -21,17 +16,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from emojax.emotion.answer import Answer, parse_answer
+from emojax.emotion.answer import parse_answers
 from emojax.emotion.space import CATEGORIES, check_va
-from emojax.rewards.colour_judge import emotion_reward
 
 DEFAULT_EPS = 1.0
 COMPONENTS = ("format", "valence", "arousal", "category")
-
-
-def parse_all(texts: Sequence) -> list[Answer | None]:
-  """Answers of texts; entries that already are Answer (or None) pass through."""
-  return [t if t is None or isinstance(t, Answer) else parse_answer(t) for t in texts]
 
 
 def _targets(x, n: int, name: str) -> np.ndarray:
@@ -42,7 +31,7 @@ def _targets(x, n: int, name: str) -> np.ndarray:
 
 
 def format_reward(texts: Sequence) -> np.ndarray:
-  return np.array([float(a is not None and a.well_formed) for a in parse_all(texts)], np.float32)
+  return np.array([float(a is not None and a.well_formed) for a in parse_answers(texts)], np.float32)
 
 
 def _accuracy(answers, target, field: str, eps: float) -> np.ndarray:
@@ -56,11 +45,11 @@ def _accuracy(answers, target, field: str, eps: float) -> np.ndarray:
 
 
 def valence_reward(texts: Sequence, valence, eps: float = DEFAULT_EPS) -> np.ndarray:
-  return _accuracy(parse_all(texts), valence, "valence", eps)
+  return _accuracy(parse_answers(texts), valence, "valence", eps)
 
 
 def arousal_reward(texts: Sequence, arousal, eps: float = DEFAULT_EPS) -> np.ndarray:
-  return _accuracy(parse_all(texts), arousal, "arousal", eps)
+  return _accuracy(parse_answers(texts), arousal, "arousal", eps)
 
 
 def _category_names(category, n: int) -> list[str]:
@@ -77,7 +66,7 @@ def _category_names(category, n: int) -> list[str]:
 
 
 def category_reward(texts: Sequence, category) -> np.ndarray:
-  answers = parse_all(texts)
+  answers = parse_answers(texts)
   names = _category_names(category, len(answers))
   return np.array([float(a is not None and a.emotion == c) for a, c in zip(answers, names)], np.float32)
 
@@ -92,7 +81,7 @@ def multitask_reward(texts: Sequence, valence, arousal, category, weights: Mappi
   unknown = set(weights) - set(COMPONENTS)
   if unknown:
     raise ValueError(f"unknown reward components {sorted(unknown)}; known: {COMPONENTS}")
-  answers = parse_all(texts)
+  answers = parse_answers(texts)
   parts = {
       "format": format_reward(answers),
       "valence": _accuracy(answers, valence, "valence", eps),
@@ -103,19 +92,3 @@ def multitask_reward(texts: Sequence, valence, arousal, category, weights: Mappi
   for name, w in weights.items():
     total += np.float32(w) * parts[name]
   return total, parts
-
-
-def emotion_reward_from_answers(answers: Sequence, target_va) -> np.ndarray:
-  """1 - (|V̂ - V| + |Â - A|) / 12 per answer (colour_judge.emotion_reward), 0 if unparsable.
-
-  target_va is (B, 2), rows of (V, A), as the generator batch stacks them.
-  """
-  answers = parse_all(answers)
-  target_va = np.asarray(target_va, np.float32)
-  if target_va.shape != (len(answers), 2):
-    raise ValueError(f"target_va has shape {target_va.shape}, expected ({len(answers)}, 2) rows of (V, A)")
-  check_va(target_va[:, 0], target_va[:, 1])
-  ok = np.array([a is not None for a in answers], bool)
-  v_hat = np.array([a.valence if a is not None else np.nan for a in answers], np.float32)
-  a_hat = np.array([a.arousal if a is not None else np.nan for a in answers], np.float32)
-  return np.asarray(emotion_reward(v_hat, a_hat, target_va[:, 0], target_va[:, 1], valid=ok), np.float32)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from emojax.emotion.colour import colour_judge
-from emojax.rewards.colour_judge import emotion_reward
+from emojax.rewards.emotion_distance import AXIS_ERRORS, EMOTION_DISTANCES, emotion_distance_reward, emotion_reward
 
 RewardFn = Callable[[jax.Array, Mapping[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
 _REGISTRY: dict[str, RewardFn] = {}
@@ -71,29 +71,12 @@ def make_host(name: str, config) -> Callable:
 
 
 NORMALIZE = ("none", "batch", "group", "group_axes")
-EMOTION_DISTANCES = ("l1", "l2")
-AXIS_ERRORS = ("v_abs_err", "a_abs_err")  # extras of an emotion reward: its per-axis |error| (6 = the worst)
-
-
 def zscore(x: jax.Array, eps: float = 1e-6, group_size: int | None = None) -> jax.Array:
   """(x - mean) / (std + eps) over the batch, or within each contiguous group of group_size rows."""
   if group_size is None:
     return (x - x.mean()) / (x.std() + eps)
   g = x.reshape(-1, group_size)
   return ((g - g.mean(1, keepdims=True)) / (g.std(1, keepdims=True) + eps)).reshape(x.shape)
-
-
-def emotion_distance_reward(extras, distance: str):
-  """An emotion reward recomputed from its per-axis errors: "l1" 1 - (|dV| + |dA|) / 12 (the judges' own form),
-  "l2" 1 - sqrt(dV^2 + dA^2) / (6 sqrt 2). Where a target lies beyond what any image reads (a corner such as
-  V -2.4, A -2.4 in the tiny world), the L1 optimum zeroes one axis and leaves the other at its worst, while the
-  L2 optimum, the nearest reachable reading, lowers both. Each error is capped at 6 (a reading outside [-3, 3]
-  stays in [0, 1]); rows an emotion reward marks unparsed get 0."""
-  if distance not in EMOTION_DISTANCES:
-    raise ValueError(f"emotion distance {distance!r}; known: {EMOTION_DISTANCES}")
-  ev, ea = (jnp.minimum(jnp.asarray(extras[k], jnp.float32), 6.0) for k in AXIS_ERRORS)
-  r = 1.0 - (ev + ea) / 12.0 if distance == "l1" else 1.0 - jnp.sqrt(ev * ev + ea * ea) / (6.0 * jnp.sqrt(2.0))
-  return jnp.where(jnp.asarray(extras["parsed"]) > 0, r, 0.0) if "parsed" in extras else r
 
 
 def combine(images, batch, weights: Mapping[str, float], normalize: str = "none", group_size: int | None = None,
@@ -161,9 +144,9 @@ def colour_emotion_smooth(images, batch, block: int = 4):
 
 @register_host("lvlm_emotion")
 def lvlm_emotion(config):
-  """Emotion reward from the LVLM judge's greedy reading of each image (emojax.rewards.lvlm_judge)."""
+  """Emotion reward from the LVLM judge's greedy reading of each image (emojax.rewards.lvlm_emotion)."""
   from emojax import parallel
-  from emojax.rewards.lvlm_judge import LVLMJudgeReward
+  from emojax.rewards.lvlm_emotion import LVLMJudgeReward
   train = config.rewards.lvlm.get("mesh", "replicated") == "train"
   return LVLMJudgeReward.from_config(config.rewards.lvlm, parallel.mesh_from_config(config.mesh) if train else None)
 

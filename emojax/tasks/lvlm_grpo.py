@@ -35,6 +35,7 @@ from absl import logging
 
 from emojax import optim, trainer
 from emojax.data import feedback, judge_targets, pipeline
+from emojax.emotion.answer import parse_answers
 from emojax.emotion.colour import colour_judge_np
 from emojax.io import assets
 from emojax.lvlm import judge, sampling
@@ -42,8 +43,8 @@ from emojax.lvlm import processor as proc_lib
 from emojax.models import lora as lora_lib
 from emojax.pipelines import feedback_loop, tiny
 from emojax.rewards import feedback as fb_rewards
-from emojax.rewards import lvlm as lvlm_rewards
-from emojax.rewards.lvlm_judge import LVLMJudgeReward
+from emojax.rewards import multitask
+from emojax.rewards.lvlm_emotion import LVLMJudgeReward
 from emojax.rl import lvlm_step
 
 
@@ -79,7 +80,7 @@ class LVLMGRPO:
       raise ValueError(f"images_per_step={c.images_per_step} is not divisible by grad_accum={c.grad_accum}")
     self.frozen = frozen = optim.check_frozen(self._pretrained, c.model.frozen, "LVLM")
     self.weights = {k: float(v) for k, v in c.rewards.weights.items()}
-    _, parts = lvlm_rewards.multitask_reward([], [], [], [], self.weights, c.rewards.eps)  # bad names / eps fail here
+    _, parts = multitask.multitask_reward([], [], [], [], self.weights, c.rewards.eps)  # bad names / eps fail here
     self._reward_keys = ["reward/parsed"] + [f"reward/{k}" for k in parts]  # every step logs the same keys
     self.hp = lvlm_step.LVLMHyper(
         group_size=c.group_size, clip_eps=c.clip_eps, kl_beta=c.kl_beta, aggregation=c.aggregation,
@@ -115,7 +116,7 @@ class LVLMGRPO:
         gen, gcfg, gparams, prompts, np.asarray(va, np.float32), seed=f.noise_seed, batch_size=f.batch_size,
         num_steps=f.num_steps, shift=f.shift, cfg_scale=f.cfg_scale, progress=False, noise_ids=ids)
     reader = LVLMJudgeReward.from_config(f.judge)
-    self._read = lambda images: lvlm_rewards.parse_all(reader.answers(images))
+    self._read = lambda images: parse_answers(reader.answers(images))
     self.eval_feedback = [feedback.feedback_example(c.eval.seed, i, c.data.image_size)
                           for i in range(c.eval.feedback_examples)]
 
@@ -204,8 +205,8 @@ class LVLMGRPO:
 
     jr = np.flatnonzero(~is_fb)
     if len(jr):
-      answers = lvlm_rewards.parse_all([texts[i] for i in jr])
-      t, parts = lvlm_rewards.multitask_reward(answers, rep("valence")[jr], rep("arousal")[jr], rep("category")[jr],
+      answers = parse_answers([texts[i] for i in jr])
+      t, parts = multitask.multitask_reward(answers, rep("valence")[jr], rep("arousal")[jr], rep("category")[jr],
                                                self.weights, c.rewards.eps)
       total[jr] = t
       put("reward/parsed", jr, [a is not None for a in answers])
