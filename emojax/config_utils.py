@@ -17,49 +17,8 @@ from typing import Any
 
 import ml_collections
 
-# Sharding rules (config defaults; emojax.parallel applies them). Parameter path regex -> logical
-# axes, first match wins; dense kernels are (in, out): column-parallel layers shard out over
-# tensor, row-parallel ones in.
-_FSDP_TAIL = (  # what no model-specific rule matched: every kernel fsdp over its input dimension
-    (r".*/kernel$", ("embed", None)),
-    (r".*/lora_A$", ("embed", None)),  # LoRA adapters (d_in, r) and (r, d_out): fsdp over the model width
-    (r".*/lora_B$", (None, "embed")),
-    (r".*", None),  # everything else (norms, biases, small tensors): replicated
-)
-DEFAULT_PARAM_RULES = (
-    (r".*(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj|q_proj|k_proj|v_proj|fc1|gate_proj|up_proj|net_0.*|proj_in|linear_1)/kernel$", ("embed", "mlp")),
-    (r".*(to_out.*|to_add_out|out_proj|o_proj|fc2|down_proj|net_2)/kernel$", ("mlp", "embed")),
-    (r".*(embedding|token_embedding|embed_tokens)$", ("vocab", "embed")),
-) + _FSDP_TAIL
-# The MMDiT (SD3 / SD3.5 transformer; the tiny generator adds its CLIP-style text encoder, matched by the defaults
-# after): attention projections split by heads and the feed-forward by width over tensor (Megatron column / row
-# pairs), every other kernel (adaLN modulations, the largest, and the embedders) fsdp over its input dimension.
-MMDIT_PARAM_RULES = (
-    (r".*attn2?/(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj)/kernel$", ("embed", "heads")),
-    (r".*attn2?/(to_out_0|to_add_out)/kernel$", ("heads", "embed")),
-    (r".*/net_0/proj/kernel$", ("embed", "mlp")),
-    (r".*/net_2/kernel$", ("mlp", "embed")),
-    (r".*pos_embed/pos_embed$", (None, "embed", None)),  # the (1, M*M, D) sincos buffer: 0.9 GB f32 in SD3.5-M
-) + DEFAULT_PARAM_RULES
-# Qwen2.5-VL: the decoder's and the vision blocks' attention and SwiGLU MLP tensor-parallel, the untied lm_head and
-# the token embedding split over the vocabulary; the vision attention's fused qkv, the patch embedding and the
-# merger fsdp only (tensor over a fused q|k|v output would split across the three).
-QWEN_VL_PARAM_RULES = (
-    (r".*self_attn/(q_proj|k_proj|v_proj)/kernel$", ("embed", "heads")),
-    (r".*self_attn/o_proj/kernel$", ("heads", "embed")),
-    (r".*mlp/(gate_proj|up_proj)/kernel$", ("embed", "mlp")),
-    (r".*mlp/down_proj/kernel$", ("mlp", "embed")),
-    (r".*embed_tokens/embedding$", ("vocab", "embed")),
-    (r".*lm_head/kernel$", ("embed", "vocab")),
-) + _FSDP_TAIL
-BATCH_AXES = ("data", "fsdp")
-DEFAULT_LOGICAL_RULES = (
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("vocab", "tensor"),
-    ("batch", BATCH_AXES),
-)
+# emojax.parallel's named sharding rule sets (configs name one, or give their own table; configs import no jax)
+RULE_SETS = ("default", "mmdit", "qwen_vl")
 
 
 # -------------------------------------------------------------------------------------------- ranges
@@ -68,7 +27,7 @@ DEFAULT_LOGICAL_RULES = (
 @dataclasses.dataclass(frozen=True)
 class Range:
   """A field's valid values: a number interval, a set of choices, or a type (see the helpers below)."""
-  kind: str  # "int" | "float" | "bool" | "str" | "choice" | "names" | "floats" | "ints" | "any"
+  kind: str  # "int" | "float" | "bool" | "str" | "choice" | "names" | "floats" | "ints" | "rules" | "any"
   lo: float | None = None
   hi: float | None = None
   lo_open: bool = False
@@ -85,6 +44,8 @@ class Range:
       return f"a non-empty tuple of numbers in [{self.lo:g}, {self.hi:g}]"
     if self.kind == "ints":
       return f"a non-empty tuple of distinct integers >= {self.lo:g}"
+    if self.kind == "rules":
+      return "a list of (key, value) pairs"
     if self.kind in ("bool", "str", "any"):
       return {"bool": "True or False", "str": "a string", "any": "anything"}[self.kind]
     noun = "an integer" if self.kind == "int" else "a number"
@@ -101,6 +62,8 @@ class Range:
   def ok(self, v) -> bool:
     if self.kind == "any":
       return True
+    if self.kind == "rules":
+      return isinstance(v, (tuple, list)) and all(isinstance(p, (tuple, list)) and len(p) == 2 for p in v)
     if self.kind == "bool":
       return isinstance(v, bool)
     if self.kind == "str":
@@ -305,11 +268,11 @@ def mesh_fields(data: int = -1, fsdp: int = 1, tensor: int = 1, num_devices: int
   return f
 
 
-def sharding_fields(param_rules=DEFAULT_PARAM_RULES) -> Fields:
+def sharding_fields(param_rules: str = "default") -> Fields:
   f = Fields()
-  f("param_rules", [(rx, names) for rx, names in param_rules], ANY,
-    "param path regex -> logical axes, first match wins")
-  f("logical_rules", [(n, a) for n, a in DEFAULT_LOGICAL_RULES], ANY, "logical axis -> mesh axes")
+  f("param_rules", param_rules, OneOf(*RULE_SETS), "param path regex -> logical axes: emojax.parallel.PARAM_RULES' set")
+  f("extra_param_rules", [], Range("rules"), "[(param path regex, logical axes)] tried before param_rules' set")
+  f("logical_rules", [], Range("rules"), "[(logical name, mesh axes)] replacing emojax.parallel.LOGICAL_RULES' entries")
   return f
 
 

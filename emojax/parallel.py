@@ -1,7 +1,7 @@
 """Device mesh, sharding rules, and abstract-first initialisation.
 
 Mesh axes are (data, fsdp, tensor). Parameters get logical axis names from regex rules on
-their path, and logical names map to mesh axes by a second rule table; both live in config.
+their path, and logical names map to mesh axes by a second rule table; configs name a set below or give their own.
 A dimension that a mesh axis does not divide stays replicated on that axis (noted once), so
 the same rules serve a tiny CPU model and a 7B one. Activations' batch dimension is sharded
 over (data, fsdp).
@@ -17,9 +17,59 @@ import numpy as np
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from emojax.config_utils import BATCH_AXES, DEFAULT_LOGICAL_RULES, DEFAULT_PARAM_RULES
-
 AXES = ("data", "fsdp", "tensor")
+
+# Parameter path regex -> logical axes, first match wins; dense kernels are (in, out): column-parallel layers shard
+# out over tensor, row-parallel ones in.
+_FSDP_TAIL = (  # what no model-specific rule matched: every kernel fsdp over its input dimension
+    (r".*/kernel$", ("embed", None)),
+    (r".*/lora_A$", ("embed", None)),  # LoRA adapters (d_in, r) and (r, d_out): fsdp over the model width
+    (r".*/lora_B$", (None, "embed")),
+    (r".*", None),  # everything else (norms, biases, small tensors): replicated
+)
+DEFAULT_PARAM_RULES = (
+    (r".*(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj|q_proj|k_proj|v_proj|fc1|gate_proj|up_proj|net_0.*|proj_in|linear_1)/kernel$", ("embed", "mlp")),
+    (r".*(to_out.*|to_add_out|out_proj|o_proj|fc2|down_proj|net_2)/kernel$", ("mlp", "embed")),
+    (r".*(embedding|token_embedding|embed_tokens)$", ("vocab", "embed")),
+) + _FSDP_TAIL
+# The MMDiT (SD3 / SD3.5 transformer; the tiny generator adds its CLIP-style text encoder, matched by the defaults
+# after): attention projections split by heads and the feed-forward by width over tensor (Megatron column / row
+# pairs), every other kernel (adaLN modulations, the largest, and the embedders) fsdp over its input dimension.
+MMDIT_PARAM_RULES = (
+    (r".*attn2?/(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj)/kernel$", ("embed", "heads")),
+    (r".*attn2?/(to_out_0|to_add_out)/kernel$", ("heads", "embed")),
+    (r".*/net_0/proj/kernel$", ("embed", "mlp")),
+    (r".*/net_2/kernel$", ("mlp", "embed")),
+    (r".*pos_embed/pos_embed$", (None, "embed", None)),  # the (1, M*M, D) sincos buffer: 0.9 GB f32 in SD3.5-M
+) + DEFAULT_PARAM_RULES
+# Qwen2.5-VL: the decoder's and the vision blocks' attention and SwiGLU MLP tensor-parallel, the untied lm_head and
+# the token embedding split over the vocabulary; the vision attention's fused qkv, the patch embedding and the
+# merger fsdp only (tensor over a fused q|k|v output would split across the three).
+QWEN_VL_PARAM_RULES = (
+    (r".*self_attn/(q_proj|k_proj|v_proj)/kernel$", ("embed", "heads")),
+    (r".*self_attn/o_proj/kernel$", ("heads", "embed")),
+    (r".*mlp/(gate_proj|up_proj)/kernel$", ("embed", "mlp")),
+    (r".*mlp/down_proj/kernel$", ("mlp", "embed")),
+    (r".*embed_tokens/embedding$", ("vocab", "embed")),
+    (r".*lm_head/kernel$", ("embed", "vocab")),
+) + _FSDP_TAIL
+BATCH_AXES = ("data", "fsdp")
+LOGICAL_RULES = (
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("batch", BATCH_AXES),
+)
+PARAM_RULES = {"default": DEFAULT_PARAM_RULES, "mmdit": MMDIT_PARAM_RULES, "qwen_vl": QWEN_VL_PARAM_RULES}
+
+
+def rules_from_config(sharding) -> dict:
+  """config.sharding -> {param_rules, logical_rules}: its extra rules before the named set, its logical entries over
+  LOGICAL_RULES'."""
+  logical = dict(LOGICAL_RULES) | {name: axes for name, axes in sharding.logical_rules}
+  return dict(param_rules=tuple(map(tuple, sharding.extra_param_rules)) + PARAM_RULES[sharding.param_rules],
+              logical_rules=tuple((name, tuple(a) if isinstance(a, list) else a) for name, a in logical.items()))
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -115,7 +165,7 @@ def _spec_for(shape, names, mesh: Mesh, logical_rules) -> P:
   return P(*spec)
 
 
-def param_shardings(abstract_tree, mesh: Mesh, param_rules=DEFAULT_PARAM_RULES, logical_rules=DEFAULT_LOGICAL_RULES):
+def param_shardings(abstract_tree, mesh: Mesh, param_rules=DEFAULT_PARAM_RULES, logical_rules=LOGICAL_RULES):
   compiled = [(re.compile(rx), names) for rx, names in param_rules]
 
   def one(path, leaf):
@@ -125,14 +175,14 @@ def param_shardings(abstract_tree, mesh: Mesh, param_rules=DEFAULT_PARAM_RULES, 
   return jax.tree_util.tree_map_with_path(one, abstract_tree)
 
 
-def state_shardings(abstract_state, mesh: Mesh, param_rules=DEFAULT_PARAM_RULES, logical_rules=DEFAULT_LOGICAL_RULES):
+def state_shardings(abstract_state, mesh: Mesh, param_rules=DEFAULT_PARAM_RULES, logical_rules=LOGICAL_RULES):
   """Shardings for a whole train state: optimizer moments mirror their parameters' shapes,
   so the same path rules apply (optax keeps parameter names in its state paths)."""
   return param_shardings(abstract_state, mesh, param_rules, logical_rules)
 
 
 def init_sharded(init_fn: Callable[..., Any], mesh: Mesh, *args, param_rules=DEFAULT_PARAM_RULES,
-                 logical_rules=DEFAULT_LOGICAL_RULES):
+                 logical_rules=LOGICAL_RULES):
   """eval_shape -> shardings -> jit(init, out_shardings): nothing materialises unsharded."""
   abstract = jax.eval_shape(init_fn, *args)
   shardings = param_shardings(abstract, mesh, param_rules, logical_rules)

@@ -38,7 +38,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from emojax import cli, parallel, trainer
-from emojax.config_utils import QWEN_VL_PARAM_RULES
 from emojax.io import assets
 from emojax.lvlm import processor as proc_lib
 from emojax.lvlm import sampling
@@ -189,7 +188,7 @@ def _judge_program(config, mesh, n_images: int, image_side: int, architecture: s
   cfg = qwen_config(j.path or ("" if config.model.kind == "sd3" else "asset:lvlm_tiny"), architecture or "qwen25vl_7b")
   model = qv.QwenVL(cfg, dtype=jnp.dtype(j.dtype))
   params = qv.param_shapes(cfg)
-  rules = dict(param_rules=QWEN_VL_PARAM_RULES, logical_rules=tuple(map(tuple, config.sharding.logical_rules)))
+  rules = dict(parallel.rules_from_config(config.sharding), param_rules=parallel.PARAM_RULES["qwen_vl"])
   shardings = parallel.param_shardings(params, mesh, **rules)
   b = int(j.batch_size)
   parallel.check_batch(b, mesh, "rewards.lvlm.batch_size")

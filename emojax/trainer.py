@@ -180,8 +180,7 @@ def _progress(total: int, start: int, enabled: bool):
 
 
 def _rules(config) -> dict:
-  return dict(param_rules=tuple(map(tuple, config.sharding.param_rules)),
-              logical_rules=tuple(map(tuple, config.sharding.logical_rules)))
+  return parallel.rules_from_config(config.sharding)
 
 
 def _abstract_state(task, init_rng, mesh, rules):

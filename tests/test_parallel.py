@@ -83,3 +83,22 @@ def test_init_sharded_and_put_batch():
   np.testing.assert_array_equal(params["q_proj"]["kernel"], init(jax.random.key(0))["q_proj"]["kernel"])
   batch = parallel.put_batch({"x": np.arange(8 * 3).reshape(8, 3)}, mesh)
   assert batch["x"].sharding == parallel.batch_sharding(mesh) and batch["x"].addressable_shards[0].data.shape == (2, 3)
+
+
+def test_configs_name_the_rule_sets_parallel_has():
+  from emojax import config_utils
+  assert set(config_utils.RULE_SETS) == set(parallel.PARAM_RULES)
+  c = config_utils.sharding("qwen_vl")
+  rules = parallel.rules_from_config(c)
+  assert rules == dict(param_rules=parallel.PARAM_RULES["qwen_vl"], logical_rules=parallel.LOGICAL_RULES)
+  c.extra_param_rules = [(".*lm_head/kernel$", ["embed", None])]
+  c.logical_rules = [("embed", ["data", "fsdp"])]
+  rules = parallel.rules_from_config(c)
+  assert rules["param_rules"] == ((".*lm_head/kernel$", ["embed", None]),) + parallel.PARAM_RULES["qwen_vl"]
+  assert dict(rules["logical_rules"]) == dict(parallel.LOGICAL_RULES) | {"embed": ("data", "fsdp")}
+  fields = config_utils.Fields()
+  fields.include("sharding", config_utils.sharding_fields())
+  bad = fields.config()
+  bad.sharding.param_rules = "qwen"
+  with pytest.raises(ValueError, match="sharding.param_rules='qwen' is out of range"):
+    config_utils.validate(bad, fields)

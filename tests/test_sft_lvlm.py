@@ -96,7 +96,7 @@ def smoke_run(tmp_path_factory):
 
 
 def test_data_fsdp_tensor_step_equals_single_device(tmp_path):
-  """Two SFT steps of the tiny Qwen2.5-VL on a data 2 x fsdp 2 x tensor 2 mesh (configs' QWEN_VL_PARAM_RULES: the
+  """Two SFT steps of the tiny Qwen2.5-VL on a data 2 x fsdp 2 x tensor 2 mesh (parallel.PARAM_RULES["qwen_vl"]: the
   decoder's and vision blocks' attention and MLP over tensor, the other kernels fsdp) equal one device's."""
   def steps(name, **mesh):
     config = sft_config.get_config("smoke")

@@ -105,7 +105,7 @@ def fields() -> cu.Fields:
   # decayed linearly to 0 over the last half of the run, so the embedding settles where a target's reward is flat
   f.include("optim", cu.optimizer_fields(lr=1e-3, grad_clip=1.0, decay_fraction=0.5))
   f.include("mesh", cu.mesh_fields())
-  f.include("sharding", cu.sharding_fields(cu.MMDIT_PARAM_RULES))
+  f.include("sharding", cu.sharding_fields("mmdit"))
   return f
 
 

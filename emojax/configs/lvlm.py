@@ -85,7 +85,7 @@ def fields() -> cu.Fields:
 
   f.include("optim", cu.optimizer_fields(lr=5e-5, grad_clip=1.0, weight_decay=0.0, warmup_steps=10))
   f.include("mesh", cu.mesh_fields())
-  f.include("sharding", cu.sharding_fields(cu.QWEN_VL_PARAM_RULES))
+  f.include("sharding", cu.sharding_fields("qwen_vl"))
   return f
 
 

@@ -73,7 +73,7 @@ def fields() -> cu.Fields:
 
   f.include("optim", cu.optimizer_fields(lr=6e-4, grad_clip=1.0, weight_decay=0.0, warmup_steps=200, decay_steps=1000))
   f.include("mesh", cu.mesh_fields())
-  f.include("sharding", cu.sharding_fields(cu.MMDIT_PARAM_RULES))
+  f.include("sharding", cu.sharding_fields("mmdit"))
   return f
 
 

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from emojax import parallel
-from emojax.config_utils import QWEN_VL_PARAM_RULES
 from emojax.emotion.answer import parse_answers
 from emojax.emotion.scoring import worst_error
 from emojax.emotion.space import check_va
@@ -77,7 +76,8 @@ class LVLMJudgeReward:
       params = jax.device_put(params)
     else:
       abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
-      params = jax.device_put(params, parallel.param_shardings(abstract, mesh, param_rules=QWEN_VL_PARAM_RULES))
+      rules = parallel.PARAM_RULES["qwen_vl"]
+      params = jax.device_put(params, parallel.param_shardings(abstract, mesh, param_rules=rules))
     return cls(model, params, processor, int(c.batch_size), int(c.max_prompt_len), int(c.max_new_tokens), mesh)
 
   def answers(self, images) -> list[str]:
