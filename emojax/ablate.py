@@ -75,7 +75,7 @@ def emotional_prompts(data_seed: int, va: np.ndarray) -> list[str]:
 
 def run_seed(c, seed: int, workdir: str, judges) -> dict[str, dict]:
   from emojax import trainer
-  from emojax.evaluation import generator_run, report
+  from emojax.evaluation import grid_eval as generator_run, report
   from emojax.tasks import make_task
   out, seed_dir = {}, os.path.join(workdir, f"seed{seed}")
   os.makedirs(seed_dir, exist_ok=True)
@@ -140,7 +140,7 @@ def main(argv):
   for s in c.seeds:
     train_config(c, s)  # a bad training config fails now, not after the first seed's runs
   cli.use_compilation_cache()
-  from emojax.evaluation import generator_run
+  from emojax.evaluation import grid_eval as generator_run
   judges = generator_run.Judges.from_config(eval_config(c, 0, ""))
   per_seed = {s: run_seed(c, s, _WORKDIR.value, judges) for s in c.seeds}
   out, md = table(per_seed, c.rows)

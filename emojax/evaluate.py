@@ -61,7 +61,7 @@ def evaluate_lvlm(c) -> dict:
 
 
 def evaluate_generator(c, workdir: str) -> dict:
-  from emojax.evaluation import generator_run, report
+  from emojax.evaluation import grid_eval, report
   from emojax.io import assets
   from emojax.pipelines import feedback_loop as fl
   from emojax.pipelines import tiny
@@ -69,10 +69,10 @@ def evaluate_generator(c, workdir: str) -> dict:
   if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, "metrics.json")):
     raise FileExistsError(f"refusing to write the evaluation into {out_dir}: it is not empty and holds no earlier "
                           "evaluation (metrics.json); choose an empty or new --workdir")
-  prompts, examples = generator_run.grid_prompts(c)
+  prompts, examples = grid_eval.grid_prompts(c)
   rows_prompts, va = report.grid_rows(prompts, c.grid)
-  judges = generator_run.Judges.from_config(c)
-  out = generator_run.run(c, judges, rows_prompts, va, progress=_PROGRESS.value)
+  judges = grid_eval.Judges.from_config(c)
+  out = grid_eval.run(c, judges, rows_prompts, va, progress=_PROGRESS.value)
   summary = {"generator": os.path.abspath(tiny.generator_dir(c.generator)), **out["summary"]}
   if examples:  # the clean level: the split's own renders of the same prompts
     clean = np.stack([ex["image"] for ex in examples])

@@ -6,7 +6,8 @@ import pytest
 from configs import pretrain_generator
 from emojax import trainer
 from emojax.data import emoshapes
-from emojax.evaluation import generator as gen_eval
+from emojax.evaluation import text_use
+from emojax.evaluation.training_eval import EvalSet
 from emojax.evaluation import layout as layout_judge
 from emojax.pipelines import tiny
 from emojax.pipelines.policy import TinyPolicy
@@ -24,7 +25,7 @@ def test_shipped_generator_follows_the_requested_emotion_from_a_neutral_prompt()
   """The supervised V-A stage made the emotion input carry colour: neutral prompts x a 3x3 V-A grid (ODE 8,
   no CFG, as the main job's eval grid), read by the colour judge."""
   gen, gcfg, params = tiny.load_generator("")
-  m = gen_eval.EvalSet(TinyPolicy(gen, gcfg), num_prompts=4, seed=12345, num_steps=8, shift=3.0, cfg_scale=1.0, source="grid")(params)
+  m = EvalSet(TinyPolicy(gen, gcfg), num_prompts=4, seed=12345, num_steps=8, shift=3.0, cfg_scale=1.0, source="grid")(params)
   # measured on worlds 12345-12348: V/A corr 0.81-0.92 / 0.79-0.92, |dV| 0.76-0.94, |dA| 0.57-0.96; before the
   # V-A stage (emotion tokens at their zero init) corr about 0 and |dV| 2.06, |dA| 1.77
   assert m["eval/v_corr"] > 0.7 and m["eval/a_corr"] > 0.7
@@ -35,7 +36,7 @@ def test_shipped_generator_follows_the_requested_emotion_from_a_neutral_prompt()
 def test_shipped_generator_reads_place_and_shape_words():
   gen, gcfg, params = tiny.load_generator("")
   examples = [emoshapes.make_example(12345, i) for i in range(32)]
-  shapes = gen_eval.text_use_losses(gen, gcfg, params, examples, sigmas=(0.7,))[0.7]["shapes"]
+  shapes = text_use.text_use_losses(gen, gcfg, params, examples, sigmas=(0.7,))[0.7]["shapes"]
   # measured (loss on shape pixels, x the right prompt's) on worlds 12345-12348: places moved 3.4-4.4x, no
   # prompt 1.64-1.90x, shape names swapped 1.54-1.58x; the previous asset drew the same block whatever the
   # name (swapped 1.05x). Thresholds sit below the measured range.
@@ -46,7 +47,7 @@ def test_shipped_generator_reads_place_and_shape_words():
 @pytest.mark.asset
 def test_shipped_generator_draws_the_named_shapes_in_the_named_cells():
   gen, gcfg, params = tiny.load_generator("")
-  evals = gen_eval.EvalSet(TinyPolicy(gen, gcfg), num_prompts=16, seed=12345, num_steps=8, shift=3.0, cfg_scale=3.0,
+  evals = EvalSet(TinyPolicy(gen, gcfg), num_prompts=16, seed=12345, num_steps=8, shift=3.0, cfg_scale=3.0,
                                    source="emotional")
   occupied, kinds = layout_judge.read_layout(np.asarray(evals.sample(params)))
   want = layout_judge.named_kinds(evals.prompts)

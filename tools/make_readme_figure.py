@@ -25,10 +25,10 @@ _DPI = flags.DEFINE_integer("dpi", 80, "Resolution of the output (the evaluation
 
 def evaluate(c, judges, directory: str) -> dict:
   """emojax.evaluate's generator mode without its CLI: images, judges, va_grid.png into directory."""
-  from emojax.evaluation import generator_run, report
-  prompts, _ = generator_run.grid_prompts(c)
+  from emojax.evaluation import grid_eval, report
+  prompts, _ = grid_eval.grid_prompts(c)
   rows_prompts, va = report.grid_rows(prompts, c.grid)
-  out = generator_run.run(c, judges, rows_prompts, va)
+  out = grid_eval.run(c, judges, rows_prompts, va)
   os.makedirs(directory, exist_ok=True)
   report.write(directory, rows_prompts, out["images"], out["rows"], c.grid)
   with open(os.path.join(directory, "metrics.json"), "w") as f:
@@ -44,14 +44,14 @@ def label(name: str, s: dict) -> str:
 def main(argv):
   del argv
   from emojax.configs import evaluate_generator
-  from emojax.evaluation import generator_run
+  from emojax.evaluation import grid_eval
   export = os.path.join(_WORKDIR.value, "export")
   if not os.path.isfile(os.path.join(export, "config.json")):
     raise app.UsageError(f"{export} holds no generator export; is {_WORKDIR.value} a finished main-job run?")
   c = evaluate_generator.get_config()
   if _NUM_PROMPTS.value:
     c.data.num_prompts = _NUM_PROMPTS.value
-  judges = generator_run.Judges.from_config(c)
+  judges = grid_eval.Judges.from_config(c)
   if _KEEP.value:
     figure(c, judges, export, _KEEP.value)
   else:

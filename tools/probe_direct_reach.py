@@ -31,7 +31,7 @@ import optax
 from emojax import config_utils as cu
 from emojax.data import emoshapes
 from emojax.emotion import colour
-from emojax.evaluation.generator import EvalSet
+from emojax.evaluation.training_eval import EvalSet
 from emojax.models import lora as lora_lib
 from emojax.pipelines import policy as policy_lib
 from emojax.pipelines import tiny

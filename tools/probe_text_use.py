@@ -14,7 +14,7 @@ import argparse
 import json
 
 from emojax.data import emoshapes
-from emojax.evaluation import generator as common
+from emojax.evaluation import text_use
 from emojax.pipelines import tiny
 
 
@@ -29,11 +29,11 @@ def main():
   gen, gcfg, params = tiny.load_generator(args.generator)
   examples = [emoshapes.make_example(args.seed, i, gcfg.mmdit.sample_size) for i in range(args.num_images)]
   sigmas = [float(s) for s in args.sigmas.split(",")]
-  for s, by_pixels in common.text_use_losses(gen, gcfg, params, examples, sigmas).items():
+  for s, by_pixels in text_use.text_use_losses(gen, gcfg, params, examples, sigmas).items():
     for pixels, losses in by_pixels.items():
       print(json.dumps({"sigma": s, "pixels": pixels, **{k: round(v, 5) for k, v in losses.items()}}))
   if args.per_cell:
-    confusion = common.kind_confusion(gen, gcfg, params, per_cell=args.per_cell)
+    confusion = text_use.kind_confusion(gen, gcfg, params, per_cell=args.per_cell)
     print(json.dumps({"kind_acc": round(float(confusion.trace() / confusion.sum()), 3),
                       **{k: row.tolist() for k, row in zip(emoshapes.SHAPES, confusion)}}))
 

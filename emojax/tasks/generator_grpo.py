@@ -23,7 +23,7 @@ from emojax import optim, trainer
 from emojax.data import pipeline, sources
 from emojax.diffusion import schedule
 from emojax.emotion.space import check_va
-from emojax.evaluation.generator import EvalSet
+from emojax.evaluation.training_eval import EvalSet
 from emojax.models import lora as lora_lib
 from emojax.pipelines import policy as policy_lib
 from emojax.rewards import registry as reward_registry

@@ -19,7 +19,7 @@ import numpy as np
 
 from emojax import optim, trainer
 from emojax.data import emoshapes, pipeline
-from emojax.evaluation.generator import EvalSet
+from emojax.evaluation.training_eval import EvalSet
 from emojax.models import generator as gen_lib
 from emojax.pipelines import policy as policy_lib, tiny
 

@@ -1,4 +1,4 @@
-"""One generator evaluation without its files: the images of every (prompt, V, A) of a grid (one each, or
+"""One generator evaluation over a prompt x V-A grid, without its files: the images of every (prompt, V, A) (one each, or
 the test-time feedback loop's kept image) read by every judge. `emojax.evaluate` writes it out;
 `emojax.ablate` runs it for every row of its table with the judges loaded once."""
 from __future__ import annotations
