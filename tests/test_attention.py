@@ -163,6 +163,6 @@ def test_blockwise_memory_is_linear():
   t, h = 4096, 4
   logits = t * t * h * 4
   assert _temp_bytes("xla", t, h) >= logits  # the measure sees the [T, T] logits when they exist
-  temp = _temp_bytes("blockwise", t, h)  # 23 MB: fixed chunk buffers (4 x 512² x H x 4 B) + O(T) terms
+  temp = _temp_bytes("blockwise", t, h)  # fixed chunk buffers (a few x 256² x H x 4 B) + O(T) terms
   assert temp < logits / 8
-  assert _temp_bytes("blockwise", 2 * t, h) < 1.5 * temp  # quadratic would be 4x
+  assert _temp_bytes("blockwise", 2 * t, h) < 2.5 * temp  # linear: < 2x; quadratic: 4x
