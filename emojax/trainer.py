@@ -12,7 +12,7 @@ run killed at any point, SIGKILL included, ends bit-identical to an uninterrupte
 machine and mesh. The saved config must agree with the current one in every field that shapes the
 trajectory; `RESUME_MUTABLE` lists the fields that may differ, `config.resume_changes` names
 others changed on purpose (staged training). metrics.jsonl and TensorBoard are rewound to the
-resumed step (`emojax.metrics`).
+resumed step (`emojax.metric_log`).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from absl import logging
 
 from emojax import checkpoint as ckpt_lib
 from emojax import config_utils
-from emojax import metrics as metrics_lib
+from emojax import metric_log
 from emojax import optim
 from emojax import parallel
 
@@ -251,7 +251,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task, *, progress
     experience_fn = jax.jit(task.experience, in_shardings=(shardings, batch_sharding, repl, const_shardings),
                             out_shardings=batch_sharding)
 
-  writer = metrics_lib.MetricWriter(workdir, enabled=is_main, start_step=start)
+  writer = metric_log.MetricWriter(workdir, enabled=is_main, start_step=start)
   bar = _progress(config.total_steps, start, progress and is_main)
   history: list[dict] = []
   config_dict = config.to_dict()

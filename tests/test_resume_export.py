@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, cli_env, generator_config
-from emojax import checkpoint, metrics, trainer
+from emojax import checkpoint, metric_log, trainer
 from emojax.io import assets
 from emojax.models import mmdit
 from emojax.pipelines import tiny
@@ -61,10 +61,10 @@ def _kill_after_row(args, workdir, step):
   """Starts a run and SIGKILLs it as soon as metrics.jsonl has the row of `step` (the next step is running)."""
   proc = subprocess.Popen([sys.executable, "-m", "emojax.train", *args], cwd=ROOT, env=cli_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-  path = os.path.join(workdir, metrics.JSONL)
+  path = os.path.join(workdir, metric_log.JSONL)
   deadline = time.time() + 600
   while time.time() < deadline and proc.poll() is None:
-    if os.path.exists(path) and any(r["step"] == step for r in metrics.read_jsonl(path)):
+    if os.path.exists(path) and any(r["step"] == step for r in metric_log.read_jsonl(path)):
       proc.send_signal(signal.SIGKILL)
       break
     time.sleep(0.05)
@@ -112,16 +112,16 @@ def test_sigkill_mid_step_and_mid_save_resume_bit_identical(tiny_asset, uninterr
   mid_save = _run(args, prefix=("-c", _KILL_MID_SAVE))  # resumes at 2, is killed while saving 4
   assert mid_save.returncode == -signal.SIGKILL, mid_save.stderr[-3000:]
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4.orbax-checkpoint-tmp"]
-  assert [r["step"] for r in metrics.read_jsonl(tmp_path / metrics.JSONL)] == [1, 2, 3, 4]
+  assert [r["step"] for r in metric_log.read_jsonl(tmp_path / metric_log.JSONL)] == [1, 2, 3, 4]
   final = _run(args)  # falls back to checkpoint 2 with a warning and finishes
   assert final.returncode == 0, final.stderr[-3000:]
   assert "never completed" in final.stderr and "resuming from step 2" in final.stderr
   want, got = _export_params(uninterrupted / "export"), _export_params(tmp_path / "export")
   jax.tree.map(np.testing.assert_array_equal, got, want)
-  rows = metrics.read_jsonl(tmp_path / metrics.JSONL)
+  rows = metric_log.read_jsonl(tmp_path / metric_log.JSONL)
   assert [r["step"] for r in rows] == [1, 2, 3, 4]
-  _same_rows(rows, metrics.read_jsonl(uninterrupted / metrics.JSONL))
-  events = _events(tmp_path / metrics.TENSORBOARD)
+  _same_rows(rows, metric_log.read_jsonl(uninterrupted / metric_log.JSONL))
+  events = _events(tmp_path / metric_log.TENSORBOARD)
   assert len(events) == len(set(events)) and {s for _, s in events} == {1, 2, 3, 4}
   assert ("reward_mean", 3) in events
 
@@ -196,16 +196,16 @@ def test_checkpoint_holds_the_rng_key_the_run_trains_with(two_steps):
 
 
 def test_metrics_rewind_drops_later_and_half_written_rows(tmp_path):
-  w = metrics.MetricWriter(str(tmp_path))
+  w = metric_log.MetricWriter(str(tmp_path))
   for step in range(1, 6):
     w.write(step, {"loss": 0.1 * step, "bad": float("nan")})
   w.close()
-  with open(tmp_path / metrics.JSONL, "a") as f:
+  with open(tmp_path / metric_log.JSONL, "a") as f:
     f.write('{"step": 6, "loss": 0.')  # a kill mid-write
-  w = metrics.MetricWriter(str(tmp_path), start_step=3)
+  w = metric_log.MetricWriter(str(tmp_path), start_step=3)
   w.write(4, {"loss": 9.0})
   w.close()
-  rows = metrics.read_jsonl(tmp_path / metrics.JSONL)
+  rows = metric_log.read_jsonl(tmp_path / metric_log.JSONL)
   assert [(r["step"], r["loss"]) for r in rows] == [(1, 0.1), (2, 0.2), (3, 0.30000000000000004), (4, 9.0)]
   assert rows[0]["bad"] == "nan"
-  assert sorted(_events(tmp_path / metrics.TENSORBOARD)) == [("loss", s) for s in (1, 2, 3, 4)]
+  assert sorted(_events(tmp_path / metric_log.TENSORBOARD)) == [("loss", s) for s in (1, 2, 3, 4)]
