@@ -231,6 +231,13 @@ def check_preset(preset: str, presets: dict[str, str], job: str) -> None:
     raise ValueError(f"unknown preset {preset!r} for {job}; use {', '.join(names[:-1])} or {names[-1]}")
 
 
+def preset_config(arg: str | None, fields: Fields, presets: dict[str, str], job: str):
+  """(preset, defaults as a ConfigDict) of a config file's get_config(arg); PRESETS' first entry is the default."""
+  preset = parse_arg(arg, preset=next(iter(presets))).preset
+  check_preset(preset, presets, job)
+  return preset, fields.config()
+
+
 # ------------------------------------------------------------------------------------- shared pieces
 # Each `*_fields` declares a group of fields; the function of the same name without `_fields` builds it as a
 # ConfigDict (for presets that replace a whole group, and for code that needs one).

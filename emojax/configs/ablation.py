@@ -40,10 +40,8 @@ FIELDS = fields()
 
 
 def get_config(arg=None):
-  arg = cu.parse_arg(arg, preset="default")
-  cu.check_preset(arg.preset, PRESETS, "ablation")
-  c = FIELDS.config()
-  if arg.preset == "smoke":
+  preset, c = cu.preset_config(arg, FIELDS, PRESETS, "ablation")
+  if preset == "smoke":
     c.seeds, c.train.preset = (0,), "smoke"
     c.eval.num_prompts, c.eval.grid, c.eval.num_steps, c.eval.batch_size = 1, (-2.0, 2.0), 2, 4
     c.eval.feedback_rounds, c.eval.images_per_round = 2, 2

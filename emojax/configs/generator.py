@@ -113,15 +113,13 @@ FIELDS = fields()
 
 
 def get_config(arg=None):
-  arg = cu.parse_arg(arg, preset="default")
-  cu.check_preset(arg.preset, PRESETS, "generator")
-  c = FIELDS.config()
-  if arg.preset == "smoke":
+  preset, c = cu.preset_config(arg, FIELDS, PRESETS, "generator")
+  if preset == "smoke":
     c.total_steps, c.checkpoint_every, c.eval_every = 3, 2, 3
     c.rl.prompts_per_step, c.rl.group_size, c.rl.num_steps, c.rl.sde_steps = 2, 4, 3, 2
     c.eval.num_prompts, c.eval.num_steps = 1, 2
     c.rewards.lvlm.batch_size = 8
-  elif arg.preset == "sd35m":
+  elif preset == "sd35m":
     sd35m(c)
   return c
 

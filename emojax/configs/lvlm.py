@@ -93,24 +93,22 @@ FIELDS = fields()
 
 
 def get_config(arg=None):
-  arg = cu.parse_arg(arg, preset="default")
-  cu.check_preset(arg.preset, PRESETS, "lvlm")
-  c = FIELDS.config()
-  if arg.preset in ("feedback", "feedback_smoke"):  # both tasks, from the shipped two-task LVLM
+  preset, c = cu.preset_config(arg, FIELDS, PRESETS, "lvlm")
+  if preset in ("feedback", "feedback_smoke"):  # both tasks, from the shipped two-task LVLM
     c.model.pretrained = "asset:lvlm_tiny"
     c.data = cu.lvlm_data(seed=8)  # a world no earlier stage trained on
     c.data.feedback_share = 0.5
     c.max_prompt_len, c.max_new_tokens = 216, 240  # the longest feedback question (215 with the image) and answer (239)
     c.total_steps, c.checkpoint_every, c.eval_every = 60, 30, 30
-  if arg.preset in ("smoke", "feedback_smoke"):
+  if preset in ("smoke", "feedback_smoke"):
     c.total_steps, c.checkpoint_every, c.eval_every = 2, 2, 2
     c.images_per_step, c.group_size, c.max_new_tokens, c.grad_accum = 2, 4, 24, 2
     c.eval.num_examples, c.eval.batch_size, c.eval.at_start, c.eval.feedback_examples = 2, 2, False, 2
     c.optim.warmup_steps = 0
     c.feedback.num_steps, c.feedback.batch_size, c.feedback.renders = 2, 4, 1
-  if arg.preset == "feedback_smoke":
+  if preset == "feedback_smoke":
     c.max_new_tokens, c.data.feedback_share = 240, 1.0
-  elif arg.preset == "qwen25vl_7b":
+  elif preset == "qwen25vl_7b":
     qwen25vl_7b(c)
   return c
 

@@ -81,16 +81,14 @@ FIELDS = fields()
 
 
 def get_config(arg=None):
-  arg = cu.parse_arg(arg, preset="full")
-  cu.check_preset(arg.preset, PRESETS, "pretrain_generator")
-  c = FIELDS.config()
-  if arg.preset == "va":
+  preset, c = cu.preset_config(arg, FIELDS, PRESETS, "pretrain_generator")
+  if preset == "va":
     c.total_steps, c.checkpoint_every, c.eval_every = 1500, 250, 250
     c.model.frozen = ("text", "mmdit")
     c.caption.p_neutral = 0.9  # the rest stay empty captions: V-A alone must also carry colour
     c.eval.source, c.eval.num_prompts, c.eval.cfg_scale = "grid", 16, 1.0  # the main job's eval grid and guidance
     c.optim = cu.optimizer(lr=2e-3, grad_clip=1.0, weight_decay=0.0, warmup_steps=100, decay_steps=400)
-  elif arg.preset == "smoke":
+  elif preset == "smoke":
     c.total_steps, c.batch_size, c.checkpoint_every, c.eval_every = 4, 8, 2, 4
     c.optim.warmup_steps, c.optim.decay_steps = 0, 2
     c.eval.num_prompts, c.eval.num_steps = 8, 2

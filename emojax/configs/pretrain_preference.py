@@ -48,10 +48,8 @@ FIELDS = fields()
 
 
 def get_config(arg=None):
-  arg = cu.parse_arg(arg, preset="full")
-  cu.check_preset(arg.preset, PRESETS, "pretrain_preference")
-  c = FIELDS.config()
-  if arg.preset == "smoke":
+  preset, c = cu.preset_config(arg, FIELDS, PRESETS, "pretrain_preference")
+  if preset == "smoke":
     c.total_steps, c.checkpoint_every, c.eval_every, c.batch_size = 3, 2, 3, 8
     c.model.width, c.model.text_layers, c.model.vision_layers = 32, 1, 1
     c.tokenizer.num_captions, c.eval.per_kind, c.eval.batch_size = 200, 4, 8

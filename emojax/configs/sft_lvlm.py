@@ -55,17 +55,15 @@ FIELDS = fields()
 
 
 def get_config(arg=None):
-  arg = cu.parse_arg(arg, preset="full")
-  cu.check_preset(arg.preset, PRESETS, "sft_lvlm")
-  c = FIELDS.config()
-  if arg.preset == "feedback":  # the second task: the shipped judge also learns to critique and rewrite
+  preset, c = cu.preset_config(arg, FIELDS, PRESETS, "sft_lvlm")
+  if preset == "feedback":  # the second task: the shipped judge also learns to critique and rewrite
     c.model.pretrained = "asset:lvlm_tiny"  # the shipped judge
     c.data.seed = 5  # a world neither the judge's SFT (1) nor its GRPO (3) saw
     c.data.feedback_share = 0.5
     c.max_prompt_len, c.target_len = 216, 240  # the longest feedback question (215 with the image) and answer (239)
     c.total_steps, c.checkpoint_every, c.eval_every = 450, 150, 150
     c.optim = cu.optimizer(lr=5e-4, grad_clip=1.0, weight_decay=0.0, warmup_steps=20)
-  elif arg.preset == "smoke":
+  elif preset == "smoke":
     c.total_steps, c.batch_size, c.checkpoint_every, c.eval_every = 4, 4, 2, 4
     c.eval.num_examples, c.eval.batch_size = 4, 4
     c.optim.warmup_steps = 0
