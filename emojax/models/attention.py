@@ -21,7 +21,7 @@ Implementations:
   auto       AUTO below: blockwise / splash / cudnn once Tq * S reaches AUTO_MIN_TOKENS[backend]², else xla.
 """
 import functools
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -203,28 +203,12 @@ def _hf_key(path: tuple[str, ...]) -> str:
   return ".".join(["vision_model.encoder.layers", m.group(1), *sub, leaf])
 
 
-def _to_flax(path, w):
-  if path[-1] != "kernel":
-    return w
-  return w.T if w.ndim == 2 else w.transpose(2, 3, 1, 0)  # Linear (out, in); Conv2d (O, I, kh, kw)
-
-
 def load_hf_clip_params(state_dict: dict[str, np.ndarray], config: CLIPConfig, dtype: Any = np.float32) -> dict:
   """transformers CLIPModel state dict -> CLIP params (host numpy). One-line errors naming missing,
   unexpected or mis-shaped keys."""
   shapes = traverse_util.flatten_dict(param_shapes(config))
   keys = {_hf_key(path): path for path in shapes}
-  missing = sorted(k for k in keys if k not in state_dict)
-  unexpected = sorted(k for k in state_dict if k not in keys and k not in _IGNORED_HF_KEYS)
-  if missing or unexpected:
-    raise ValueError(f"CLIP state dict does not match its config: missing [{te._head(missing)}], "
-                     f"unexpected [{te._head(unexpected)}]")
-  params = {}
-  for key, path in keys.items():
-    w = _to_flax(path, np.asarray(state_dict[key]))
-    if w.shape != shapes[path].shape:
-      raise ValueError(f"{key} has shape {tuple(np.shape(state_dict[key]))}, which the config does not imply")
-    params[path] = w.astype(dtype, copy=False) if dtype is not None else w
+  params = hf_weights.to_params(state_dict, shapes, keys, what="CLIP", ignored=_IGNORED_HF_KEYS, dtype=dtype)
   return traverse_util.unflatten_dict(params)
 
 
@@ -247,13 +231,7 @@ def init_params(config: CLIPConfig, rng, std: float = 0.02) -> dict:
 
 def to_hf_state_dict(params) -> dict[str, np.ndarray]:
   """Inverse of `load_hf_clip_params`: transformers CLIPModel key -> array (Linear (out, in), Conv2d OIHW)."""
-  out = {}
-  for path, w in traverse_util.flatten_dict(params).items():
-    w = np.asarray(w)
-    if path[-1] == "kernel":
-      w = w.T if w.ndim == 2 else w.transpose(3, 2, 0, 1)
-    out[_hf_key(path)] = np.array(w, order="C")  # (ascontiguousarray would make logit_scale 1-d)
-  return out
+  return hf_weights.from_params(params, _hf_key)
 
 
 def hf_config_dict(config: CLIPConfig, special_ids: dict[str, int] | None = None) -> dict[str, Any]:

@@ -371,52 +371,23 @@ def _torch_key(path: tuple[str, ...]) -> str:
   return ".".join([_LISTS.sub(r"\1.\2", p) for p in path[:-1]] + [leaf])
 
 
-def _to_flax(leaf: str, w: np.ndarray) -> np.ndarray:
-  if leaf != "kernel":
-    return w
-  return w.T if w.ndim == 2 else w.transpose(2, 3, 1, 0)  # Linear (out, in); Conv2d (O, I, kh, kw)
-
-
-def _to_torch(leaf: str, w: np.ndarray) -> np.ndarray:
-  if leaf != "kernel":
-    return w
-  return w.T if w.ndim == 2 else w.transpose(3, 2, 0, 1)
-
-
 @functools.cache
 def param_shapes(config: MMDiTConfig) -> dict:
   """Abstract params pytree (jax.ShapeDtypeStruct leaves) of MMDiT(config)."""
   return jax.eval_shape(MMDiT(config).init, jax.random.key(0), *dummy_inputs(config))["params"]
 
 
-def _head(keys: list[str], n: int = 5) -> str:
-  return ", ".join(keys[:n]) + (f", ... ({len(keys)} total)" if len(keys) > n else "")
-
-
 def load_diffusers_params(state_dict: dict[str, np.ndarray], config: MMDiTConfig, dtype: Dtype | None = None):
   """diffusers SD3Transformer2DModel state dict -> MMDiT params (host numpy arrays, cast to `dtype` if given)."""
   shapes = traverse_util.flatten_dict(param_shapes(config))
   keys = {_torch_key(path): path for path in shapes}
-  missing = [k for k in keys if k not in state_dict]
-  unexpected = sorted(k for k in state_dict if k not in keys)
-  if missing or unexpected:
-    raise ValueError(f"state dict does not match {config}: missing [{_head(missing)}], "
-            f"unexpected [{_head(unexpected)}]")
-  params = {}
-  for key, path in keys.items():
-    w = _to_flax(path[-1], np.asarray(state_dict[key]))
-    if w.shape != shapes[path].shape:
-      want = _to_torch(path[-1], np.empty(shapes[path].shape, np.int8)).shape
-      raise ValueError(f"{key} has shape {tuple(state_dict[key].shape)} in the weights but the config "
-              f"implies {tuple(want)}; the config does not match the checkpoint")
-    params[path] = w if dtype is None else w.astype(dtype, copy=False)
-  return traverse_util.unflatten_dict(params)
+  return traverse_util.unflatten_dict(hf_weights.to_params(state_dict, shapes, keys, what="SD3 transformer",
+                                                           dtype=dtype))
 
 
 def to_diffusers_state_dict(params) -> dict[str, np.ndarray]:
   """Inverse of `load_diffusers_params`."""
-  flat = traverse_util.flatten_dict(params)
-  return {_torch_key(path): np.ascontiguousarray(_to_torch(path[-1], np.asarray(w))) for path, w in flat.items()}
+  return hf_weights.from_params(params, _torch_key)
 
 
 def from_pretrained(directory, dtype: Dtype = jnp.float32, param_dtype: Dtype | None = None):

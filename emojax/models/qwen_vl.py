@@ -693,39 +693,26 @@ def _canonical(key: str) -> str:
   return key
 
 
-def _head(keys: list[str], n: int = 5) -> str:
-  return ", ".join(keys[:n]) + (f", ... ({len(keys)} total)" if len(keys) > n else "")
-
-
 def load_hf_qwen_vl_params(state_dict: dict[str, np.ndarray], config: QwenVLConfig, dtype: Dtype | None = None):
   """transformers Qwen2_5_VLForConditionalGeneration state dict -> QwenVL params (host numpy, cast to
   `dtype` if given). Raises ValueError naming missing/unexpected keys or a tensor whose shape the
   config does not imply."""
   shapes = traverse_util.flatten_dict(param_shapes(config))
   keys = {_hf_key(path): path for path in shapes}
-  state = {_canonical(k): k for k in state_dict}
+  state = {_canonical(k): v for k, v in state_dict.items()}
   if config.tie_word_embeddings:
     state.pop("lm_head.weight", None)  # the tied copy of embed_tokens some saves include
-  missing = sorted(k for k in keys if k not in state)
-  unexpected = sorted(state[k] for k in state if k not in keys)
-  if missing or unexpected:
-    raise ValueError(f"Qwen2.5-VL state dict does not match the config: missing [{_head(missing)}], "
-                     f"unexpected [{_head(unexpected)}]")
-  params = {}
-  for key, path in keys.items():
-    w = np.asarray(state_dict[state[key]])
-    want = shapes[path].shape
-    if path[-1] == "kernel":
-      want = want[::-1]
-      if path[-2:] == ("proj", "kernel") and path[1] == "patch_embed":  # Conv3d (D, C, T, P, P)
-        vc = config.vision_config
-        want = (want[0], vc.in_channels, vc.temporal_patch_size, vc.patch_size, vc.patch_size)
-    if w.shape != tuple(want):
-      raise ValueError(f"{state[key]} has shape {tuple(w.shape)} in the weights but the config implies "
-                       f"{tuple(want)}; the config does not match the checkpoint")
-    if path[-1] == "kernel":
-      w = w.reshape(w.shape[0], -1).T
-    params[path] = w if dtype is None else w.astype(dtype, copy=False)
+  vc = config.vision_config
+  conv3d = (vc.in_channels, vc.temporal_patch_size, vc.patch_size, vc.patch_size)
+
+  def convert(path, w):
+    if path[-1] != "kernel":
+      return w
+    if path[1] == "patch_embed" and w.shape[1:] != conv3d:  # Conv3d (D, C, T, P, P); other layouts must fail
+      return w
+    return w.reshape(w.shape[0], -1).T
+
+  params = hf_weights.to_params(state, shapes, keys, what="Qwen2.5-VL", convert=convert, dtype=dtype)
   return traverse_util.unflatten_dict(params)
 
 

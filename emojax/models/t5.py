@@ -220,10 +220,6 @@ def _hf_key(path: tuple[str, ...]) -> str:
   return ".".join(["encoder.block", m.group(1), *sub, *mods[2:], "weight"])
 
 
-def _head(keys: list[str], n: int = 5) -> str:
-  return ", ".join(keys[:n]) + (f", ... ({len(keys)} total)" if len(keys) > n else "")
-
-
 def load_hf_t5_params(state: dict[str, np.ndarray], config: T5Config, dtype: Any = np.float32) -> dict:
   """transformers T5EncoderModel (or T5ForConditionalGeneration: decoder.* / lm_head.* are ignored) state dict
   -> T5Encoder params (host numpy). Linear (out, in) -> Dense kernel (in, out). One-line ValueError naming
@@ -232,18 +228,7 @@ def load_hf_t5_params(state: dict[str, np.ndarray], config: T5Config, dtype: Any
   embed = next((k for k in _EMBED_KEYS if k in state), _EMBED_KEYS[0])
   shapes = traverse_util.flatten_dict(param_shapes(config))
   keys = {(embed if path == ("shared", "embedding") else _hf_key(path)): path for path in shapes}
-  missing = sorted(k for k in keys if k not in state)
-  unexpected = sorted(k for k in state if k not in keys and k not in _EMBED_KEYS)
-  if missing or unexpected:
-    raise ValueError(f"T5 encoder state dict does not match its config: missing [{_head(missing)}], "
-                     f"unexpected [{_head(unexpected)}]")
-  params = {}
-  for key, path in keys.items():
-    w = np.asarray(state[key])
-    w = w.T if path[-1] == "kernel" else w
-    if w.shape != shapes[path].shape:
-      raise ValueError(f"{key} has shape {tuple(np.shape(state[key]))}, which the config does not imply")
-    params[path] = w.astype(dtype, copy=False) if dtype is not None else w
+  params = hf_weights.to_params(state, shapes, keys, what="T5 encoder", ignored=_EMBED_KEYS, dtype=dtype)
   return traverse_util.unflatten_dict(params)
 
 

@@ -243,10 +243,6 @@ def _hf_key(path: tuple[str, ...]) -> str:
   return ".".join(["text_model.encoder.layers", m.group(1), *rest, leaf])
 
 
-def _head(keys: list[str], n: int = 5) -> str:
-  return ", ".join(keys[:n]) + (f", ... ({len(keys)} total)" if len(keys) > n else "")
-
-
 def load_hf_clip_text_params(state_dict: dict[str, np.ndarray], config: TextEncoderConfig,
                              dtype: Any = np.float32) -> dict:
   """transformers CLIPTextModelWithProjection state dict -> TextEncoder params (host numpy).
@@ -259,19 +255,7 @@ def load_hf_clip_text_params(state_dict: dict[str, np.ndarray], config: TextEnco
                      f"{config.merge_size}")
   shapes = traverse_util.flatten_dict(param_shapes(config))
   keys = {_hf_key(path): path for path in shapes}
-  missing = sorted(k for k in keys if k not in state_dict)
-  unexpected = sorted(k for k in state_dict if k not in keys and k not in _IGNORED_HF_KEYS)
-  if missing or unexpected:
-    raise ValueError(f"CLIP text state dict does not match {config}: missing [{_head(missing)}], "
-                     f"unexpected [{_head(unexpected)}]")
-  params = {}
-  for key, path in keys.items():
-    w = np.asarray(state_dict[key])
-    w = w.T if path[-1] == "kernel" else w
-    if w.shape != shapes[path].shape:
-      raise ValueError(f"{key} has shape {tuple(state_dict[key].shape)} but the config implies "
-                       f"{shapes[path].shape[::-1] if path[-1] == 'kernel' else shapes[path].shape}")
-    params[path] = w.astype(dtype, copy=False) if dtype is not None else w
+  params = hf_weights.to_params(state_dict, shapes, keys, what="CLIP text", ignored=_IGNORED_HF_KEYS, dtype=dtype)
   return traverse_util.unflatten_dict(params)
 
 

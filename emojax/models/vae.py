@@ -296,27 +296,19 @@ def load_hf_vae_params(state: dict[str, np.ndarray], config: VAEConfig) -> dict:
   shapes = jax.eval_shape(lambda: AutoencoderKL(config).init(
       jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, config.in_channels))))["params"]
   expected = traverse_util.flatten_dict(shapes)
-  out = {}
+  keys = {}
   for key, value in state.items():
     *mod, leaf = _flax_path(key)
-    value = np.asarray(value, np.float32)
-    if value.ndim == 4:  # torch conv (out, in, kh, kw) -> (kh, kw, in, out)
-      path, value = (*mod, "kernel"), value.transpose(2, 3, 1, 0)
-    elif value.ndim == 2:  # Linear (out, in) -> (in, out)
-      path, value = (*mod, "kernel"), value.T
+    if np.ndim(value) in (2, 4):  # Linear / Conv2d weight
+      path = (*mod, "kernel")
     elif leaf == "weight" and "norm" in mod[-1]:
       path = (*mod, "scale")
     else:
       path = (*mod, leaf)
-    if path not in expected:
-      raise ValueError(f"VAE weight {key!r} has no place in an AutoencoderKL with this config.json")
-    if value.shape != expected[path].shape:
-      raise ValueError(f"VAE weight {key!r} has shape {value.shape}, the config implies {expected[path].shape}")
-    out[path] = value
-  missing = sorted(".".join(p) for p in expected if p not in out)
-  if missing:
-    raise ValueError(f"VAE weights are missing {len(missing)} tensors, e.g. {missing[0]}")
-  return traverse_util.unflatten_dict(out)
+    if path in expected:
+      keys[key] = path
+  params = hf_weights.to_params(state, expected, keys, what="AutoencoderKL (VAE)", dtype=np.float32)
+  return traverse_util.unflatten_dict(params)
 
 
 def read_config(directory) -> VAEConfig:
