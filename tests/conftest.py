@@ -14,12 +14,43 @@ jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+import copy  # noqa: E402
 import dataclasses  # noqa: E402
+import functools  # noqa: E402
+import json  # noqa: E402
+import pathlib  # noqa: E402
+from typing import Any, NamedTuple  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOLDENS = pathlib.Path(ROOT) / "tests" / "goldens"
+
+
+class Golden(NamedTuple):
+  """One tests/goldens/<name>.npz, as the tools/make_goldens_*.py scripts write it."""
+  config: Any  # the reference model's config.json (decoded), or None when the golden stores none
+  weights: dict  # the reference state dict (the "weights/<key>" entries)
+  arrays: dict  # everything else: inputs and the reference's outputs
+
+
+@functools.cache
+def _cached_golden(name: str) -> Golden:
+  with np.load(GOLDENS / f"{name}.npz") as z:
+    config = json.loads(str(z["config"])) if "config" in z.files else None
+    weights = {k.removeprefix("weights/"): z[k] for k in z.files if k.startswith("weights/")}
+    arrays = {k: z[k] for k in z.files if k != "config" and not k.startswith("weights/")}
+  for a in (*weights.values(), *arrays.values()):
+    a.flags.writeable = False  # shared by every test that reads this golden
+  return Golden(config, weights, arrays)
+
+
+def read_golden(name: str) -> Golden:
+  """tests/goldens/<name>.npz, read once per session: read-only arrays in fresh containers (a test may edit
+  the dicts). Unpacks as (config, weights, arrays)."""
+  g = _cached_golden(name)
+  return Golden(copy.deepcopy(g.config), dict(g.weights), dict(g.arrays))
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ its own inputs, CLIPImageProcessor's preprocessing (square images and ones that 
 cropping), the directory's tokenizer, and PickScore / CLIP-Score / CLIP-IQA as ClipScorer gives them."""
 import functools
 import json
-import pathlib
 import shutil
 
 import jax
@@ -14,15 +13,10 @@ from emojax.io import clip_inputs
 from emojax.models import clip as clip_lib
 from emojax.models import text_encoder as te
 from emojax.rewards.clip_scores import ClipScorer
+from conftest import GOLDENS, read_golden
 
-GOLDENS = pathlib.Path(__file__).parent / "goldens"
 NAMES = ("legacy", "gelu")
 TINY_PAIR = ("a clean picture", "a noisy picture")
-
-
-@functools.cache
-def golden(name):
-  return dict(np.load(GOLDENS / f"clip_{name}.npz"))
 
 
 @functools.cache
@@ -46,7 +40,7 @@ def test_config_reads_pooling_and_activation_as_transformers(name):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("kind", ["square", "resized"])
 def test_model_matches_transformers(name, kind):
-  g = golden(name)
+  g = read_golden(f"clip_{name}").arrays
   model, params = clip_lib.from_pretrained(GOLDENS / f"clip_{name}")
   out = jax.jit(lambda p: model.apply({"params": p}, g["input_ids"], g["attention_mask"], g[f"{kind}_pixel_values"]))(params)
   for key in ("text_embeds", "image_embeds", "logits_per_image"):
@@ -55,7 +49,7 @@ def test_model_matches_transformers(name, kind):
 
 
 def test_preprocessing_matches_clip_image_processor():
-  g = golden("gelu")
+  g = read_golden("clip_gelu").arrays
   cfg = clip_inputs.ImageConfig.from_directory(GOLDENS / "clip_gelu")
   assert (cfg.shortest_edge, cfg.crop_height, cfg.crop_width) == (32, 32, 32)
   np.testing.assert_allclose(clip_inputs.preprocess(g["square_images"], cfg), g["square_pixel_values"], atol=1e-5)
@@ -66,7 +60,7 @@ def test_preprocessing_matches_clip_image_processor():
 
 
 def test_tokenizer_matches_the_directory_tokenizer():
-  g = golden("gelu")
+  g = read_golden("clip_gelu").arrays
   ids, mask = clip_inputs.Tokenizer(GOLDENS / "clip_gelu", 16)([str(p) for p in g["prompts"]])
   np.testing.assert_array_equal(ids, g["input_ids"])
   np.testing.assert_array_equal(mask, g["attention_mask"])
@@ -76,7 +70,7 @@ def test_tokenizer_matches_the_directory_tokenizer():
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("kind", ["square", "resized"])
 def test_scores_match_their_definitions_over_transformers(name, kind):
-  g, s = golden(name), scorer(name)
+  g, s = read_golden(f"clip_{name}").arrays, scorer(name)
   prompts = [str(p) for p in g["prompts"]]
   if kind == "square":
     ims, ps = [g["square_images"]], [prompts]
@@ -92,7 +86,7 @@ def test_scores_match_their_definitions_over_transformers(name, kind):
 
 
 def test_scores_are_float32_arrays_and_bad_images_are_one_line():
-  s, g = scorer("gelu"), golden("gelu")
+  s, g = scorer("gelu"), read_golden("clip_gelu").arrays
   out = s.pickscore(g["square_images"], [str(p) for p in g["prompts"]])
   assert out.dtype == np.float32 and out.shape == (4,)
   with pytest.raises(ValueError, match="images must be uint8"):

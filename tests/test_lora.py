@@ -3,7 +3,6 @@ that diffusers' load_lora_weights reads a file emojax wrote): the adapted forwar
 model, merging, the file layout, fresh adapters, targets, dropout and gradients."""
 import functools
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +12,8 @@ from safetensors import safe_open
 
 from emojax.models import lora as lora_lib
 from emojax.models import mmdit
+from conftest import GOLDENS, read_golden
 
-GOLDENS = pathlib.Path(__file__).parent / "goldens"
 FILE = str(GOLDENS / "sd3_lora" / "pytorch_lora_weights.safetensors")
 FLOW_GRPO_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
@@ -22,7 +21,7 @@ FLOW_GRPO_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_pr
 @functools.cache
 def setup():
   model, params = mmdit.from_pretrained(GOLDENS / "sd3_pipeline" / "transformer")
-  g = dict(np.load(GOLDENS / "sd3_lora.npz"))
+  g = read_golden("sd3_lora").arrays
   x = (np.transpose(g["hidden_states"], (0, 2, 3, 1)), g["encoder_hidden_states"], g["pooled_projections"], g["timestep"])
   return model, params, g, x
 

@@ -2,7 +2,6 @@
 import dataclasses
 import functools
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -11,17 +10,12 @@ import pytest
 from safetensors.numpy import save_file
 
 from emojax.models import mmdit
+from conftest import GOLDENS, read_golden
 
-GOLDENS = pathlib.Path(__file__).parent / "goldens"
 NAMES = ("plain", "dual_qknorm")
 
 
-@functools.cache
-def golden(name):
-  z = np.load(GOLDENS / f"mmdit_{name}.npz")
-  state = {k.removeprefix("weights/"): z[k] for k in z.files if k.startswith("weights/")}
-  inputs = tuple(z[k] for k in ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep"))
-  return str(z["config"]), state, inputs, z["output"]
+INPUTS = ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep")
 
 
 @functools.cache
@@ -29,25 +23,25 @@ def forward(module):
   return jax.jit(lambda params, *inputs: module.apply({"params": params}, *inputs))
 
 
-def max_error(module, params, name):
-  _, _, inputs, want = golden(name)
-  return float(np.abs(np.asarray(forward(module)(params, *inputs)) - want).max())
+def max_error(module, params, g):
+  out = forward(module)(params, *(g.arrays[k] for k in INPUTS))
+  return float(np.abs(np.asarray(out) - g.arrays["output"]).max())
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_diffusers(name):
-  config_json, state, _, _ = golden(name)
-  config = mmdit.MMDiTConfig.from_dict(json.loads(config_json))
-  params = mmdit.load_diffusers_params(state, config)
-  err = max_error(mmdit.MMDiT(config), params, name)
+  g = read_golden(f"mmdit_{name}")
+  config = mmdit.MMDiTConfig.from_dict(g.config)
+  params = mmdit.load_diffusers_params(g.weights, config)
+  err = max_error(mmdit.MMDiT(config), params, g)
   print(f"{name}: max abs error {err:.2e}")
   assert err <= 1e-4
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_round_trip(name):
-  config_json, state, _, _ = golden(name)
-  config = mmdit.MMDiTConfig.from_dict(json.loads(config_json))
+  g = read_golden(f"mmdit_{name}")
+  config, state = mmdit.MMDiTConfig.from_dict(g.config), g.weights
   back = mmdit.to_diffusers_state_dict(mmdit.load_diffusers_params(state, config))
   assert back.keys() == state.keys()
   for k, v in state.items():
@@ -56,9 +50,9 @@ def test_state_dict_round_trip(name):
   np.testing.assert_allclose(mmdit.sincos_pos_embed_table(config), state["pos_embed.pos_embed"], atol=1e-5)
 
 
-def write_pretrained(directory, config_json, state, shards=1):
+def write_pretrained(directory, config, state, shards=1):
   directory.mkdir(parents=True, exist_ok=True)
-  (directory / "config.json").write_text(config_json)
+  (directory / "config.json").write_text(json.dumps(config))
   if shards == 1:
     save_file(state, str(directory / "diffusion_pytorch_model.safetensors"))
     return
@@ -74,19 +68,19 @@ def write_pretrained(directory, config_json, state, shards=1):
 
 @pytest.mark.parametrize("shards", [1, 2])
 def test_from_pretrained(tmp_path, shards):
-  config_json, state, _, _ = golden("dual_qknorm")
-  write_pretrained(tmp_path / "transformer", config_json, state, shards)
+  g = read_golden("mmdit_dual_qknorm")
+  write_pretrained(tmp_path / "transformer", g.config, g.weights, shards)
   module, params = mmdit.MMDiT.from_pretrained(tmp_path / "transformer")
-  assert module.config == mmdit.MMDiTConfig(**{k: v for k, v in json.loads(config_json).items() if k[0] != "_"})
-  assert max_error(module, params, "dual_qknorm") <= 1e-4
+  assert module.config == mmdit.MMDiTConfig(**{k: v for k, v in g.config.items() if k[0] != "_"})
+  assert max_error(module, params, g) <= 1e-4
 
 
 def test_from_pretrained_bf16(tmp_path):
-  config_json, state, _, _ = golden("plain")
-  write_pretrained(tmp_path, config_json, {k: v.astype(jnp.bfloat16) for k, v in state.items()})
+  g = read_golden("mmdit_plain")
+  write_pretrained(tmp_path, g.config, {k: v.astype(jnp.bfloat16) for k, v in g.weights.items()})
   module, params = mmdit.from_pretrained(tmp_path, dtype=jnp.bfloat16)
   assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
-  assert max_error(module, params, "plain") <= 0.1  # bf16 weights and compute
+  assert max_error(module, params, g) <= 0.1  # bf16 weights and compute
 
 
 def test_unknown_config_key():
@@ -97,15 +91,14 @@ def test_unknown_config_key():
 def test_missing_files(tmp_path):
   with pytest.raises(FileNotFoundError, match="nowhere"):
     mmdit.from_pretrained(tmp_path / "nowhere")
-  (tmp_path / "config.json").write_text(golden("plain")[0])
+  (tmp_path / "config.json").write_text(json.dumps(read_golden("mmdit_plain").config))
   with pytest.raises(FileNotFoundError, match="diffusion_pytorch_model.safetensors"):
     mmdit.from_pretrained(tmp_path)
 
 
 def test_config_weight_mismatch(tmp_path):
-  config_json, state, _, _ = golden("plain")
-  config = json.loads(config_json)
-  write_pretrained(tmp_path, json.dumps(dict(config, joint_attention_dim=48)), state)
+  config, state = read_golden("mmdit_plain")[:2]
+  write_pretrained(tmp_path, dict(config, joint_attention_dim=48), state)
   with pytest.raises(ValueError, match=r"context_embedder\.weight"):
     mmdit.from_pretrained(tmp_path)
   config = mmdit.MMDiTConfig.from_dict(config)
@@ -159,8 +152,9 @@ def _same_loss_and_grads(plain, variant, params, inputs, rtol=1e-6, grad_atol=1e
 def test_remat_keeps_params_outputs_and_gradients(remat="dots_no_batch"):
   """A rematerialised MMDiT has the same parameter tree and computes the same loss and gradients (the
   backward recomputes instead of storing; only rounding of the re-run forward may differ)."""
-  config_json, state, (x, ctx, pooled, t), _ = golden("dual_qknorm")
-  config = mmdit.MMDiTConfig.from_dict(json.loads(config_json))
+  g = read_golden("mmdit_dual_qknorm")
+  state, (x, ctx, pooled, t) = g.weights, (g.arrays[k] for k in INPUTS)
+  config = mmdit.MMDiTConfig.from_dict(g.config)
   plain, rem = mmdit.MMDiT(config), mmdit.MMDiT(config, remat=remat)
   params = mmdit.load_diffusers_params(state, config)
   shapes = lambda m: jax.tree.map(lambda a: a.shape, jax.eval_shape(m.init, jax.random.key(0), x, ctx, pooled, t))

@@ -5,9 +5,7 @@ CLIP against transformers' CLIPProcessor saved both ways here; Qwen2.5-VL agains
 outputs of tools/make_goldens_processors.py (its processor needs torchvision) and, live, transformers'
 PIL image processor reading the same directories."""
 import dataclasses
-import functools
 import json
-import pathlib
 import shutil
 
 import numpy as np
@@ -17,8 +15,8 @@ from emojax.io import clip_inputs
 from emojax.lvlm import processor as P
 from emojax.models import qwen_vl as qv
 from emojax.rewards.clip_scores import ClipScorer
+from conftest import GOLDENS, read_golden
 
-GOLDENS = pathlib.Path(__file__).parent / "goldens"
 QWEN = GOLDENS / "processors"
 LAYOUT_FILE = {"nested": "processor_config.json", "flat": "preprocessor_config.json"}
 CLIP_SETTINGS = dict(size={"shortest_edge": 40}, crop_size={"height": 36, "width": 28}, image_mean=[0.5, 0.4, 0.3],
@@ -148,9 +146,8 @@ def test_no_settings_is_an_error(tmp_path):
 # ------------------------------------------------------------------------------------------------ Qwen2.5-VL
 
 
-@functools.cache
 def qwen_golden():
-  return dict(np.load(QWEN / "qwen25vl.npz"))
+  return read_golden("processors/qwen25vl").arrays
 
 
 def qwen_config(directory):

@@ -3,7 +3,6 @@ tools/make_goldens_qwen_vl.py), M-RoPE positions, KV-cache decoding, weight impo
 import dataclasses
 import functools
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -13,17 +12,9 @@ from safetensors.numpy import save_file
 
 from emojax.io import tokenizers
 from emojax.models import qwen_vl as qv
+from conftest import read_golden
 
-GOLDENS = pathlib.Path(__file__).parent / "goldens"
 NAMES = ("tied", "untied")
-
-
-@functools.cache
-def golden(name):
-  z = np.load(GOLDENS / f"qwen_vl_{name}.npz")
-  state = {k.removeprefix("weights/"): z[k] for k in z.files if k.startswith("weights/")}
-  arrays = {k: z[k] for k in z.files if k != "config" and not k.startswith("weights/")}
-  return json.loads(str(z["config"])), state, arrays
 
 
 @functools.cache
@@ -33,7 +24,7 @@ def forward(config, grid):
 
 @functools.cache
 def loaded(name):
-  d, state, z = golden(name)
+  d, state, z = read_golden(f"qwen_vl_{name}")
   config = qv.QwenVLConfig.from_hf_dict(d)
   return config, qv.load_hf_qwen_vl_params(state, config), z
 
@@ -134,7 +125,7 @@ def legacy_names(state):  # Qwen/Qwen2.5-VL-7B-Instruct's layout: visual.*, mode
 
 
 def test_from_pretrained(tmp_path):
-  d, state, _ = golden("untied")
+  d, state, _ = read_golden("qwen_vl_untied")
   config, _, z = loaded("untied")
   write_pretrained(tmp_path / "v5", d, state)
   module, params = qv.QwenVL.from_pretrained(tmp_path / "v5")
@@ -144,14 +135,14 @@ def test_from_pretrained(tmp_path):
   module, params = qv.from_pretrained(tmp_path / "legacy")
   assert logits_error(module.config, params, z) <= 1e-4
   # tied: a state dict that still carries the lm_head copy loads too
-  d, state, _ = golden("tied")
+  d, state, _ = read_golden("qwen_vl_tied")
   config, _, z = loaded("tied")
   full = dict(state, **{"lm_head.weight": state["model.language_model.embed_tokens.weight"]})
   assert logits_error(config, qv.load_hf_qwen_vl_params(full, config), z) <= 1e-4
 
 
 def test_load_errors(tmp_path):
-  d, state, _ = golden("untied")
+  d, state, _ = read_golden("qwen_vl_untied")
   config, _, _ = loaded("untied")
   with pytest.raises(FileNotFoundError, match="nowhere.*not found"):
     qv.from_pretrained(tmp_path / "nowhere")

@@ -3,21 +3,15 @@ real layout (tests/goldens/sd3_pipeline/, from tools/make_goldens_sd3_pipeline.p
 negatives, a whole 2-step CFG generation from fixed latents, and the directory errors."""
 import functools
 import json
-import pathlib
 import shutil
 
 import numpy as np
 import pytest
 
 from emojax.pipelines import sd3
+from conftest import GOLDENS, read_golden
 
-GOLDENS = pathlib.Path(__file__).parent / "goldens"
 PIPELINE = GOLDENS / "sd3_pipeline"
-
-
-@functools.cache
-def golden():
-  return dict(np.load(GOLDENS / "sd3_pipeline.npz"))
 
 
 @functools.cache
@@ -26,7 +20,7 @@ def pipeline():
 
 
 def test_encode_prompt_matches_diffusers():
-  g = golden()
+  g = read_golden("sd3_pipeline").arrays
   pe, pooled, npe, npooled = pipeline().encode_prompt(list(g["prompts"]), list(g["negatives"]),
                                                       max_sequence_length=int(g["t5_len"]))
   for ours, name in ((pe, "prompt_embeds"), (pooled, "pooled"), (npe, "negative_prompt_embeds"),
@@ -38,7 +32,7 @@ def test_encode_prompt_matches_diffusers():
 
 
 def test_two_step_cfg_generation_matches_diffusers():
-  g = golden()
+  g = read_golden("sd3_pipeline").arrays
   latents = np.transpose(g["latents"], (0, 2, 3, 1))
   p = pipeline()
   images = p.generate_unit(list(g["prompts"]), list(g["negatives"]), latents, num_steps=int(g["num_steps"]),

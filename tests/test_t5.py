@@ -2,8 +2,6 @@
 position buckets, weight import and config errors."""
 import dataclasses
 import functools
-import json
-import pathlib
 
 import jax
 import numpy as np
@@ -11,17 +9,9 @@ import pytest
 
 from emojax.io import hf_weights
 from emojax.models import t5
+from conftest import read_golden
 
-GOLDENS = pathlib.Path(__file__).parent / "goldens"
 NAMES = ("gated", "relu")
-
-
-@functools.cache
-def golden(name):
-  z = np.load(GOLDENS / f"t5_{name}.npz")
-  state = {k.removeprefix("weights/"): z[k] for k in z.files if k.startswith("weights/")}
-  arrays = {k: z[k] for k in z.files if k != "config" and not k.startswith("weights/")}
-  return json.loads(str(z["config"])), state, arrays
 
 
 @functools.cache
@@ -35,7 +25,7 @@ def err(a, b):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_transformers(name):
-  d, state, g = golden(name)
+  d, state, g = read_golden(f"t5_{name}")
   config = t5.T5Config.from_hf_dict(d)
   assert config.feed_forward_proj == d["feed_forward_proj"] and config.num_layers == d["num_layers"]
   params = t5.load_hf_t5_params(state, config)
@@ -56,7 +46,7 @@ def test_matches_transformers(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_relative_position_bucket(name):
-  d, _, g = golden(name)
+  d, _, g = read_golden(f"t5_{name}")
   pos = np.arange(g["relative_position_bucket"].shape[0])
   got = t5.relative_position_bucket(pos[None, :] - pos[:, None], d["relative_attention_num_buckets"],
                                     d["relative_attention_max_distance"])
@@ -67,7 +57,7 @@ def test_relative_position_bucket(name):
 
 
 def test_from_pretrained(tmp_path):
-  d, state, g = golden("gated")
+  d, state, g = read_golden("t5_gated")
   with pytest.raises(FileNotFoundError, match="config.json"):
     t5.from_pretrained(tmp_path)
   hf_weights.write_pretrained(str(tmp_path), "model", state, d)
@@ -80,7 +70,7 @@ def test_from_pretrained(tmp_path):
 
 
 def test_weight_keys():
-  d, state, _ = golden("gated")
+  d, state, _ = read_golden("t5_gated")
   config = t5.T5Config.from_hf_dict(d)
   ref = t5.load_hf_t5_params(state, config)
   same = lambda p: jax.tree.all(jax.tree.map(np.array_equal, p, ref))
@@ -104,7 +94,7 @@ def test_weight_keys():
 
 
 def test_config():
-  d, _, _ = golden("gated")
+  d, _, _ = read_golden("t5_gated")
   assert len(d) > 15  # a real config.json: architectures, dropout_rate, is_encoder_decoder, ... are ignored
   c = t5.T5Config.from_hf_dict(d)
   assert (c.vocab_size, c.d_model, c.d_kv, c.d_ff, c.num_heads) == (99, 32, 8, 37, 4) and c.is_gated_act

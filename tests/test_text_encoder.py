@@ -3,7 +3,6 @@ tools/make_goldens_clip_text.py), weight import, and the byte tokenizer."""
 import dataclasses
 import functools
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -13,17 +12,9 @@ from safetensors.numpy import save_file
 
 from emojax.models import text_encoder as te
 from emojax.io import tokenizers
+from conftest import read_golden
 
-GOLDENS = pathlib.Path(__file__).parent / "goldens"
 NAMES = ("eos2", "eos49")
-
-
-@functools.cache
-def golden(name):
-  z = np.load(GOLDENS / f"clip_text_{name}.npz")
-  state = {k.removeprefix("weights/"): z[k] for k in z.files if k.startswith("weights/")}
-  want = {k: z[k] for k in ("last_hidden_state", "penultimate", "text_embeds")}
-  return json.loads(str(z["config"])), state, z["input_ids"], want
 
 
 @functools.cache
@@ -41,7 +32,8 @@ def err(a, b):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_transformers(name):
-  d, state, ids, want = golden(name)
+  d, state, want = read_golden(f"clip_text_{name}")
+  ids = want["input_ids"]
   config = te.TextEncoderConfig.from_hf_dict(d)
   assert config.pooling == ("argmax_ids" if d["eos_token_id"] == 2 else "first_eos")
   params = te.load_hf_clip_text_params(state, config)
@@ -57,7 +49,8 @@ def test_matches_transformers(name):
 
 
 def test_from_pretrained(tmp_path):
-  d, state, ids, want = golden("eos49")
+  d, state, want = read_golden("clip_text_eos49")
+  ids = want["input_ids"]
   (tmp_path / "config.json").write_text(json.dumps(dict(d, architectures=["CLIPTextModelWithProjection"],
                                                         torch_dtype="float32")))
   save_file({**state, "text_model.embeddings.position_ids": np.arange(16)[None]}, str(tmp_path / "model.safetensors"))
@@ -79,7 +72,7 @@ def test_from_pretrained(tmp_path):
 
 
 def test_load_errors():
-  d, state, _, _ = golden("eos49")
+  d, state, _ = read_golden("clip_text_eos49")
   config = te.TextEncoderConfig.from_hf_dict(d)
   bad = {k: v for k, v in state.items() if k != "text_projection.weight"}
   bad["text_model.encoder.layers.9.mlp.fc1.weight"] = np.zeros(1)
