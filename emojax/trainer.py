@@ -53,7 +53,8 @@ class Task(Protocol):
   def init_state(self, rng: jax.Array) -> dict: ...  # {"params": ..., "opt_state": ...}
   def constants(self) -> Any: ...  # frozen arrays the step reads (reference model); not checkpointed
   def train_step(self, state: dict, batch: dict, rng: jax.Array, constants: Any) -> tuple[dict, dict]: ...
-  def on_step_end(self, step: int, state: dict, metrics: dict, workdir: str) -> dict: ...  # host hook; extra metrics
+  # optional: on_step_end(step, state, metrics, workdir) -> dict of extra metrics (host hook after each step);
+  #   without it, a task with evaluate(params) -> dict is evaluated on state["params"] when `eval_due`
   # optional: export(state, directory), called with <workdir>/export once total_steps is reached
   #   (also on a resume there), and by `python -m emojax.export` from any checkpoint
   # optional, for rewards that need the host (parsing an LVLM's text answers): the step becomes
@@ -81,6 +82,14 @@ def pretrained_state(params, tx, frozen=(), shardings=None) -> dict:
 def eval_due(step: int, config) -> bool:
   """Whether a task evaluates after `step`: every config.eval_every steps and at total_steps."""
   return step % config.eval_every == 0 or step == config.total_steps
+
+
+def _step_end(task, step, state, metrics, workdir, config) -> dict:
+  if hasattr(task, "on_step_end"):
+    return task.on_step_end(step, state, metrics, workdir) or {}
+  if hasattr(task, "evaluate") and eval_due(step, config):
+    return task.evaluate(state["params"])
+  return {}
 
 
 def host_params(state: dict, key: str = "params"):
@@ -293,7 +302,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task, *, progress
         metrics = {k: float(v) for k, v in metrics.items()}
         metrics["step_time_s"] = time.perf_counter() - t0
         metrics.update(times)
-        metrics.update(task.on_step_end(step, state, metrics, workdir) or {})
+        metrics.update(_step_end(task, step, state, metrics, workdir, config))
         writer.write(step, metrics)
         history.append({"step": step, **metrics})
         if bar is not None:

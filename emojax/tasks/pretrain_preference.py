@@ -125,12 +125,6 @@ class PretrainPreference:
                              self.eval_noise)
     return {f"eval/{k}": v for k, v in out.items()}
 
-  def on_step_end(self, step, state, metrics, workdir):
-    c = self.config
-    if trainer.eval_due(step, c):
-      return self.evaluate(state["params"])
-    return {}
-
   def export(self, state, directory):
     """A transformers CLIP directory (config.json, model.safetensors, tokenizer, preprocessor config)."""
     params = trainer.host_params(state)

@@ -145,12 +145,6 @@ class SFTLVLM:
       out |= {f"eval/feedback_{k}": v for k, v in fb_rewards.feedback_metrics(texts, self.eval_feedback).items()}
     return out
 
-  def on_step_end(self, step, state, metrics, workdir):
-    c = self.config
-    if trainer.eval_due(step, c):
-      return self.evaluate(state["params"])
-    return {}
-
   def export(self, state, directory):
     """params + model config (`emojax.io.assets` layout), which `python -m emojax.evaluate --config.lvlm=`
     and LVLM GRPO's model.pretrained read."""
