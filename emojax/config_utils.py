@@ -125,6 +125,7 @@ def Ints(lo: int) -> Range:
 BOOL, STR, ANY = Range("bool"), Range("str"), Range("any")
 DTYPES = ("float32", "float16", "bfloat16")
 REMATS = ("none", "full", "dots", "dots_no_batch")  # emojax.models.remat.NAMES (configs import no models)
+ATTENTIONS = ("auto", "xla", "blockwise", "cudnn", "splash")  # emojax.models.attention.IMPLEMENTATIONS
 
 
 # -------------------------------------------------------------------------------------------- fields

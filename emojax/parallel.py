@@ -13,6 +13,7 @@ import re
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
@@ -122,6 +123,32 @@ def constrain_batch(x):
   if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
     return x
   return jax.lax.with_sharding_constraint(x, P(axes))
+
+
+def split_rows(x, n: int, rows_per_item: int = 1):
+  """(B, ...) -> (n, B/n, ...): part i holds items i, i + n, ... (an item = rows_per_item contiguous rows), so
+  every part spans every device's rows of a batch-sharded x and the split moves no data between devices."""
+  b = x.shape[0] // rows_per_item
+  if b % n:
+    raise ValueError(f"{b} rows do not split into {n} equal parts")
+  x = x.reshape(b // n, n, rows_per_item, *x.shape[1:])
+  return jnp.swapaxes(x, 0, 1).reshape(n, (b // n) * rows_per_item, *x.shape[3:])
+
+
+def merge_rows(y, rows_per_item: int = 1):
+  """Inverse of `split_rows`: (n, B/n, ...) -> (B, ...)."""
+  n, m = y.shape[:2]
+  y = y.reshape(n, m // rows_per_item, rows_per_item, *y.shape[2:])
+  return jnp.swapaxes(y, 0, 1).reshape(n * m, *y.shape[3:])
+
+
+def map_rows(fn: Callable, n: int, *trees):
+  """fn(*trees) for row-independent fn, computed on n parts of the rows one after another (`lax.map` over
+  `split_rows`): the memory of fn's intermediates is that of B/n rows. n=1 calls fn directly."""
+  if n == 1:
+    return fn(*trees)
+  out = jax.lax.map(lambda parts: fn(*parts), jax.tree.map(lambda x: split_rows(x, n), trees))
+  return jax.tree.map(merge_rows, out)
 
 
 def _path_str(path) -> str:

@@ -218,10 +218,11 @@ def _generator(config, mesh, architecture, device_memory, wanted):
   if m.kind == "sd3":
     pipe = policy_lib.AbstractSD3Pipeline(mmdit_config(m.pretrained, architecture or "sd35m"), dtype=jnp.dtype(m.dtype))
     policy = policy_lib.SD3Policy("", dtype=jnp.dtype(m.dtype), remat=m.remat, scan_layers=m.scan_layers,
+                                  attention=m.attention,
                                   resolution=m.resolution, max_sequence_length=m.max_sequence_length,
                                   emotion_tokens=m.emotion_tokens, seed=config.seed, pipe=pipe)
   else:
-    policy = policy_lib.load(m.pretrained, "tiny", jnp.dtype(m.dtype), m.remat, m.scan_layers)
+    policy = policy_lib.load(m.pretrained, "tiny", jnp.dtype(m.dtype), m.remat, m.scan_layers, attention=m.attention)
   task = GeneratorGRPO(config, policy=policy, host_rewards={})
   n = task.global_batch_size
   batch = {**policy.prompt_field_shapes(n, config.rl.cfg_scale != 1.0), "valence": jax.ShapeDtypeStruct((n,), F32),

@@ -102,3 +102,36 @@ def test_configs_name_the_rule_sets_parallel_has():
   bad.sharding.param_rules = "qwen"
   with pytest.raises(ValueError, match="sharding.param_rules='qwen' is out of range"):
     config_utils.validate(bad, fields)
+
+
+def test_split_rows_is_strided_and_merge_inverts_it():
+  x = np.arange(24 * 3).reshape(24, 3)
+  parts = np.asarray(parallel.split_rows(jnp.asarray(x), 4))
+  assert parts.shape == (4, 6, 3)
+  np.testing.assert_array_equal(parts[1], x[1::4])  # part i: items i, i + n, ...
+  grouped = np.asarray(parallel.split_rows(jnp.asarray(x), 2, rows_per_item=3))  # items of 3 contiguous rows
+  np.testing.assert_array_equal(grouped[1, :3], x[3:6])
+  np.testing.assert_array_equal(grouped[1, 3:6], x[9:12])
+  for k in (1, 3):
+    np.testing.assert_array_equal(parallel.merge_rows(parallel.split_rows(jnp.asarray(x), 2, k), k), x)
+  with pytest.raises(ValueError, match="24 rows do not split into 5 equal parts"):
+    parallel.split_rows(jnp.asarray(x), 5)
+
+
+def test_map_rows_equals_the_whole_batch_and_moves_no_rows_between_devices():
+  """On a batch sharded over 8 devices: chunked == unchunked, and the compiled program has no collective (each
+  part takes the same rows of every device, so each device works on its own rows only)."""
+  mesh = parallel.make_mesh(-1, 1, 1)
+  w = jax.random.normal(jax.random.key(0), (16, 16))
+  fn = lambda x, y: {"h": jnp.tanh(x @ w) * y[:, None], "s": (x ** 2).sum(-1)}
+  x = jax.device_put(jax.random.normal(jax.random.key(1), (32, 16)), parallel.batch_sharding(mesh))
+  y = jax.device_put(jnp.arange(32.0), parallel.batch_sharding(mesh))
+  want = jax.jit(fn)(x, y)
+  chunked = jax.jit(lambda a, b: parallel.map_rows(fn, 4, a, b))
+  got = chunked(x, y)
+  for k in want:
+    np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=1e-6, atol=1e-6)
+  hlo = chunked.lower(x, y).compile().as_text()
+  assert not any(op in hlo for op in ("all-to-all", "all-gather", "collective-permute", "all-reduce")), \
+      "map_rows moved rows between devices"
+  assert parallel.map_rows(fn, 1, x, y)["s"].shape == (32,)

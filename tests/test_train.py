@@ -167,6 +167,21 @@ def test_shared_init_noise_is_one_draw_per_group(tiny_asset):
   assert np.abs(images[:, 0] - images[:, 1]).mean() > 1e-2
 
 
+def test_rollout_and_decode_in_chunks_equal_the_whole_batch(tiny_asset):
+  """rl.rollout_chunks / rl.decode_chunks bound the rollout's memory by a part of the batch; the trajectory, its
+  log-probs and the images are those of the whole-batch rollout (same noise), up to float rounding."""
+  over = {"mesh.num_devices": 1, "rl.group_size": 4, "rl.prompts_per_step": 2, "rl.cfg_scale": 3.0}
+  whole, parts = (GeneratorGRPO(generator_config(tiny_asset, **over, **chunks)) for chunks in
+                  ({}, {"rl.rollout_chunks": 4, "rl.decode_chunks": 2}))
+  batch = jax.tree.map(jax.numpy.asarray, whole.host_batch(next(iter(whole.make_loader(0, 1)))))
+  rng = jax.random.key(3)
+  exp = [jax.device_get(jax.jit(t.experience)(t.init_state(rng), batch, rng, t.constants())) for t in (whole, parts)]
+  for k in ("traj_x", "traj_x_next", "traj_log_prob", "images"):
+    np.testing.assert_allclose(exp[1][k], exp[0][k], rtol=1e-5, atol=1e-5, err_msg=k)
+  with pytest.raises(ValueError, match=r"rl.rollout_chunks=3 does not divide the batch of 8 rows"):
+    GeneratorGRPO(generator_config(tiny_asset, **over, **{"rl.rollout_chunks": 3}))
+
+
 def _update_flops(task):
   """XLA's FLOP estimate of one jitted update (lowered, not compiled), from abstract inputs."""
   rng = jax.random.key(0)

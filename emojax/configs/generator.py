@@ -34,6 +34,8 @@ def fields() -> cu.Fields:
     "advantages and the loss stay float32")
   f("model.remat", "none", cu.OneOf(*cu.REMATS), "recompute each MMDiT joint block in the backward (cu.REMATS)")
   f("model.scan_layers", False, cu.BOOL, "identical MMDiT joint blocks as one lax.scan (compiled once; not with LoRA)")
+  f("model.attention", "auto", cu.OneOf(*cu.ATTENTIONS),
+    "the MMDiT's and text encoder's attention kernel (auto: by backend and length; docs/attention.md)")
   # LoRA on the MMDiT's attention (rank 0: off); it trains even with "mmdit" frozen
   f.include("model.lora", cu.lora_fields())
 
@@ -52,6 +54,8 @@ def fields() -> cu.Fields:
   f("rl.prompts_per_step", 4, cu.Int(1), "distinct (prompt, V, A) per step")
   f("rl.group_size", 8, cu.Int(2), "samples per prompt (the GRPO group)")
   f("rl.num_steps", 8, cu.Int(1, 1000), "SDE sampling steps")
+  f("rl.rollout_chunks", 1, cu.Int(1), "the rollout's generator forwards take the batch in this many sequential parts")
+  f("rl.decode_chunks", 1, cu.Int(1), "the decode of the rollout's samples (SD3: the VAE) likewise")
   f("rl.shift", 3.0, cu.Positive(), "SD3 sigma-schedule shift")
   f("rl.noise_level", 1.0, cu.Float(0.0, 2.0, lo_open=True),
     "SDE noise level a: how far rollouts of one group spread (Flow-GRPO: 0.7)")

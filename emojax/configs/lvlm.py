@@ -51,6 +51,8 @@ def fields() -> cu.Fields:
     "recompute vision blocks and decoder layers in the backward (cu.REMATS)")
   f("model.scan_layers", False, cu.BOOL,
     "decoder layers as one lax.scan in training forwards (compiled once; not with LoRA)")
+  f("model.attention", "auto", cu.OneOf(*cu.ATTENTIONS),
+    "the vision blocks' and decoder layers' attention kernel (auto: by backend and length; docs/attention.md)")
   f("model.dtype", "float32", cu.OneOf("float32", "bfloat16"),
     "compute dtype of sampling and scoring; params, optimizer, log-probs and loss stay float32")
   f("model.allow_shipped", True, cu.BOOL,

@@ -108,6 +108,7 @@ class VisionTower(nn.Module):
 
   config: VisionConfig
   dtype: Any = jnp.float32
+  attention: str = "auto"  # emojax.models.attention implementation
 
   @nn.compact
   def __call__(self, pixel_values):
@@ -126,7 +127,7 @@ class VisionTower(nn.Module):
     ln = lambda name: nn.LayerNorm(c.layer_norm_eps, dtype=jnp.float32, name=name)
     x = ln("pre_layrnorm")(x)
     for i in range(c.num_hidden_layers):
-      x = te.EncoderLayer(c, self.dtype, name=f"layers_{i}")(x)
+      x = te.EncoderLayer(c, self.dtype, self.attention, name=f"layers_{i}")(x)
     pooled = ln("post_layernorm")(x[:, 0])
     return x, nn.Dense(c.projection_dim, use_bias=False, dtype=self.dtype, name="visual_projection")(pooled)
 
@@ -141,11 +142,12 @@ class CLIP(nn.Module):
 
   config: CLIPConfig
   dtype: Any = jnp.float32
+  attention: str = "auto"  # emojax.models.attention implementation of both towers
 
   def setup(self):
     c = self.config
-    self.text = te.TextEncoder(c.text, dtype=self.dtype)
-    self.vision = VisionTower(c.vision, dtype=self.dtype)
+    self.text = te.TextEncoder(c.text, dtype=self.dtype, attention=self.attention)
+    self.vision = VisionTower(c.vision, dtype=self.dtype, attention=self.attention)
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(c.logit_scale_init_value), ())
 
   def text_embeds(self, input_ids, attention_mask=None):

@@ -101,13 +101,15 @@ class Generator(nn.Module):
   dtype: Any = jnp.float32
   remat: str = "none"  # the MMDiT's joint-block rematerialisation (emojax.models.remat)
   scan_layers: bool = False  # the MMDiT's identical joint blocks as one lax.scan (mmdit.MMDiT.scan_layers)
+  attention: str = "auto"  # emojax.models.attention implementation of the text encoder and the MMDiT
 
   def setup(self):
     c = self.config
-    self.text = text_lib.TextEncoder(c.text, dtype=self.dtype)
+    self.text = text_lib.TextEncoder(c.text, dtype=self.dtype, attention=self.attention)
     self.emotion = EmotionEmbed(c.num_emotion_tokens, c.mmdit.joint_attention_dim, c.mmdit.pooled_projection_dim,
                                 c.emotion_hidden, dtype=self.dtype)
-    self.mmdit = mmdit_lib.MMDiT(c.mmdit, dtype=self.dtype, remat=self.remat, scan_layers=self.scan_layers)
+    self.mmdit = mmdit_lib.MMDiT(c.mmdit, dtype=self.dtype, remat=self.remat, scan_layers=self.scan_layers,
+                                 attention=self.attention)
 
   def encode(self, input_ids, va, emotion_mask=None):
     """Text ids (B, L) and V-A (B, 2) -> conditioning {context (B, L+n, D), pooled (B, P)}."""

@@ -24,6 +24,7 @@ import numpy as np
 from flax import traverse_util
 
 from emojax.io import hf_weights
+from emojax.models import attention as attention_lib
 from emojax.models import remat as remat_lib
 from emojax.models.config_fields import known_fields
 
@@ -206,6 +207,7 @@ class Attention(nn.Module):
   context_pre_only: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  attention: str = "auto"  # emojax.models.attention implementation
 
   @nn.compact
   def __call__(self, x, context=None):
@@ -222,7 +224,7 @@ class Attention(nn.Module):
       q = jnp.concatenate([q, project(context, "add_q_proj", "norm_added_q")], axis=1)
       k = jnp.concatenate([k, project(context, "add_k_proj", "norm_added_k")], axis=1)
       v = jnp.concatenate([v, project(context, "add_v_proj")], axis=1)
-    out = jax.nn.dot_product_attention(q, k, v).reshape(*q.shape[:2], -1)  # fp32 logits and softmax
+    out = attention_lib.dot_product_attention(q, k, v, implementation=self.attention).reshape(*q.shape[:2], -1)
     x_out = _dense(self, c.inner_dim, "to_out_0")(out[:, :x.shape[1]])
     if context is None:
       return x_out
@@ -260,6 +262,7 @@ class JointTransformerBlock(nn.Module):
   dual_attention: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, x, ctx, temb):
@@ -274,12 +277,13 @@ class JointTransformerBlock(nn.Module):
       c_shift, c_scale, c_gate, c_shift_mlp, c_scale_mlp, c_gate_mlp = Modulation(
         6, d, **kw, name="norm1_context")(temb)
 
-    attn_out, ctx_attn_out = Attention(self.config, self.context_pre_only, **kw, name="attn")(
+    attn = functools.partial(Attention, self.config, **kw, attention=self.attention)
+    attn_out, ctx_attn_out = attn(self.context_pre_only, name="attn")(
       modulate(x_norm, shift, scale), modulate(layer_norm(ctx), c_shift, c_scale))
     x = x + gate[:, None] * attn_out
     if self.dual_attention:  # SD3.5 image-only self-attention, modulating the same pre-attention norm
       shift2, scale2, gate2 = dual
-      x = x + gate2[:, None] * Attention(self.config, **kw, name="attn2")(modulate(x_norm, shift2, scale2))
+      x = x + gate2[:, None] * attn(name="attn2")(modulate(x_norm, shift2, scale2))
     x = x + gate_mlp[:, None] * FeedForward(d, **kw, name="ff")(modulate(layer_norm(x), shift_mlp, scale_mlp))
     if self.context_pre_only:
       return x, None
@@ -301,6 +305,7 @@ class MMDiT(nn.Module):
   # once instead of once per layer; the params tree is the same (per layer), so weights load and export as
   # ever. LoRA's method interception cannot see inside the scan (an error at the job's start).
   scan_layers: bool = False
+  attention: str = "auto"  # emojax.models.attention implementation of every block (model.attention)
 
   @nn.compact
   def __call__(self, hidden_states, encoder_hidden_states, pooled_projections, timestep):
@@ -323,7 +328,7 @@ class MMDiT(nn.Module):
       if end - i > 1:
         x, ctx = self._scan_blocks(i, end, kinds[i], x, ctx, temb, kw)
       else:
-        x, ctx = block(c, context_pre_only=kinds[i][0], dual_attention=kinds[i][1], **kw,
+        x, ctx = block(c, context_pre_only=kinds[i][0], dual_attention=kinds[i][1], **kw, attention=self.attention,
                        name=f"transformer_blocks_{i}")(x, ctx, temb)
       i = end
 
@@ -336,7 +341,8 @@ class MMDiT(nn.Module):
     """Blocks start..end-1 (one kind) as a lax.scan over their params stacked on a leading axis."""
     params = self.variables["params"]
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *[params[f"transformer_blocks_{k}"] for k in range(start, end)])
-    module = JointTransformerBlock(self.config, context_pre_only=kind[0], dual_attention=kind[1], **kw, parent=None)
+    module = JointTransformerBlock(self.config, context_pre_only=kind[0], dual_attention=kind[1], **kw,
+                                   attention=self.attention, parent=None)
 
     def body(carry, p):
       return module.apply({"params": p}, *carry, temb), None

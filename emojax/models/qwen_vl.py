@@ -58,6 +58,7 @@ from flax import traverse_util
 
 from emojax.io import hf_weights
 from emojax.io import tokenizers
+from emojax.models import attention as attention_lib
 from emojax.models import remat as remat_lib
 from emojax.models.config_fields import known_fields
 
@@ -398,14 +399,17 @@ class VisionAttention(nn.Module):
   config: VisionConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  attention: str = "auto"  # emojax.models.attention implementation
 
   @nn.compact
-  def __call__(self, x, cos, sin, mask):
+  def __call__(self, x, cos, sin, segments):
+    """segments (N,) int: a patch attends to the patches of its own window (or frame)."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     n, d = x.shape
     q, k, v = jnp.moveaxis(nn.Dense(3 * d, **kw, name="qkv")(x).reshape(n, 3, self.config.num_heads, -1), 1, 0)
     q, k = (_rope(t.astype(jnp.float32), cos, sin).astype(t.dtype) for t in (q, k))  # rotary in fp32
-    out = jax.nn.dot_product_attention(q[None], k[None], v[None], mask=mask[None, None])[0]
+    out = attention_lib.dot_product_attention(q[None], k[None], v[None], segment_ids=segments[None],
+                                              implementation=self.attention)[0]
     return nn.Dense(d, **kw, name="proj")(out.reshape(n, d))
 
 
@@ -413,12 +417,14 @@ class VisionBlock(nn.Module):
   config: VisionConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  attention: str = "auto"
 
   @nn.compact
-  def __call__(self, x, cos, sin, mask):
+  def __call__(self, x, cos, sin, segments):
     c = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = x + VisionAttention(c, **kw, name="attn")(RMSNorm(1e-6, **kw, name="norm1")(x), cos, sin, mask)
+    attn = VisionAttention(c, **kw, attention=self.attention, name="attn")
+    x = x + attn(RMSNorm(1e-6, **kw, name="norm1")(x), cos, sin, segments)
     h = RMSNorm(1e-6, **kw, name="norm2")(x)
     return x + GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, True, **kw, name="mlp")(h)
 
@@ -447,6 +453,7 @@ class VisionTower(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat: str = "none"  # per-block rematerialisation (emojax.models.remat)
+  attention: str = "auto"  # emojax.models.attention implementation
 
   @nn.compact
   def __call__(self, pixel_values, image_grid_thw):
@@ -463,11 +470,11 @@ class VisionTower(nn.Module):
     freqs = jnp.asarray(plan["pos"], jnp.float32)[:, :, None] * inv  # (N, 2, head_dim / 4)
     freqs = jnp.concatenate([freqs[:, 0], freqs[:, 1]] * 2, axis=-1)[:, None]  # [rows, cols, rows, cols]
     cos, sin = jnp.cos(freqs), jnp.sin(freqs)
-    segs = {key: jnp.asarray(plan[key]) for key in ("window_seg", "frame_seg")}  # masks built in-graph, not
-    masks = {key: seg[:, None] == seg[None, :] for key, seg in segs.items()}  # baked in as N x N constants
+    segs = {key: jnp.asarray(plan[key]) for key in ("window_seg", "frame_seg")}
     for i in range(c.depth):
-      mask = masks["frame_seg" if i in c.fullatt_block_indexes else "window_seg"]
-      x = remat_lib.block(VisionBlock, self.remat)(c, **kw, name=f"blocks_{i}")(x, cos, sin, mask)
+      seg = segs["frame_seg" if i in c.fullatt_block_indexes else "window_seg"]
+      block = remat_lib.block(VisionBlock, self.remat)(c, **kw, attention=self.attention, name=f"blocks_{i}")
+      x = block(x, cos, sin, seg)
     return PatchMerger(c, **kw, name="merger")(x)[plan["reverse"]]
 
 
@@ -477,9 +484,11 @@ class Attention(nn.Module):
   config: QwenVLConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  attention: str = "auto"  # emojax.models.attention implementation
 
   @nn.compact
-  def __call__(self, x, cos, sin, mask, kv=None):
+  def __call__(self, x, cos, sin, keys, kv=None):
+    """keys: (key_mask (B, S) bool, q_offset): causal attention over the real keys, queries at q_offset + i."""
     c = self.config
     b, t, _ = x.shape
     proj = lambda heads, name, bias=True: nn.Dense(heads * c.head_dim, use_bias=bias, dtype=self.dtype,
@@ -493,7 +502,9 @@ class Attention(nn.Module):
       cache = {name: jax.lax.dynamic_update_slice(cache[name], new.astype(cache[name].dtype), (0, index, 0, 0))
                for name, new in (("k", k), ("v", v))}
       k, v = cache["k"].astype(q.dtype), cache["v"].astype(q.dtype)
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask).reshape(b, t, -1)
+    key_mask, q_offset = keys
+    out = attention_lib.dot_product_attention(q, k, v, causal=True, q_offset=q_offset, key_mask=key_mask,
+                                              implementation=self.attention).reshape(b, t, -1)
     return proj(c.num_attention_heads, "o_proj", bias=False)(out), cache
 
 
@@ -501,6 +512,7 @@ class DecoderLayer(nn.Module):
   config: QwenVLConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, x, cos, sin, mask, kv=None):
@@ -509,7 +521,7 @@ class DecoderLayer(nn.Module):
     c = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = RMSNorm(c.rms_norm_eps, **kw, name="input_layernorm")(x)
-    out, cache = Attention(c, **kw, name="self_attn")(h, cos, sin, mask, kv)
+    out, cache = Attention(c, **kw, attention=self.attention, name="self_attn")(h, cos, sin, mask, kv)
     x = x + out
     h = RMSNorm(c.rms_norm_eps, **kw, name="post_attention_layernorm")(x)
     return x + GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, False, **kw, name="mlp")(h), cache
@@ -525,11 +537,13 @@ class TextModel(nn.Module):
   # the uncached forward (SFT, GRPO scoring) runs the decoder layers as one lax.scan over their stacked params
   # (compiled once; the params tree stays per layer); KV-cache decoding keeps the unrolled loop
   scan_layers: bool = False
+  attention: str = "auto"
 
   def setup(self):
     c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.embed_tokens = nn.Embed(c.vocab_size, c.hidden_size, **kw)
-    self.layers = [remat_lib.block(DecoderLayer, self.remat)(c, **kw) for _ in range(c.num_hidden_layers)]
+    self.layers = [remat_lib.block(DecoderLayer, self.remat)(c, **kw, attention=self.attention)
+                   for _ in range(c.num_hidden_layers)]
     self.norm = RMSNorm(c.rms_norm_eps, **kw)
 
   def embed(self, input_ids):
@@ -546,9 +560,7 @@ class TextModel(nn.Module):
     freqs = jnp.take_along_axis(freqs, jnp.asarray(channel)[None, None, None, :], axis=0)[0]
     freqs = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None]  # (B, T, 1, hd)
     cos, sin = jnp.cos(freqs).astype(x.dtype), jnp.sin(freqs).astype(x.dtype)
-    q_pos = cache_index + jnp.arange(t)
-    k_pos = jnp.arange(t if cache is None else cache[0]["k"].shape[1])
-    mask = (k_pos[None, :] <= q_pos[:, None])[None, None] & jnp.asarray(attention_mask).astype(bool)[:, None, None, :]
+    mask = (jnp.asarray(attention_mask).astype(bool), cache_index)  # causal from cache_index, real keys only
     if self.scan_layers and cache is None and c.num_hidden_layers > 1 and not self.is_initializing():
       return self.norm(self._scan_layers(x, cos, sin, mask)), None
     new_cache = []
@@ -560,7 +572,8 @@ class TextModel(nn.Module):
   def _scan_layers(self, x, cos, sin, mask):
     params = self.variables["params"]
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *[params[f"layers_{i}"] for i in range(self.config.num_hidden_layers)])
-    layer = DecoderLayer(self.config, dtype=self.dtype, param_dtype=self.param_dtype, parent=None)  # unbound
+    layer = DecoderLayer(self.config, dtype=self.dtype, param_dtype=self.param_dtype, attention=self.attention,
+                         parent=None)  # unbound
 
     def body(h, p):
       return layer.apply({"params": p}, h, cos, sin, mask, None)[0], None
@@ -578,11 +591,12 @@ class QwenVL(nn.Module):
   param_dtype: Dtype = jnp.float32
   remat: str = "none"  # rematerialisation of every vision block and decoder layer (emojax.models.remat)
   scan_layers: bool = False  # decoder layers as one lax.scan in the uncached forward (TextModel.scan_layers)
+  attention: str = "auto"  # emojax.models.attention implementation of the vision blocks and decoder layers
 
   def setup(self):
     c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    self.visual = VisionTower(c.vision_config, **kw, remat=self.remat)
-    self.language_model = TextModel(c, **kw, remat=self.remat, scan_layers=self.scan_layers)
+    self.visual = VisionTower(c.vision_config, **kw, remat=self.remat, attention=self.attention)
+    self.language_model = TextModel(c, **kw, remat=self.remat, scan_layers=self.scan_layers, attention=self.attention)
     if not c.tie_word_embeddings:
       self.lm_head = nn.Dense(c.vocab_size, use_bias=False, **kw)
 

@@ -34,6 +34,7 @@ import numpy as np
 from flax import traverse_util
 
 from emojax.io import hf_weights
+from emojax.models import attention as attention_lib
 from emojax.models.config_fields import known_fields
 
 # feed_forward_proj -> (gated, activation); transformers maps "gated-gelu" to gelu_new (the tanh approximation).
@@ -121,9 +122,10 @@ class Attention(nn.Module):
   config: T5Config
   has_relative_attention_bias: bool = False
   dtype: Any = jnp.float32
+  attention: str = "auto"  # emojax.models.attention implementation (the position bias goes in as `bias`)
 
   @nn.compact
-  def __call__(self, x, mask_bias, position_bias=None):
+  def __call__(self, x, key_mask, position_bias=None):
     c = self.config
     b, l, _ = x.shape
     dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=self.dtype, name=name)
@@ -136,11 +138,8 @@ class Attention(nn.Module):
                                          c.relative_attention_max_distance)
       table = nn.Embed(c.relative_attention_num_buckets, c.num_heads, name="relative_attention_bias")
       position_bias = table(buckets).astype(jnp.float32).transpose(2, 0, 1)[None]
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + position_bias
-    if mask_bias is not None:
-      scores = scores + mask_bias
-    weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, l, c.inner_dim)
+    out = attention_lib.dot_product_attention(q, k, v, bias=position_bias, key_mask=key_mask, scale=1.0,
+                                              implementation=self.attention).reshape(b, l, c.inner_dim)
     return dense(c.d_model, "o")(out), position_bias
 
 
@@ -162,12 +161,14 @@ class Block(nn.Module):
   config: T5Config
   has_relative_attention_bias: bool = False
   dtype: Any = jnp.float32
+  attention: str = "auto"
 
   @nn.compact
-  def __call__(self, x, mask_bias, position_bias=None):
+  def __call__(self, x, key_mask, position_bias=None):
     c = self.config
-    h, position_bias = Attention(c, self.has_relative_attention_bias, self.dtype, name="SelfAttention")(
-        LayerNorm(c.layer_norm_epsilon, self.dtype, name="attention_norm")(x), mask_bias, position_bias)
+    h, position_bias = Attention(c, self.has_relative_attention_bias, self.dtype, self.attention,
+                                 name="SelfAttention")(
+        LayerNorm(c.layer_norm_epsilon, self.dtype, name="attention_norm")(x), key_mask, position_bias)
     x = x + h
     x = x + FeedForward(c, self.dtype, name="DenseReluDense")(LayerNorm(c.layer_norm_epsilon, self.dtype,
                                                                         name="ff_norm")(x))
@@ -179,17 +180,16 @@ class T5Encoder(nn.Module):
   Padded positions are computed too (they attend to the real tokens), as transformers does."""
   config: T5Config
   dtype: Any = jnp.float32
+  attention: str = "auto"  # emojax.models.attention implementation
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None):
     c = self.config
     x = nn.Embed(c.vocab_size, c.d_model, name="shared")(input_ids).astype(self.dtype)
-    mask_bias = None
-    if attention_mask is not None:
-      mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+    key_mask = None if attention_mask is None else attention_mask > 0
     position_bias = None
     for i in range(c.num_layers):
-      x, position_bias = Block(c, i == 0, self.dtype, name=f"block_{i}")(x, mask_bias, position_bias)
+      x, position_bias = Block(c, i == 0, self.dtype, self.attention, name=f"block_{i}")(x, key_mask, position_bias)
     return LayerNorm(c.layer_norm_epsilon, self.dtype, name="final_layer_norm")(x)
 
 

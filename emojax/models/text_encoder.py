@@ -40,6 +40,7 @@ import numpy as np
 from flax import traverse_util
 
 from emojax.io import hf_weights
+from emojax.models import attention as attention_lib
 from emojax.models.config_fields import known_fields
 from emojax.io.tokenizers import BOS_ID, EOS_ID, PAD_ID, byte_id
 
@@ -133,15 +134,17 @@ def word_slots(input_ids, max_bytes: int):
 class _Attention(nn.Module):
   cfg: Any  # TextEncoderConfig or clip.VisionConfig: hidden_size, num_attention_heads
   dtype: Any
+  attention: str = "auto"  # emojax.models.attention implementation
 
   @nn.compact
-  def __call__(self, x, mask):
+  def __call__(self, x, causal=False, key_mask=None):
     c = self.cfg
     dense = lambda name: nn.Dense(c.hidden_size, dtype=self.dtype, name=name)
     b, l, _ = x.shape
     split = lambda t: t.reshape(b, l, c.num_attention_heads, -1)
     q, k, v = (split(dense(n)(x)) for n in ("q_proj", "k_proj", "v_proj"))
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    out = attention_lib.dot_product_attention(q, k, v, causal=causal, key_mask=key_mask,
+                                              implementation=self.attention)
     return dense("out_proj")(out.reshape(b, l, c.hidden_size))
 
 
@@ -149,12 +152,13 @@ class EncoderLayer(nn.Module):
   """transformers' CLIPEncoderLayer (pre-LN attention + MLP), shared by the text and vision towers."""
   cfg: Any  # TextEncoderConfig or clip.VisionConfig
   dtype: Any
+  attention: str = "auto"
 
   @nn.compact
-  def __call__(self, x, mask=None):
+  def __call__(self, x, causal=False, key_mask=None):
     c = self.cfg
     ln = lambda name: nn.LayerNorm(c.layer_norm_eps, dtype=jnp.float32, name=name)
-    x = x + _Attention(c, self.dtype, name="self_attn")(ln("layer_norm1")(x), mask)
+    x = x + _Attention(c, self.dtype, self.attention, name="self_attn")(ln("layer_norm1")(x), causal, key_mask)
     h = nn.Dense(c.intermediate_size, dtype=self.dtype, name="fc1")(ln("layer_norm2")(x))
     return x + nn.Dense(c.hidden_size, dtype=self.dtype, name="fc2")(ACTIVATIONS[c.hidden_act](h))
 
@@ -166,6 +170,7 @@ class TextEncoder(nn.Module):
 
   config: TextEncoderConfig
   dtype: Any = jnp.float32
+  attention: str = "auto"  # emojax.models.attention implementation
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None):
@@ -188,14 +193,14 @@ class TextEncoder(nn.Module):
     if k > 1:
       x = nn.Dense(c.hidden_size, dtype=self.dtype, name="merge")(x.reshape(b, l, k * c.hidden_size))
     x = x + nn.Embed(c.max_position_embeddings, c.hidden_size, name="position_embedding")(jnp.arange(l))
-    mask = nn.make_causal_mask(jnp.zeros((b, l)), dtype=bool)
+    key_mask = None
     if attention_mask is not None:
       if k > 1 or c.word_merge:
         raise ValueError("attention_mask needs one token per id (merge_size 1, word_merge 0)")
-      mask = mask & (attention_mask > 0)[:, None, None, :]
+      key_mask = attention_mask > 0
     states = [x]
     for i in range(c.num_hidden_layers):
-      x = EncoderLayer(c, self.dtype, name=f"layers_{i}")(x, mask)
+      x = EncoderLayer(c, self.dtype, self.attention, name=f"layers_{i}")(x, True, key_mask)
       states.append(x)
     final = nn.LayerNorm(c.layer_norm_eps, dtype=jnp.float32, name="final_layer_norm")(x)
     tokens = final if c.output_layer == -1 else states[c.output_layer]

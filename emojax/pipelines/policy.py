@@ -57,7 +57,7 @@ SD3_HINT = ("a diffusers SD3 / SD3.5 pipeline directory (model_index.json, trans
 
 
 def load(path: str, kind: str | None = None, dtype=jnp.float32, remat: str = "none", scan_layers: bool = False,
-         **sd3_options):
+         attention: str = "auto", **sd3_options):
   """The policy of a generator directory. kind "tiny": an emojax generator directory ("" = the shipped one);
   "sd3": a pipeline directory or SD3 export, sd3_options (resolution, max_sequence_length, emotion_tokens,
   emotion_hidden, seed) applying to a pipeline directory; None: whichever the directory is."""
@@ -67,12 +67,12 @@ def load(path: str, kind: str | None = None, dtype=jnp.float32, remat: str = "no
       raise ValueError(f"model.kind=sd3 needs --config.model.pretrained=DIR: {SD3_HINT}")
     if not is_sd3(path):
       raise FileNotFoundError(f"{path} is not {SD3_HINT}")
-    return SD3Policy(path, dtype=dtype, remat=remat, scan_layers=scan_layers, **sd3_options)
+    return SD3Policy(path, dtype=dtype, remat=remat, scan_layers=scan_layers, attention=attention, **sd3_options)
   if kind != "tiny":
     raise ValueError(f"unknown generator kind {kind!r}; use 'tiny' or 'sd3'")
   if is_sd3(path):
     raise ValueError(f"{path} is an SD3 pipeline or export: set --config.model.kind=sd3")
-  return TinyPolicy(*tiny.load_generator(path, dtype, remat, scan_layers))
+  return TinyPolicy(*tiny.load_generator(path, dtype, remat, scan_layers, attention))
 
 
 class TinyPolicy:
@@ -132,8 +132,8 @@ class SD3Policy:
   adapted_group, lora_root = "transformer", ()
   layout_judge = False
 
-  def __init__(self, path: str, dtype=jnp.float32, remat: str = "none", scan_layers: bool = False, resolution: int = 0,
-               max_sequence_length: int = 256, emotion_tokens: int = 4, emotion_hidden: int = 256, seed: int = 0,
+  def __init__(self, path: str, dtype=jnp.float32, remat: str = "none", scan_layers: bool = False,
+               attention: str = "auto", resolution: int = 0, max_sequence_length: int = 256, emotion_tokens: int = 4, emotion_hidden: int = 256, seed: int = 0,
                pipe=None):
     """pipe: an already built pipeline (e.g. AbstractSD3Pipeline for planning) instead of reading `path`."""
     from emojax.pipelines import sd3
@@ -146,7 +146,8 @@ class SD3Policy:
     self.pipe = pipe or sd3.SD3Pipeline.from_pretrained(path, dtype=dtype)
     self.shift = self.pipe.shift  # the scheduler's
     tc = self.pipe.transformer.config
-    self.transformer = mmdit.MMDiT(tc, dtype=dtype, param_dtype=jnp.float32, remat=remat, scan_layers=scan_layers)
+    self.transformer = mmdit.MMDiT(tc, dtype=dtype, param_dtype=jnp.float32, remat=remat, scan_layers=scan_layers,
+                                   attention=attention)
     self.emotion = gen_lib.EmotionEmbed(emotion_tokens, tc.joint_attention_dim, tc.pooled_projection_dim,
                                         emotion_hidden, dtype=dtype)
     self.emotion_tokens, self.emotion_hidden, self.max_sequence_length = emotion_tokens, emotion_hidden, max_sequence_length

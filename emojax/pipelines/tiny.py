@@ -33,7 +33,8 @@ def generator_dir(path: str) -> str:
   return path or assets.asset_dir(SHIPPED_GENERATOR)
 
 
-def load_generator(path: str, dtype=jnp.float32, remat: str = "none", scan_layers: bool = False):
+def load_generator(path: str, dtype=jnp.float32, remat: str = "none", scan_layers: bool = False,
+                   attention: str = "auto"):
   """-> (Generator computing in `dtype`, GeneratorConfig, params as a float32 host numpy tree) from a
   generator directory."""
   directory = generator_dir(path)
@@ -45,7 +46,7 @@ def load_generator(path: str, dtype=jnp.float32, remat: str = "none", scan_layer
                             f"--workdir={directory}`)")
   params, cfg_dict = assets.load(directory, "pretrained generator", PRETRAIN_HINT)
   gcfg = gen_lib.GeneratorConfig.from_dict(cfg_dict)
-  gen = gen_lib.Generator(gcfg, dtype=dtype, remat=remat, scan_layers=scan_layers)
+  gen = gen_lib.Generator(gcfg, dtype=dtype, remat=remat, scan_layers=scan_layers, attention=attention)
   expected = jax.eval_shape(lambda: gen_lib.init_params(gen_lib.Generator(gcfg), jax.random.key(0)))
   assets.check_tree_matches(params, expected, f"pretrained generator {directory}")
   return gen, gcfg, params

@@ -53,6 +53,8 @@ class GRPOHyper:
   # SDE steps' noise, the part of the spread the policy gradient credits
   shared_init_noise: bool = False
   adv_std: str = "group"  # advantages' divisor: each group's reward std or the batch's pooled one (grpo)
+  rollout_chunks: int = 1  # the rollout's velocity forwards take the rows in this many sequential parts
+  decode_chunks: int = 1  # and so does the decode of the final samples (the VAE at SD3 scale)
 
   @property
   def stochastic_steps(self) -> int:
@@ -104,9 +106,10 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
     uncond = None if text_uncond is None else add_emotion(params, text_uncond, va, jnp.zeros_like(batch["valence"]))
     return cond, uncond
 
-  def velocity(params, x, sigma, cond, uncond):
+  def velocity(params, x, sigma, cond, uncond, chunks: int = 1):
     apply = lambda x_, s_, c_: apply_velocity(params, x_, s_, c_)
-    return cfg_velocity(apply, cond, uncond, hp.cfg_scale)(x, sigma)
+    one = lambda x_, s_, c_, u_: cfg_velocity(apply, c_, u_, hp.cfg_scale)(x_, s_)
+    return parallel.map_rows(one, chunks, x, jnp.broadcast_to(sigma, x.shape[:1]), cond, uncond)
 
   def sample(params, batch, rng):
     cond, uncond = conditioning(params, batch)
@@ -117,7 +120,7 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
     else:
       x_init = jax.random.normal(k_init, (b, *hp.image_shape), jnp.float32)
     x_init = parallel.constrain_batch(x_init)
-    fn = lambda x, s: velocity(params, x, s, cond, uncond)
+    fn = lambda x, s: velocity(params, x, s, cond, uncond, hp.rollout_chunks)
     return rollout(fn, x_init, sigmas, k_roll, noise_level=hp.noise_level, method="sde", sde_steps=hp.sde_steps)
 
   if hp.old_logprob not in ("rollout", "update"):
@@ -167,7 +170,7 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
     n = hp.grad_accum
     # micro-batch i holds rows i, i + n, ...: each spans every device's rows of the batch-sharded train batch (a
     # contiguous split would put whole micro-batches on single devices and replicate their compute)
-    micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1), train_batch)
+    micro = jax.tree.map(lambda x: parallel.split_rows(x, n), train_batch)
     # the loss scans over timesteps: per-timestep fields become time-major (K, b, ...)
     micro = {k: (jnp.swapaxes(v, 1, 2) if k in _TIME_MAJOR else v) for k, v in micro.items()}
 
@@ -195,7 +198,8 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
     batch_major = lambda a: jnp.swapaxes(a, 0, 1)
     return out | {"traj_x": batch_major(traj.x), "traj_x_next": batch_major(traj.x_next),
                   "traj_log_prob": batch_major(traj.log_prob),
-                  "images": jnp.clip(x0, -1.0, 1.0) if decode is None else decode(constants, x0)}
+                  "images": jnp.clip(x0, -1.0, 1.0) if decode is None else
+                  parallel.map_rows(lambda z: decode(constants, z), hp.decode_chunks, x0)}
 
   def train_step(state, batch, rng, constants):
     params, opt_state = state["params"], state["opt_state"]

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from emojax import optim
+from emojax import optim, parallel
 from emojax.rl import grpo
 
 PROMPT_KEYS = ("input_ids", "attention_mask", "pixel_values")  # one row per prompt
@@ -84,11 +84,9 @@ def split_micro(batch: dict, n: int, group_size: int) -> dict:
   (k = 1 for PROMPT_KEYS, G otherwise), groups kept contiguous."""
   def one(key, x):
     k = 1 if key in PROMPT_KEYS else group_size
-    b = x.shape[0] // k
-    if b % n:
-      raise ValueError(f"{b} prompts do not split into {n} micro-batches (grad_accum)")
-    x = x.reshape(b // n, n, k, *x.shape[1:])
-    return jnp.swapaxes(x, 0, 1).reshape(n, (b // n) * k, *x.shape[3:])
+    if (x.shape[0] // k) % n:
+      raise ValueError(f"{x.shape[0] // k} prompts do not split into {n} micro-batches (grad_accum)")
+    return parallel.split_rows(x, n, k)
   return {k: one(k, v) for k, v in batch.items()}
 
 

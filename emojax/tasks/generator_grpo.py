@@ -53,6 +53,7 @@ class GeneratorGRPO:
       raise ValueError("model.scan_layers=True with model.lora.rank > 0: LoRA intercepts each layer's Dense calls, "
                        "which a scan over stacked layers hides; set one of them off")
     self.policy = p = policy or policy_lib.load(m.pretrained, m.kind, jnp.dtype(m.dtype), m.remat, m.scan_layers,
+                                                attention=m.attention,
                                                 resolution=m.resolution, max_sequence_length=m.max_sequence_length,
                                                 emotion_tokens=m.emotion_tokens, seed=c.seed)
     self._pretrained = p.params
@@ -63,6 +64,10 @@ class GeneratorGRPO:
     self.global_batch_size = r.prompts_per_step * r.group_size
     if self.global_batch_size % r.grad_accum:
       raise ValueError(f"batch {self.global_batch_size} (prompts_per_step*group_size) is not divisible by rl.grad_accum={r.grad_accum}")
+    for name in ("rollout_chunks", "decode_chunks"):
+      if self.global_batch_size % r[name]:
+        raise ValueError(f"rl.{name}={r[name]} does not divide the batch of {self.global_batch_size} rows "
+                         "(rl.prompts_per_step * rl.group_size)")
     if r.sde_steps > r.num_steps:
       raise ValueError(f"rl.sde_steps={r.sde_steps} exceeds rl.num_steps={r.num_steps}; at most every step is stochastic")
     weights = {k: float(v) for k, v in sorted(c.rewards.weights.items()) if float(v) != 0.0}
@@ -80,7 +85,7 @@ class GeneratorGRPO:
         noise_level=r.noise_level, cfg_scale=r.cfg_scale, clip_eps=r.clip_eps, kl_beta=r.kl_beta, adv_clip=r.adv_clip,
         adv_eps=r.adv_eps, timestep_fraction=r.timestep_fraction, grad_accum=r.grad_accum, inner_epochs=r.inner_epochs,
         sde_steps=r.sde_steps or None, old_logprob=r.old_logprob, shared_init_noise=r.shared_init_noise,
-        adv_std=r.adv_std,
+        adv_std=r.adv_std, rollout_chunks=r.rollout_chunks, decode_chunks=r.decode_chunks,
         image_shape=p.image_shape, frozen=self.frozen)
     self.tx = optim.make_optimizer(c.optim, c.total_steps)
     self._experience, self._step, _ = generator_step.make_train_step(

@@ -67,7 +67,8 @@ class LVLMGRPO:
     if c.model.scan_layers and c.model.lora.rank > 0:
       raise ValueError("model.scan_layers=True with model.lora.rank > 0: LoRA intercepts each layer's Dense calls, "
                        "which a scan over stacked layers hides; set one of them off")
-    self.model = self.model.clone(remat=c.model.remat, dtype=jnp.dtype(c.model.dtype), scan_layers=c.model.scan_layers)
+    self.model = self.model.clone(remat=c.model.remat, dtype=jnp.dtype(c.model.dtype), scan_layers=c.model.scan_layers,
+                                  attention=c.model.attention)
     self.global_batch_size = c.images_per_step
     self.lora = lora_lib.grpo_config(c.model.lora)
     if self.lora is not None:  # adapters on the decoder, their own parameter group (fresh: the SFT judge)

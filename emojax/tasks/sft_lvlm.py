@@ -80,7 +80,7 @@ class SFTLVLM:
     self.config = c = config
     self.model, self.qcfg, self._pretrained, self.processor = make_model(c.model)
     self.model = self.model.clone(remat=c.model.remat, dtype=jnp.dtype(c.model.dtype),  # params stay float32
-                                  scan_layers=c.model.scan_layers)
+                                  scan_layers=c.model.scan_layers, attention=c.model.attention)
     self.global_batch_size = c.batch_size
     need, need_prompt = judge_targets.max_target_tokens(self.processor), 0
     if c.data.feedback_share > 0:
