@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -54,6 +57,19 @@ def check_frozen(params: dict, frozen, what: str) -> tuple[str, ...]:
   if set(frozen) == set(params):
     raise ValueError(f"model.frozen freezes every parameter group of the {what} ({sorted(params)}): nothing trains")
   return frozen
+
+
+def frozen_in(params: dict, frozen, dtype) -> dict:
+  """params with the floating leaves of the frozen groups stored in `dtype` (the compute dtype: a frozen group
+  is only ever read by forwards that cast to it anyway); host arrays or ShapeDtypeStructs."""
+  dtype = np.dtype(dtype)
+
+  def cast(x):
+    if not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype == dtype:
+      return x
+    return jax.ShapeDtypeStruct(x.shape, dtype) if isinstance(x, jax.ShapeDtypeStruct) else np.asarray(x, dtype)
+
+  return {k: jax.tree.map(cast, v) if k in frozen else v for k, v in params.items()}
 
 
 def partition(params: dict, frozen) -> tuple[dict, dict]:

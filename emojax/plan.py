@@ -126,6 +126,66 @@ def shape_processor(cfg: qv.QwenVLConfig) -> proc_lib.Processor:
   return proc_lib.Processor(proc_lib.ImageConfig.for_model(cfg), proc_lib.TinyChatTokenizer())
 
 
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
+                "s64": 8, "u64": 8, "f64": 8, "c64": 8}
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%[\w.-]+ = (\w+)\[([\d,]*)\]\S* ([\w-]+)\(")
+_NOT_BUFFERS = ("parameter", "get-tuple-element", "bitcast", "tuple", "constant", "after-all", "partition-id")
+
+
+def _stack_frames(hlo_text: str) -> dict[int, str]:
+  """stack_frame_id -> "file.py:line" from the module's FileNames / FileLocations / StackFrames tables."""
+  tables, name = {}, None
+  for line in hlo_text.splitlines():
+    if line in ("FileNames", "FunctionNames", "FileLocations", "StackFrames"):
+      name = line
+      tables[name] = {}
+    elif name and re.match(r"^\d+ ", line):
+      i, rest = line.split(" ", 1)
+      tables[name][int(i)] = rest
+    elif name and not line.strip():
+      continue
+    else:
+      name = None
+  files = {i: os.path.basename(v.strip('"')) for i, v in tables.get("FileNames", {}).items()}
+  locations = {}
+  for i, v in tables.get("FileLocations", {}).items():
+    f, ln = re.search(r"file_name_id=(\d+)", v), re.search(r"\bline=(\d+)", v)
+    if f and ln:
+      locations[i] = f"{files.get(int(f.group(1)), '?')}:{ln.group(1)}"
+  out = {}
+  for i, v in tables.get("StackFrames", {}).items():
+    loc = re.search(r"file_location_id=(\d+)", v)
+    if loc:
+      out[i] = locations.get(int(loc.group(1)), "")
+  return out
+
+
+def largest_buffers(hlo_text: str, n: int = 6) -> list[dict]:
+  """The n largest arrays an optimized (SPMD-partitioned: per-device) HLO module computes, outside fused
+  computations: bytes, dtype[shape], the op and the source line that made them (from the op metadata).
+  Not all of them are alive at once; they name what the temporaries are made of."""
+  found, fused, where = {}, False, _stack_frames(hlo_text)
+  for line in hlo_text.splitlines():
+    if line and not line.startswith(" "):  # a computation header (or its closing brace)
+      fused = line.startswith(("%fused", "fused"))
+      continue
+    m = _INSTRUCTION.match(line)
+    if fused or not m or m.group(3) in _NOT_BUFFERS or m.group(1) not in _DTYPE_BYTES:
+      continue
+    dims = [int(d) for d in m.group(2).split(",") if d]
+    size = _DTYPE_BYTES[m.group(1)] * math.prod(dims)
+    op = re.search(r'op_name="([^"]*)"', line)
+    src = re.search(r'source_file="([^"]*)" source_line=(\d+)', line)
+    frame = re.search(r"stack_frame_id=(\d+)", line)
+    source = (f"{os.path.basename(src.group(1))}:{src.group(2)}" if src else
+              where.get(int(frame.group(1)), "") if frame else "")
+    key = (f"{m.group(1)}[{m.group(2)}]", m.group(3), op.group(1).rsplit("/", 1)[-1] if op else "", source)
+    found[key] = (size, found.get(key, (0, 0))[1] + 1)
+  top = sorted(found.items(), key=lambda kv: -kv[1][0])[:n]
+  return [{"bytes": size, "array": k[0], "hlo": k[1], "op": k[2], "source": k[3], "count": count}
+          for k, (size, count) in top]
+
+
 def _program(name, lower, args, device_memory, parts: dict, analytic: dict) -> dict:
   """lower(*args) -> jax Lowered (a jitted function's .lower) compiled and measured."""
   t0 = time.perf_counter()
@@ -138,7 +198,7 @@ def _program(name, lower, args, device_memory, parts: dict, analytic: dict) -> d
   total = xla["argument_bytes"] + xla["output_bytes"] - xla["alias_bytes"] + xla["temp_bytes"]
   return {"program": name, **parts, **{f"xla_{k}": int(v) for k, v in xla.items()}, "total_bytes": int(total),
           "total_gib": round(total / 2**30, 3), "device_memory_bytes": device_memory, "fits": bool(total <= device_memory),
-          **analytic, "compile_s": round(seconds, 1)}
+          **analytic, "largest_buffers": largest_buffers(compiled.as_text()), "compile_s": round(seconds, 1)}
 
 
 def _state_parts(state, shardings) -> dict:

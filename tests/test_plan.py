@@ -12,9 +12,12 @@ import re
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from conftest import ROOT, cli_env
+from emojax import plan
 
 FSDP8 = "--mesh=data=1,fsdp=8,tensor=1"
 
@@ -109,3 +112,16 @@ def test_bad_input_is_one_line():
     plan.plan(generator.get_config("sd35m"), device_memory=2**30, programs=("judge", "eval"))
   with pytest.raises(ValueError, match="no MMDiT preset of that name"):
     plan.plan(generator.get_config("sd35m"), device_memory=2**30, architecture="sd9")
+
+
+def test_largest_buffers_name_the_attention_logits():
+  """The per-device arrays a compiled program makes, largest first, with the op and source line behind them:
+  in an attention's gradient, the [B, T, S] logits (f32, 4 MiB) from this file."""
+  def loss(q, k):
+    return jax.nn.softmax(jnp.einsum("bqd,bkd->bqk", q, k), -1).sum()
+
+  compiled = jax.jit(jax.grad(loss)).lower(jnp.ones((4, 512, 64)), jnp.ones((4, 512, 64))).compile()
+  top = plan.largest_buffers(compiled.as_text(), n=3)
+  assert top[0]["array"] == "f32[4,512,512]" and top[0]["bytes"] == 4 * 512 * 512 * 4
+  assert top[0]["source"].startswith("test_plan.py:")
+  assert [b["bytes"] for b in top] == sorted((b["bytes"] for b in top), reverse=True)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -63,8 +64,12 @@ def test_sd35m_preset_trains_lora_and_emotion_on_policy_in_bf16(preset_run):
     assert m["lvlm_emotion/parsed"] == 1.0 and np.isfinite(m["reward/pickscore"]) and m["reward_std"] > 0
   params = jax.device_get(res.state["params"])
   assert set(params) == {"transformer", "emotion", lora_lib.GROUP}
-  # the frozen transformer did not move; the adapters' B (zero at the start) and the V-A embedding did
-  jax.tree.map(np.testing.assert_array_equal, params["transformer"], task.policy.params["transformer"])
+  # the frozen transformer is stored in the compute dtype (bf16) and did not move; the trainable groups are
+  # float32, and the adapters' B (zero at the start) and the V-A embedding moved
+  assert {x.dtype for x in jax.tree.leaves(params["transformer"])} == {np.dtype(jnp.bfloat16)}
+  assert {x.dtype for x in jax.tree.leaves((params["emotion"], params[lora_lib.GROUP]))} == {np.dtype(np.float32)}
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, np.asarray(b, jnp.bfloat16)), params["transformer"],
+               task.policy.params["transformer"])
   assert max(np.abs(ab["lora_B"]).max() for ab in jax.tree.leaves(
       params[lora_lib.GROUP], is_leaf=lambda x: isinstance(x, dict) and "lora_B" in x)) > 0
   assert any(np.abs(a - b).max() > 0 for a, b in zip(jax.tree.leaves(params["emotion"]),

@@ -3,6 +3,7 @@ import os
 import signal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -78,9 +79,14 @@ def test_bf16_step_is_on_policy_and_close_to_fp32(tiny_asset, tmp_path, single_d
   np.testing.assert_allclose(m["loss"], ref["loss"], rtol=0, atol=5e-5)
   np.testing.assert_allclose(m["grad_norm"], ref["grad_norm"], rtol=0.05)
   assert m["reward_mean"] != ref["reward_mean"]  # the images did change: bf16 is really in the forward
-  params = _params(res)
-  assert {a.dtype for a in jax.tree.leaves(params)} == {np.dtype(np.float32)}
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-3), params, ref_params)
+  params = _params(res)  # the frozen text encoder is stored in bf16 (the compute dtype), the rest stays fp32
+  trained = {k: v for k, v in params.items() if k != "text"}
+  assert {a.dtype for a in jax.tree.leaves(trained)} == {np.dtype(np.float32)}
+  assert {a.dtype for a in jax.tree.leaves(params["text"])} == {np.dtype(jnp.bfloat16)}
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, np.asarray(b, jnp.bfloat16)), params["text"],
+               ref_params["text"])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-3), trained,
+               {k: ref_params[k] for k in trained})
 
 
 @pytest.fixture(scope="module")
@@ -299,6 +305,17 @@ def test_update_forward_as_old_logprob_is_the_same_step_in_fp32(tiny_asset, tmp_
   (m,), (ref, ref_params) = res.metrics, single_device_step
   assert m["ratio_dev_first"] == 0.0 and m["clip_frac_high"] == m["clip_frac_low"] == 0.0
   assert m["sampler_ratio_dev"] == pytest.approx(ref["ratio_dev_first"], abs=1e-6) and m["sampler_ratio_dev"] < 1e-5
+  np.testing.assert_allclose(m["loss"], ref["loss"], rtol=0, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6), _params(res), ref_params)
+
+
+def test_timestep_remat_step_equals_the_stored_step(tiny_asset, tmp_path, single_device_step):
+  """rl.remat_timesteps recomputes each trained timestep's forward in the backward instead of storing it: the
+  same loss, ratio and updated params as the step that stores every timestep (float rounding of the re-run)."""
+  over = {"total_steps": 1, "mesh.num_devices": 1, "rl.remat_timesteps": True, **_ONE_STEP}
+  res = run(generator_config(tiny_asset, **over), tmp_path)
+  (m,), (ref, ref_params) = res.metrics, single_device_step
+  assert m["ratio_dev_first"] < 1e-5
   np.testing.assert_allclose(m["loss"], ref["loss"], rtol=0, atol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6), _params(res), ref_params)
 

@@ -30,8 +30,8 @@ def fields() -> cu.Fields:
   f("model.frozen", ("text", "mmdit"), cu.Names(*GENERATOR_GROUPS),
     "parameter groups left untouched (default: the V-A embedding alone learns, so texture cannot fool the judge)")
   f("model.dtype", "float32", cu.OneOf("float32", "bfloat16"),
-    "compute dtype of the generator's forward in rollouts and updates; params, optimizer, log-probs, ratios, "
-    "advantages and the loss stay float32")
+    "compute dtype of the generator's forward in rollouts and updates, and storage of the frozen groups; "
+    "trainable params, optimizer, log-probs, ratios, advantages and the loss stay float32")
   f("model.remat", "none", cu.OneOf(*cu.REMATS), "recompute each MMDiT joint block in the backward (cu.REMATS)")
   f("model.scan_layers", False, cu.BOOL, "identical MMDiT joint blocks as one lax.scan (compiled once; not with LoRA)")
   f("model.attention", "auto", cu.OneOf(*cu.ATTENTIONS),
@@ -56,6 +56,8 @@ def fields() -> cu.Fields:
   f("rl.num_steps", 8, cu.Int(1, 1000), "SDE sampling steps")
   f("rl.rollout_chunks", 1, cu.Int(1), "the rollout's generator forwards take the batch in this many sequential parts")
   f("rl.decode_chunks", 1, cu.Int(1), "the decode of the rollout's samples (SD3: the VAE) likewise")
+  f("rl.remat_timesteps", False, cu.BOOL,
+    "the update recomputes each trained timestep's forward in its backward (stores one timestep at a time)")
   f("rl.shift", 3.0, cu.Positive(), "SD3 sigma-schedule shift")
   f("rl.noise_level", 1.0, cu.Float(0.0, 2.0, lo_open=True),
     "SDE noise level a: how far rollouts of one group spread (Flow-GRPO: 0.7)")
@@ -138,6 +140,8 @@ def sd35m(c):
   c.model.dtype, c.model.remat = "bfloat16", "full"
   c.model.lora = cu.lora(rank=32, alpha=64.0)
   c.rl.prompts_per_step, c.rl.group_size, c.rl.grad_accum = 8, 24, 8
+  c.rl.rollout_chunks, c.rl.decode_chunks = 6, 24  # on 8 devices: 4 rows a device per forward, 1 per decode
+  c.rl.remat_timesteps = True
   c.rl.num_steps, c.rl.sde_steps, c.rl.cfg_scale, c.rl.noise_level = 10, 0, 4.5, 0.7
   c.rl.shared_init_noise, c.rewards.emotion_distance = False, "l1"
   c.rl.clip_eps, c.rl.kl_beta, c.rl.timestep_fraction = 1e-4, 0.01, 1.0

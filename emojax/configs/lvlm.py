@@ -54,7 +54,8 @@ def fields() -> cu.Fields:
   f("model.attention", "auto", cu.OneOf(*cu.ATTENTIONS),
     "the vision blocks' and decoder layers' attention kernel (auto: by backend and length; docs/attention.md)")
   f("model.dtype", "float32", cu.OneOf("float32", "bfloat16"),
-    "compute dtype of sampling and scoring; params, optimizer, log-probs and loss stay float32")
+    "compute dtype of sampling and scoring, and storage of the frozen groups; trainable params, optimizer, "
+    "log-probs and loss stay float32")
   f("model.allow_shipped", True, cu.BOOL,
     'pretrained "" means the shipped tiny SFT judge (real-scale presets: False, "" is an error)')
 

@@ -30,6 +30,7 @@ import numpy as np
 from flax import traverse_util
 
 from emojax.io import hf_weights
+from emojax.models import attention as attention_lib
 from emojax.models.config_fields import known_fields
 
 EPS = 1e-6  # every GroupNorm of the diffusers VAE (resnet_eps, the attention's and the out norms)
@@ -116,6 +117,7 @@ class Attention(nn.Module):
   """One head over all H*W positions (diffusers' VAE attention: heads = channels // attention_head_dim = 1)."""
   cfg: VAEConfig
   dtype: Any = jnp.float32
+  attention: str = "auto"  # emojax.models.attention implementation
 
   def setup(self):
     c = self.cfg.block_out_channels[-1]
@@ -127,19 +129,20 @@ class Attention(nn.Module):
     b, h, w, c = x.shape
     t = self.group_norm(x).reshape(b, h * w, c)
     q, k, v = self.to_q(t), self.to_k(t), self.to_v(t)
-    logits = jnp.einsum("bqc,bkc->bqk", q, k).astype(jnp.float32) / np.sqrt(c)
-    att = jnp.einsum("bqk,bkc->bqc", jax.nn.softmax(logits, -1).astype(v.dtype), v)
+    att = attention_lib.dot_product_attention(q[:, :, None], k[:, :, None], v[:, :, None],
+                                              implementation=self.attention)[:, :, 0]
     return x + self.to_out[0](att).reshape(b, h, w, c)
 
 
 class MidBlock(nn.Module):
   cfg: VAEConfig
   dtype: Any = jnp.float32
+  attention: str = "auto"
 
   def setup(self):
     c = self.cfg.block_out_channels[-1]
     self.resnets = [ResnetBlock(self.cfg, c, self.dtype) for _ in range(2)]
-    self.attentions = [Attention(self.cfg, self.dtype)] if self.cfg.mid_block_add_attention else []
+    self.attentions = [Attention(self.cfg, self.dtype, self.attention)] if self.cfg.mid_block_add_attention else []
 
   def __call__(self, x):
     x = self.resnets[0](x)
@@ -196,13 +199,14 @@ class Level(nn.Module):
 class Encoder(nn.Module):
   cfg: VAEConfig
   dtype: Any = jnp.float32
+  attention: str = "auto"
 
   def setup(self):
     c, ch = self.cfg, self.cfg.block_out_channels
     self.conv_in = _conv(ch[0], 3, None, self.dtype)
     self.down_blocks = [Level(c, w, c.layers_per_block, "down" if i < len(ch) - 1 else None, self.dtype)
                         for i, w in enumerate(ch)]
-    self.mid_block = MidBlock(c, self.dtype)
+    self.mid_block = MidBlock(c, self.dtype, self.attention)
     self.conv_norm_out = _group_norm(c)
     self.conv_out = _conv(2 * c.latent_channels, 3, None, self.dtype)
 
@@ -216,11 +220,12 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
   cfg: VAEConfig
   dtype: Any = jnp.float32
+  attention: str = "auto"
 
   def setup(self):
     c, ch = self.cfg, self.cfg.block_out_channels[::-1]
     self.conv_in = _conv(ch[0], 3, None, self.dtype)
-    self.mid_block = MidBlock(c, self.dtype)
+    self.mid_block = MidBlock(c, self.dtype, self.attention)
     self.up_blocks = [Level(c, w, c.layers_per_block + 1, "up" if i < len(ch) - 1 else None, self.dtype)
                       for i, w in enumerate(ch)]
     self.conv_norm_out = _group_norm(c)
@@ -237,10 +242,11 @@ class AutoencoderKL(nn.Module):
   """`encode(images) -> (mean, logvar)` of the diagonal Gaussian posterior; `decode(z) -> images`."""
   config: VAEConfig
   dtype: Any = jnp.float32
+  attention: str = "auto"  # emojax.models.attention implementation
 
   def setup(self):
     c = self.config
-    self.encoder, self.decoder = Encoder(c, self.dtype), Decoder(c, self.dtype)
+    self.encoder, self.decoder = Encoder(c, self.dtype, self.attention), Decoder(c, self.dtype, self.attention)
     if c.use_quant_conv:
       self.quant_conv = _conv(2 * c.latent_channels, 1, None, self.dtype)
     if c.use_post_quant_conv:

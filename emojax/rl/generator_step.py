@@ -55,6 +55,9 @@ class GRPOHyper:
   adv_std: str = "group"  # advantages' divisor: each group's reward std or the batch's pooled one (grpo)
   rollout_chunks: int = 1  # the rollout's velocity forwards take the rows in this many sequential parts
   decode_chunks: int = 1  # and so does the decode of the final samples (the VAE at SD3 scale)
+  # recompute each trained timestep's forward in the backward: the update then stores one timestep's activations
+  # (the model's own remat points) at a time instead of every timestep's, for one more forward per timestep
+  remat_timesteps: bool = False
 
   @property
   def stochastic_steps(self) -> int:
@@ -155,7 +158,8 @@ def make_train_step(*, apply_velocity: Callable, encode_text: Callable, add_emot
         out["kl"] = kl
       return carry + loss, out
 
-    total, per = jax.lax.scan(per_t, 0.0, jnp.arange(k_train))
+    body = jax.checkpoint(per_t, prevent_cse=False) if hp.remat_timesteps else per_t
+    total, per = jax.lax.scan(body, 0.0, jnp.arange(k_train))
     log_prob = per.pop("log_prob")
     stats = jax.tree.map(jnp.mean, per)
     stats["ratio_dev"], stats["sampler_ratio_dev"] = per["ratio_dev"].max(), per["sampler_ratio_dev"].max()

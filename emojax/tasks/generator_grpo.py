@@ -80,12 +80,15 @@ class GeneratorGRPO:
     self.host_rewards = host_rewards
     self.reward_weights = weights
     self.frozen = optim.check_frozen(self._pretrained, c.model.frozen, "generator")
+    # frozen groups are stored in the compute dtype; the trainable ones, optimizer and KL reference stay float32
+    self._pretrained = optim.frozen_in(self._pretrained, self.frozen, m.dtype)
     self.hp = generator_step.GRPOHyper(
         group_size=r.group_size, num_steps=r.num_steps, sigmas=tuple(float(s) for s in schedule.sd3_sigmas(r.num_steps, r.shift)),
         noise_level=r.noise_level, cfg_scale=r.cfg_scale, clip_eps=r.clip_eps, kl_beta=r.kl_beta, adv_clip=r.adv_clip,
         adv_eps=r.adv_eps, timestep_fraction=r.timestep_fraction, grad_accum=r.grad_accum, inner_epochs=r.inner_epochs,
         sde_steps=r.sde_steps or None, old_logprob=r.old_logprob, shared_init_noise=r.shared_init_noise,
         adv_std=r.adv_std, rollout_chunks=r.rollout_chunks, decode_chunks=r.decode_chunks,
+        remat_timesteps=r.remat_timesteps,
         image_shape=p.image_shape, frozen=self.frozen)
     self.tx = optim.make_optimizer(c.optim, c.total_steps)
     self._experience, self._step, _ = generator_step.make_train_step(
@@ -109,8 +112,14 @@ class GeneratorGRPO:
       return self.policy.velocity(lora_lib.without(params), x, sigma, cond)
 
   def merged(self, params):
-    """Generator params with the LoRA folded into the MMDiT (what evaluation and export use)."""
-    return params if self.lora is None else lora_lib.merge_group(params, self.policy.adapted_group, self.lora)
+    """Generator params with the LoRA folded into the MMDiT (what evaluation and export use); a frozen base is
+    merged at the precision it was loaded in (the policy's params), not in its compute-dtype copy."""
+    if self.lora is None:
+      return params
+    group = self.policy.adapted_group
+    if group in self.frozen:
+      params = {**params, group: self.policy.params[group]}
+    return lora_lib.merge_group(params, group, self.lora)
 
   def make_loader(self, shard_index, shard_count):
     c = self.config

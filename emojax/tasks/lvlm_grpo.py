@@ -80,6 +80,7 @@ class LVLMGRPO:
     if c.images_per_step % c.grad_accum:
       raise ValueError(f"images_per_step={c.images_per_step} is not divisible by grad_accum={c.grad_accum}")
     self.frozen = frozen = optim.check_frozen(self._pretrained, c.model.frozen, "LVLM")
+    self._pretrained = optim.frozen_in(self._pretrained, frozen, c.model.dtype)  # trainable groups stay float32
     self.weights = {k: float(v) for k, v in c.rewards.weights.items()}
     _, parts = multitask.multitask_reward([], [], [], [], self.weights, c.rewards.eps)  # bad names / eps fail here
     self._reward_keys = ["reward/parsed"] + [f"reward/{k}" for k in parts]  # every step logs the same keys
