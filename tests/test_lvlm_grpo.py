@@ -307,11 +307,15 @@ def test_qwen25vl_7b_preset_without_its_directory_is_one_line():
 
 
 def test_qwen25vl_7b_preset_steps_in_bf16_on_policy(tiny_export, tmp_path):
-  """bf16 compute with float32 params: the ratio's old log-probs are the training scorer's (rescore_old), so the
-  first epoch is on-policy; the KV-cache sampler's bf16 log-probs are logged beside it (sampler_logprob_dev)."""
+  """bf16 compute with float32 trainable params (the frozen vision tower is stored in bf16): the ratio's old
+  log-probs are the training scorer's (rescore_old), so the first epoch is on-policy; the KV-cache sampler's bf16
+  log-probs are logged beside it (sampler_logprob_dev)."""
   config = _qwen25vl_7b_on(tiny_export)
   result = trainer.run(config, str(tmp_path), _SpreadRewards(config), progress=False)
   for m in result.metrics:
     assert np.isfinite(m["loss"]) and m["ratio_dev_first"] <= 1e-5 and np.isfinite(m["sampler_logprob_dev"])
-  assert {a.dtype for a in jax.tree.leaves(jax.device_get(result.state["params"]))} == {np.dtype(np.float32)}
+  params = jax.device_get(result.state["params"])
+  frozen = tuple(config.model.frozen)
+  assert {a.dtype for k in params if k not in frozen for a in jax.tree.leaves(params[k])} == {np.dtype(np.float32)}
+  assert {a.dtype for k in frozen for a in jax.tree.leaves(params[k])} == {np.dtype(jnp.bfloat16)}
   print("bf16 sampler_logprob_dev", [m["sampler_logprob_dev"] for m in result.metrics])
