@@ -515,13 +515,13 @@ class DecoderLayer(nn.Module):
   attention: str = "auto"
 
   @nn.compact
-  def __call__(self, x, cos, sin, mask, kv=None):
+  def __call__(self, x, cos, sin, keys, kv=None):
     """kv: None (no cache), or (this layer's cache, cache_index): keys/values are written into the
     cache at cache_index and attention runs over the whole cache length. Returns (x, cache)."""
     c = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = RMSNorm(c.rms_norm_eps, **kw, name="input_layernorm")(x)
-    out, cache = Attention(c, **kw, attention=self.attention, name="self_attn")(h, cos, sin, mask, kv)
+    out, cache = Attention(c, **kw, attention=self.attention, name="self_attn")(h, cos, sin, keys, kv)
     x = x + out
     h = RMSNorm(c.rms_norm_eps, **kw, name="post_attention_layernorm")(x)
     return x + GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, False, **kw, name="mlp")(h), cache
@@ -560,23 +560,23 @@ class TextModel(nn.Module):
     freqs = jnp.take_along_axis(freqs, jnp.asarray(channel)[None, None, None, :], axis=0)[0]
     freqs = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None]  # (B, T, 1, hd)
     cos, sin = jnp.cos(freqs).astype(x.dtype), jnp.sin(freqs).astype(x.dtype)
-    mask = (jnp.asarray(attention_mask).astype(bool), cache_index)  # causal from cache_index, real keys only
+    keys = (jnp.asarray(attention_mask).astype(bool), cache_index)  # causal from cache_index, real keys only
     if self.scan_layers and cache is None and c.num_hidden_layers > 1 and not self.is_initializing():
-      return self.norm(self._scan_layers(x, cos, sin, mask)), None
+      return self.norm(self._scan_layers(x, cos, sin, keys)), None
     new_cache = []
     for i, layer in enumerate(self.layers):
-      x, layer_cache = layer(x, cos, sin, mask, None if cache is None else (cache[i], cache_index))
+      x, layer_cache = layer(x, cos, sin, keys, None if cache is None else (cache[i], cache_index))
       new_cache.append(layer_cache)
     return self.norm(x), (None if cache is None else tuple(new_cache))
 
-  def _scan_layers(self, x, cos, sin, mask):
+  def _scan_layers(self, x, cos, sin, keys):
     params = self.variables["params"]
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *[params[f"layers_{i}"] for i in range(self.config.num_hidden_layers)])
     layer = DecoderLayer(self.config, dtype=self.dtype, param_dtype=self.param_dtype, attention=self.attention,
                          parent=None)  # unbound
 
     def body(h, p):
-      return layer.apply({"params": p}, h, cos, sin, mask, None)[0], None
+      return layer.apply({"params": p}, h, cos, sin, keys, None)[0], None
 
     if self.remat != "none":
       body = jax.checkpoint(body, policy=remat_lib.POLICIES[self.remat])
