@@ -33,7 +33,7 @@ def fields() -> cu.Fields:
     "compute dtype of the generator's forward in rollouts and updates, and storage of the frozen groups; "
     "trainable params, optimizer, log-probs, ratios, advantages and the loss stay float32")
   f("model.remat", "none", cu.OneOf(*cu.REMATS), "recompute each MMDiT joint block in the backward (cu.REMATS)")
-  f("model.scan_layers", False, cu.BOOL, "identical MMDiT joint blocks as one lax.scan (compiled once; not with LoRA)")
+  f("model.scan_layers", False, cu.BOOL, "identical MMDiT joint blocks as one lax.scan (compiled once; LoRA stacked alike)")
   f("model.attention", "auto", cu.OneOf(*cu.ATTENTIONS),
     "the MMDiT's and text encoder's attention kernel (auto: by backend and length; docs/attention.md)")
   # LoRA on the MMDiT's attention (rank 0: off); it trains even with "mmdit" frozen

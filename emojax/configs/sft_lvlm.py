@@ -33,7 +33,7 @@ def fields() -> cu.Fields:
   f("model.remat", "none", cu.OneOf(*cu.REMATS),
     "recompute vision blocks and decoder layers in the backward (cu.REMATS)")
   f("model.scan_layers", False, cu.BOOL,
-    "decoder layers as one lax.scan in training forwards (compiled once; not with LoRA)")
+    "decoder layers as one lax.scan in training forwards (compiled once; LoRA adapters stacked alike)")
   f("model.attention", "auto", cu.OneOf(*cu.ATTENTIONS),
     "the vision blocks' and decoder layers' attention kernel (auto: by backend and length; docs/attention.md)")
   f("model.dtype", "float32", cu.OneOf("float32", "bfloat16"),

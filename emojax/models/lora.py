@@ -94,13 +94,19 @@ def _lookup(lora, path):
   return node if isinstance(node, dict) and "lora_A" in node else None
 
 
+_ACTIVE: list = []  # the enabled() contexts, innermost last; only the innermost one adapts
+
+
 @contextlib.contextmanager
 def enabled(lora, config: LoRAConfig, rng=None, root: tuple[str, ...] = ()):
   """Within this context every Dense with an adapter in `lora` adds it. `rng` (training only) drives
-  the adapter's input dropout; `root` prefixes module paths when `lora` was made for a submodule's params."""
+  the adapter's input dropout; `root` prefixes module paths when `lora` was made for a submodule's params.
+  An adapter node may carry its own "dropout_key" (layers_scanned puts them there for scanned layers)."""
+  context_entry = (lora, config, rng, root)
+
   def interceptor(next_fun, args, kwargs, context):
     module = context.module
-    if context.method_name != "__call__" or not isinstance(module, nn.Dense):
+    if context.method_name != "__call__" or not isinstance(module, nn.Dense) or _ACTIVE[-1] is not context_entry:
       return next_fun(*args, **kwargs)
     path = tuple(module.path)
     ab = _lookup(lora, path[len(root):]) if path[:len(root)] == root else None
@@ -108,14 +114,59 @@ def enabled(lora, config: LoRAConfig, rng=None, root: tuple[str, ...] = ()):
     if ab is None:
       return y
     x = args[0]
-    if rng is not None and config.dropout > 0:
-      key = jax.random.fold_in(rng, zlib.crc32(dotted(path).encode()) & 0x7FFFFFFF)
+    if config.dropout > 0 and (rng is not None or "dropout_key" in ab):
+      key = (jax.random.wrap_key_data(ab["dropout_key"]) if "dropout_key" in ab else
+             jax.random.fold_in(rng, zlib.crc32(dotted(path).encode()) & 0x7FFFFFFF))
       keep = jax.random.bernoulli(key, 1 - config.dropout, x.shape)
       x = jnp.where(keep, x / (1 - config.dropout), 0).astype(x.dtype)
     delta = (x @ ab["lora_A"].astype(x.dtype)) @ ab["lora_B"].astype(x.dtype)
     return y + (config.scale * delta).astype(y.dtype)
 
-  with nn.intercept_methods(interceptor):
+  _ACTIVE.append(context_entry)
+  try:
+    with nn.intercept_methods(interceptor):
+      yield
+  finally:
+    _ACTIVE.remove(context_entry)
+
+
+def adapters_at(path: tuple[str, ...]):
+  """The innermost enabled() context's adapters below the module at `path` ({sub path: {"lora_A", "lora_B"}}, as
+  nested dicts; dropout keys added when that context drops out), or None without LoRA or adapters there."""
+  if not _ACTIVE:
+    return None
+  lora, config, rng, root = _ACTIVE[-1]
+  if path[:len(root)] != root:
+    return None
+  node = lora
+  for p in path[len(root):]:
+    if not isinstance(node, dict) or p not in node:
+      return None
+    node = node[p]
+  if not node:
+    return None
+  if rng is None or config.dropout == 0:
+    return node
+  is_leaf = lambda _, v: isinstance(v, dict) and "lora_A" in v
+  flat = traverse_util.flatten_dict(node, is_leaf=is_leaf)
+  key = lambda sub: jax.random.key_data(jax.random.fold_in(rng, zlib.crc32(dotted(path + sub).encode()) & 0x7FFFFFFF))
+  return traverse_util.unflatten_dict({sub: {**ab, "dropout_key": key(sub)} for sub, ab in flat.items()})
+
+
+def structure(adapters) -> tuple:
+  """What a layer's adapters look like (paths and shapes): layers scan together only when theirs are equal."""
+  return tuple(sorted((k, np.shape(v)) for k, v in traverse_util.flatten_dict(adapters or {}).items()))
+
+
+@contextlib.contextmanager
+def layer_scope(adapters):
+  """Inside a scanned layer (an unbound module applied with one layer's params): `adapters` (that layer's slice of
+  adapters_at) apply to its Dense calls, under the enclosing context's config. It always hides the enclosing
+  context, whose paths the unbound module's relative ones would otherwise be matched against."""
+  if not _ACTIVE:
+    yield
+    return
+  with enabled(adapters or {}, _ACTIVE[-1][1]):
     yield
 
 

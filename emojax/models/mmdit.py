@@ -25,6 +25,7 @@ from flax import traverse_util
 
 from emojax.io import hf_weights
 from emojax.models import attention as attention_lib
+from emojax.models import lora as lora_lib
 from emojax.models import remat as remat_lib
 from emojax.models.config_fields import known_fields
 
@@ -303,7 +304,7 @@ class MMDiT(nn.Module):
   remat: str = "none"  # rematerialise each joint block in the backward pass (emojax.models.remat)
   # run each run of identical joint blocks as one lax.scan over their stacked params: XLA compiles the block
   # once instead of once per layer; the params tree is the same (per layer), so weights load and export as
-  # ever. LoRA's method interception cannot see inside the scan (an error at the job's start).
+  # ever. LoRA adapters are stacked alike (blocks whose adapters differ scan apart).
   scan_layers: bool = False
   attention: str = "auto"  # emojax.models.attention implementation of every block (model.attention)
 
@@ -318,39 +319,30 @@ class MMDiT(nn.Module):
     temb = TimeTextEmbed(c.inner_dim, **kw, name="time_text_embed")(timestep, pooled_projections)
     ctx = _dense(self, c.caption_projection_dim, "context_embedder")(encoder_hidden_states)
     block = remat_lib.block(JointTransformerBlock, self.remat)
-    kinds = [(i == c.num_layers - 1, i in c.dual_attention_layers) for i in range(c.num_layers)]
-    i = 0
-    while i < c.num_layers:
-      end = i + 1
-      if self.scan_layers and not self.is_initializing():
-        while end < c.num_layers and kinds[end] == kinds[i]:
-          end += 1
+    scanning = self.scan_layers and not self.is_initializing()
+    adapters = [lora_lib.adapters_at((*self.path, f"transformer_blocks_{i}")) if scanning else None
+                for i in range(c.num_layers)]
+    kinds = [(i == c.num_layers - 1, i in c.dual_attention_layers, lora_lib.structure(adapters[i]))
+             for i in range(c.num_layers)]
+    for i, end in remat_lib.runs(kinds, scanning):
       if end - i > 1:
-        x, ctx = self._scan_blocks(i, end, kinds[i], x, ctx, temb, kw)
+        x, ctx = self._scan_blocks(i, end, kinds[i][:2], adapters[i:end], x, ctx, temb, kw)
       else:
         x, ctx = block(c, context_pre_only=kinds[i][0], dual_attention=kinds[i][1], **kw, attention=self.attention,
                        name=f"transformer_blocks_{i}")(x, ctx, temb)
-      i = end
 
     scale, shift = Modulation(2, c.inner_dim, **kw, name="norm_out")(temb)
     x = _dense(self, p * p * c.out_channels, "proj_out")(modulate(layer_norm(x), shift, scale))
     x = x.reshape(b, height // p, width // p, p, p, c.out_channels).transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(b, height, width, c.out_channels)
 
-  def _scan_blocks(self, start, end, kind, x, ctx, temb, kw):
-    """Blocks start..end-1 (one kind) as a lax.scan over their params stacked on a leading axis."""
+  def _scan_blocks(self, start, end, kind, adapters, x, ctx, temb, kw):
+    """Blocks start..end-1 (one kind, alike adapters) as a lax.scan over their params stacked on a leading axis."""
     params = self.variables["params"]
-    stacked = jax.tree.map(lambda *a: jnp.stack(a), *[params[f"transformer_blocks_{k}"] for k in range(start, end)])
     module = JointTransformerBlock(self.config, context_pre_only=kind[0], dual_attention=kind[1], **kw,
                                    attention=self.attention, parent=None)
-
-    def body(carry, p):
-      return module.apply({"params": p}, *carry, temb), None
-
-    if self.remat != "none":
-      body = jax.checkpoint(body, policy=remat_lib.POLICIES[self.remat])
-    (x, ctx), _ = jax.lax.scan(body, (x, ctx), stacked)
-    return x, ctx
+    return remat_lib.scan(module, [params[f"transformer_blocks_{k}"] for k in range(start, end)], adapters,
+                          (x, ctx), lambda m, v, carry: m.apply(v, *carry, temb), self.remat)
 
   @classmethod
   def from_pretrained(cls, directory, dtype: Dtype = jnp.float32, param_dtype: Dtype | None = None):

@@ -59,6 +59,7 @@ from flax import traverse_util
 from emojax.io import hf_weights
 from emojax.io import tokenizers
 from emojax.models import attention as attention_lib
+from emojax.models import lora as lora_lib
 from emojax.models import remat as remat_lib
 from emojax.models.config_fields import known_fields
 
@@ -570,17 +571,15 @@ class TextModel(nn.Module):
     return self.norm(x), (None if cache is None else tuple(new_cache))
 
   def _scan_layers(self, x, cos, sin, keys):
-    params = self.variables["params"]
-    stacked = jax.tree.map(lambda *a: jnp.stack(a), *[params[f"layers_{i}"] for i in range(self.config.num_hidden_layers)])
+    """The decoder layers as lax.scans over their stacked params (one per stretch of alike LoRA adapters)."""
+    params, n = self.variables["params"], self.config.num_hidden_layers
+    adapters = [lora_lib.adapters_at((*self.path, f"layers_{i}")) for i in range(n)]
     layer = DecoderLayer(self.config, dtype=self.dtype, param_dtype=self.param_dtype, attention=self.attention,
                          parent=None)  # unbound
-
-    def body(h, p):
-      return layer.apply({"params": p}, h, cos, sin, keys, None)[0], None
-
-    if self.remat != "none":
-      body = jax.checkpoint(body, policy=remat_lib.POLICIES[self.remat])
-    return jax.lax.scan(body, x, stacked)[0]
+    call = lambda m, v, h: m.apply(v, h, cos, sin, keys, None)[0]
+    for i, end in remat_lib.runs([lora_lib.structure(a) for a in adapters], True):
+      x = remat_lib.scan(layer, [params[f"layers_{k}"] for k in range(i, end)], adapters[i:end], x, call, self.remat)
+    return x
 
 
 class QwenVL(nn.Module):

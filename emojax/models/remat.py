@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+
+from emojax.models import lora as lora_lib
 
 POLICIES = {
     "full": None,
@@ -22,3 +25,32 @@ def block(block_cls, remat: str):
   if remat not in POLICIES:
     raise ValueError(f"remat {remat!r} unknown; use one of {list(NAMES)}")
   return nn.remat(block_cls, policy=POLICIES[remat])
+
+
+def runs(kinds: list, scan: bool) -> list[tuple[int, int]]:
+  """[start, end) of each stretch of equal consecutive kinds (one layer each without scan)."""
+  out, i = [], 0
+  while i < len(kinds):
+    end = i + 1
+    while scan and end < len(kinds) and kinds[end] == kinds[i]:
+      end += 1
+    out.append((i, end))
+    i = end
+  return out
+
+
+def scan(layer: nn.Module, layer_params: list, layer_adapters: list, carry, call, remat: str = "none"):
+  """carry through the unbound `layer` once per entry of layer_params as one lax.scan over the stacked params:
+  call(layer, variables, carry) -> carry. LoRA adapters (lora.adapters_at of each layer, all alike or all None)
+  are stacked too, each step's slice active inside it; XLA compiles the layer once."""
+  stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)
+  xs = (stack(layer_params), None if layer_adapters[0] is None else stack(layer_adapters))
+
+  def body(carry, x):
+    params, adapters = x
+    with lora_lib.layer_scope(adapters):
+      return call(layer, {"params": params}, carry), None
+
+  if remat != "none":
+    body = jax.checkpoint(body, policy=POLICIES[remat])
+  return jax.lax.scan(body, carry, xs)[0]

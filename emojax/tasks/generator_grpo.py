@@ -49,9 +49,6 @@ class GeneratorGRPO:
     m = c.model
     if m.kind == "sd3" and policy is None:  # real scale: no shipped tiny judge or preference model stands in
       _require_paths(c)
-    if m.scan_layers and m.lora.rank > 0:
-      raise ValueError("model.scan_layers=True with model.lora.rank > 0: LoRA intercepts each layer's Dense calls, "
-                       "which a scan over stacked layers hides; set one of them off")
     self.policy = p = policy or policy_lib.load(m.pretrained, m.kind, jnp.dtype(m.dtype), m.remat, m.scan_layers,
                                                 attention=m.attention,
                                                 resolution=m.resolution, max_sequence_length=m.max_sequence_length,

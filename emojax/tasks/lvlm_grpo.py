@@ -64,9 +64,6 @@ class LVLMGRPO:
     self.model, self.qcfg, self._pretrained, self.processor = lvlm or judge.load_lvlm(
         c.model.pretrained or assets.asset_dir(SHIPPED_SFT_JUDGE))
     # compute in model.dtype; params, optimizer, log-probs (logits are cast to float32) and the loss stay float32
-    if c.model.scan_layers and c.model.lora.rank > 0:
-      raise ValueError("model.scan_layers=True with model.lora.rank > 0: LoRA intercepts each layer's Dense calls, "
-                       "which a scan over stacked layers hides; set one of them off")
     self.model = self.model.clone(remat=c.model.remat, dtype=jnp.dtype(c.model.dtype), scan_layers=c.model.scan_layers,
                                   attention=c.model.attention)
     self.global_batch_size = c.images_per_step
