@@ -34,6 +34,13 @@ def _train(*args, workdir):
     (["--config=configs/lvlm.py", "--config.aggregation=sum"],
      "aggregation='sum' is out of range: it must be one of 'sequence_mean', 'token_mean'"),
     (["--config=configs/pretrain_generator.py", "--config.shape_margin=-1"], "shape_margin=-1 is out of range"),
+    # chunks and kernels (model.attention names one this CPU lacks): refused before the workdir exists
+    (["--config=configs/generator.py", "--config.rl.rollout_chunks=0"], "rl.rollout_chunks=0 is out of range"),
+    (["--config=configs/generator.py", "--config.rl.decode_chunks=100"],
+     "rl.decode_chunks=100 does not divide the batch of"),
+    (["--config=configs/generator.py", "--config.model.attention=splash"],
+     "model.attention='splash' is not available on cpu; it has: auto, xla, blockwise"),
+    (["--config=configs/lvlm.py", "--config.model.attention=cudnn"], "model.attention='cudnn' is not available on cpu"),
     ([], "--config=configs/<job>.py is required"),
     (["--config=configs/generator.py", "extra"], "unexpected arguments ['extra']"),
 ])

@@ -45,11 +45,7 @@ def dot_product_attention(q, k, v, *, bias=None, mask=None, causal: bool = False
   for name, c in (("chunk_size", chunk_size), ("q_chunk_size", q_chunk_size)):
     if c is not None and (not isinstance(c, (int, np.integer)) or c <= 0):
       raise ValueError(f"{name}={c!r}: must be a positive int")
-  backend = jax.default_backend()
-  backend = backend if backend in BACKEND_IMPLEMENTATIONS else "cpu"
-  has = BACKEND_IMPLEMENTATIONS[backend]
-  if implementation not in has and not (implementation == "splash" and interpret):
-    raise ValueError(f"implementation={implementation!r} is not available on {backend}; it has: {', '.join(has)}")
+  backend = require(implementation, interpret)
   if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
     raise ValueError(f"expected q [B, T, H, D], k = v [B, S, K, D]; got {q.shape}, {k.shape}, {v.shape}")
   if q.shape[2] % k.shape[2]:
@@ -66,6 +62,16 @@ def dot_product_attention(q, k, v, *, bias=None, mask=None, causal: bool = False
     return _splash(q, k, v, bias, mask, causal, q_offset, key_mask, segs, scale, interpret)
   return blockwise(q, k, v, bias=bias, mask=mask, causal=causal, q_offset=q_offset, key_mask=key_mask,
                    segs=segs, scale=scale, chunk_size=chunk_size, q_chunk_size=q_chunk_size)
+
+
+def require(implementation: str, interpret: bool = False, what: str = "implementation") -> str:
+  """The backend's name when it runs `implementation` (a job checks model.attention before it writes anything)."""
+  backend = jax.default_backend()
+  backend = backend if backend in BACKEND_IMPLEMENTATIONS else "cpu"
+  has = BACKEND_IMPLEMENTATIONS[backend]
+  if implementation not in has and not (implementation == "splash" and interpret):
+    raise ValueError(f"{what}={implementation!r} is not available on {backend}; it has: {', '.join(has)}")
+  return backend
 
 
 def _segments(segment_ids, tq, s):

@@ -24,6 +24,7 @@ from emojax.data import pipeline, sources
 from emojax.diffusion import schedule
 from emojax.emotion.space import check_va
 from emojax.evaluation.training_eval import EvalSet
+from emojax.models import attention as attention_lib
 from emojax.models import lora as lora_lib
 from emojax.pipelines import policy as policy_lib
 from emojax.rewards import registry as reward_registry
@@ -47,6 +48,7 @@ class GeneratorGRPO:
     """policy / host_rewards: built elsewhere instead of from config (emojax.plan: weight shapes, no judge)."""
     self.config = c = config
     m = c.model
+    attention_lib.require(m.attention, what="model.attention")  # before anything is loaded or written
     if m.kind == "sd3" and policy is None:  # real scale: no shipped tiny judge or preference model stands in
       _require_paths(c)
     self.policy = p = policy or policy_lib.load(m.pretrained, m.kind, jnp.dtype(m.dtype), m.remat, m.scan_layers,

@@ -40,6 +40,7 @@ from emojax.emotion.colour import colour_judge_np
 from emojax.io import assets
 from emojax.lvlm import judge, sampling
 from emojax.lvlm import processor as proc_lib
+from emojax.models import attention as attention_lib
 from emojax.models import lora as lora_lib
 from emojax.pipelines import feedback_loop, tiny
 from emojax.rewards import feedback as fb_rewards
@@ -58,6 +59,7 @@ class LVLMGRPO:
     """lvlm: (model, config, params, processor) built elsewhere instead of read from model.pretrained (emojax.plan:
     weight shapes)."""
     self.config = c = config
+    attention_lib.require(c.model.attention, what="model.attention")  # before anything is loaded or written
     if lvlm is None and not c.model.pretrained and not c.model.allow_shipped:
       raise ValueError("this preset needs --config.model.pretrained=DIR: a transformers Qwen2.5-VL directory "
                        "(e.g. Qwen2.5-VL-7B-Instruct) or an LVLM export of configs/sft_lvlm.py")

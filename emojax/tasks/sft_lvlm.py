@@ -21,6 +21,7 @@ from emojax.data import feedback, judge_targets, pipeline
 from emojax.io import assets
 from emojax.lvlm import judge, sampling
 from emojax.lvlm import processor as proc_lib
+from emojax.models import attention as attention_lib
 from emojax.models import qwen_vl as qv
 from emojax.rewards import feedback as fb_rewards
 
@@ -78,6 +79,7 @@ class SFTLVLM:
 
   def __init__(self, config):
     self.config = c = config
+    attention_lib.require(c.model.attention, what="model.attention")  # before anything is loaded or written
     self.model, self.qcfg, self._pretrained, self.processor = make_model(c.model)
     self.model = self.model.clone(remat=c.model.remat, dtype=jnp.dtype(c.model.dtype),  # params stay float32
                                   scan_layers=c.model.scan_layers, attention=c.model.attention)
