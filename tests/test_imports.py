@@ -25,7 +25,7 @@ LAYERS = {  # core package -> the only other emojax packages (or modules) it may
     "emojax.metric_log": (),
     "emojax.checkpoint": (),
     "emojax.parallel": ("emojax.config_utils",),
-    "emojax.models": ("emojax.io", "emojax.emotion.space"),
+    "emojax.models": ("emojax.io", "emojax.emotion.space", "emojax.parallel"),
     "emojax.data": ("emojax.emotion", "emojax.io"),
     "emojax.rl": ("emojax.diffusion", "emojax.optim", "emojax.parallel"),
     "emojax.lvlm": ("emojax.emotion", "emojax.io", "emojax.models", "emojax.parallel"),

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from emojax import parallel
 from emojax.io import hf_weights
 from emojax.models import attention as attention_lib
 from emojax.models import lora as lora_lib
@@ -328,8 +329,9 @@ class MMDiT(nn.Module):
       if end - i > 1:
         x, ctx = self._scan_blocks(i, end, kinds[i][:2], adapters[i:end], x, ctx, temb, kw)
       else:
-        x, ctx = block(c, context_pre_only=kinds[i][0], dual_attention=kinds[i][1], **kw, attention=self.attention,
-                       name=f"transformer_blocks_{i}")(x, ctx, temb)
+        x, ctx = jax.tree.map(parallel.constrain_batch, block(  # rows stay on their devices (remat.scan)
+            c, context_pre_only=kinds[i][0], dual_attention=kinds[i][1], **kw, attention=self.attention,
+            name=f"transformer_blocks_{i}")(x, ctx, temb))
 
     scale, shift = Modulation(2, c.inner_dim, **kw, name="norm_out")(temb)
     x = _dense(self, p * p * c.out_channels, "proj_out")(modulate(layer_norm(x), shift, scale))

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from emojax import parallel
 from emojax.models import lora as lora_lib
 
 POLICIES = {
@@ -42,14 +43,17 @@ def runs(kinds: list, scan: bool) -> list[tuple[int, int]]:
 def scan(layer: nn.Module, layer_params: list, layer_adapters: list, carry, call, remat: str = "none"):
   """carry through the unbound `layer` once per entry of layer_params as one lax.scan over the stacked params:
   call(layer, variables, carry) -> carry. LoRA adapters (lora.adapters_at of each layer, all alike or all None)
-  are stacked too, each step's slice active inside it; XLA compiles the layer once."""
+  are stacked too, each step's slice active inside it; XLA compiles the layer once. The carry is held sharded over
+  the batch axes: without that, XLA:CPU's propagation through the loop replicated the activations on every device
+  and all-reduced the dots (the sd35m update: f32[48,1024,6144] per device where the rows a device owns are 6)."""
   stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)
   xs = (stack(layer_params), None if layer_adapters[0] is None else stack(layer_adapters))
 
   def body(carry, x):
     params, adapters = x
+    carry = jax.tree.map(parallel.constrain_batch, carry)
     with lora_lib.layer_scope(adapters):
-      return call(layer, {"params": params}, carry), None
+      return jax.tree.map(parallel.constrain_batch, call(layer, {"params": params}, carry)), None
 
   if remat != "none":
     body = jax.checkpoint(body, policy=POLICIES[remat])
