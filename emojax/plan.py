@@ -37,7 +37,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from emojax import cli, parallel, trainer
+from emojax import cli, optim, parallel, trainer
 from emojax.io import assets
 from emojax.lvlm import processor as proc_lib
 from emojax.lvlm import sampling
@@ -248,6 +248,7 @@ def _judge_program(config, mesh, n_images: int, image_side: int, architecture: s
   cfg = qwen_config(j.path or ("" if config.model.kind == "sd3" else "asset:lvlm_tiny"), architecture or "qwen25vl_7b")
   model = qv.QwenVL(cfg, dtype=jnp.dtype(j.dtype))
   params = qv.param_shapes(cfg)
+  params = optim.frozen_in(params, tuple(params), jnp.dtype(j.dtype))  # as LVLMJudgeReward stores them
   rules = dict(parallel.rules_from_config(config.sharding), param_rules=parallel.PARAM_RULES["qwen_vl"])
   shardings = parallel.param_shardings(params, mesh, **rules)
   b = int(j.batch_size)

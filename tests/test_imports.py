@@ -32,7 +32,7 @@ LAYERS = {  # core package -> the only other emojax packages (or modules) it may
     "emojax.trainer": ("emojax.checkpoint", "emojax.config_utils", "emojax.metric_log", "emojax.optim",
                        "emojax.parallel"),
     "emojax.rewards": ("emojax.config_utils", "emojax.data", "emojax.emotion", "emojax.io", "emojax.lvlm",
-                       "emojax.models", "emojax.parallel"),
+                       "emojax.models", "emojax.optim", "emojax.parallel"),
     "emojax.pipelines": ("emojax.data", "emojax.diffusion", "emojax.emotion", "emojax.io", "emojax.lvlm",
                          "emojax.models"),
     "emojax.evaluation": ("emojax.data", "emojax.emotion", "emojax.io", "emojax.parallel", "emojax.pipelines",

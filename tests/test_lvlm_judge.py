@@ -113,8 +113,8 @@ def test_generator_step_with_the_lvlm_reward(tmp_path):
 
 
 def test_bf16_judge_reads_as_the_fp32_one():
-  """rewards.lvlm.dtype=bfloat16 (a 7B judge's setting): the forward computes in bf16 from the same float32
-  weights; on 16 held-out images the tiny judge's greedy readings stay those of fp32 (seen: identical)."""
+  """rewards.lvlm.dtype=bfloat16 (a 7B judge's setting): the frozen judge is stored and computes in bf16 (half the
+  bytes of a device); on 16 held-out images the tiny judge's greedy readings stay those of fp32 (seen: identical)."""
   split = pipeline.labelled_split(777, 16)
   reads = {}
   for dtype in ("float32", "bfloat16"):
@@ -122,6 +122,7 @@ def test_bf16_judge_reads_as_the_fp32_one():
     c.dtype = dtype
     reward = lvlm_emotion.LVLMJudgeReward.from_config(c)
     assert reward.model.dtype == jnp.dtype(dtype)
+    assert {x.dtype for x in jax.tree.leaves(reward.params)} == {jnp.dtype(dtype)}
     _, extras = reward(split["image"], {"valence": split["valence"], "arousal": split["arousal"]})
     assert extras["parsed"].all()
     reads[dtype] = extras["v_abs_err"], extras["a_abs_err"]

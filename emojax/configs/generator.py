@@ -137,7 +137,7 @@ def sd35m(c):
   emotion judge and PickScore_v1 (scale 26, as Flow-GRPO). The three directories have no default."""
   c.total_steps, c.checkpoint_every, c.eval_every = 1000, 50, 50
   c.model.kind, c.model.resolution, c.model.frozen = "sd3", 512, ("transformer",)
-  c.model.dtype, c.model.remat = "bfloat16", "full"
+  c.model.dtype, c.model.remat, c.model.scan_layers = "bfloat16", "full", True
   c.model.lora = cu.lora(rank=32, alpha=64.0)
   c.rl.prompts_per_step, c.rl.group_size, c.rl.grad_accum = 8, 24, 8
   c.rl.rollout_chunks, c.rl.decode_chunks = 6, 24  # on 8 devices: 4 rows a device per forward, 1 per decode

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emojax import parallel
+from emojax import optim, parallel
 from emojax.emotion.answer import parse_answers
 from emojax.emotion.scoring import worst_error
 from emojax.emotion.space import check_va
@@ -72,6 +72,7 @@ class LVLMJudgeReward:
       mesh = None
     model, _, params, processor = judge.load_lvlm(c.path or assets.asset_dir(SHIPPED_JUDGE))
     model = model.clone(dtype=jnp.dtype(c.dtype))
+    params = optim.frozen_in(params, tuple(params), jnp.dtype(c.dtype))  # frozen: stored as it computes
     if mesh is None:
       params = jax.device_put(params)
     else:
