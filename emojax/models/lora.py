@@ -85,12 +85,17 @@ def init(params, config: LoRAConfig, rng) -> dict:
   return traverse_util.unflatten_dict(out)
 
 
-def _lookup(lora, path):
+def _subtree(lora, path):
   node = lora
   for p in path:
     if not isinstance(node, dict) or p not in node:
       return None
     node = node[p]
+  return node
+
+
+def _lookup(lora, path):
+  node = _subtree(lora, path)
   return node if isinstance(node, dict) and "lora_A" in node else None
 
 
@@ -101,7 +106,7 @@ _ACTIVE: list = []  # the enabled() contexts, innermost last; only the innermost
 def enabled(lora, config: LoRAConfig, rng=None, root: tuple[str, ...] = ()):
   """Within this context every Dense with an adapter in `lora` adds it. `rng` (training only) drives
   the adapter's input dropout; `root` prefixes module paths when `lora` was made for a submodule's params.
-  An adapter node may carry its own "dropout_key" (layers_scanned puts them there for scanned layers)."""
+  An adapter node may carry its own "dropout_key" (adapters_at adds them for scanned layers)."""
   context_entry = (lora, config, rng, root)
 
   def interceptor(next_fun, args, kwargs, context):
@@ -138,11 +143,7 @@ def adapters_at(path: tuple[str, ...]):
   lora, config, rng, root = _ACTIVE[-1]
   if path[:len(root)] != root:
     return None
-  node = lora
-  for p in path[len(root):]:
-    if not isinstance(node, dict) or p not in node:
-      return None
-    node = node[p]
+  node = _subtree(lora, path[len(root):])
   if not node:
     return None
   if rng is None or config.dropout == 0:
