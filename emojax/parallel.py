@@ -43,16 +43,18 @@ MMDIT_PARAM_RULES = (
     (r".*/net_2/kernel$", ("mlp", "embed")),
     (r".*pos_embed/pos_embed$", (None, "embed", None)),  # the (1, M*M, D) sincos buffer: 0.9 GB f32 in SD3.5-M
 ) + DEFAULT_PARAM_RULES
-# Qwen2.5-VL: the decoder's and the vision blocks' attention and SwiGLU MLP tensor-parallel, the untied lm_head and
-# the token embedding split over the vocabulary; the vision attention's fused qkv, the patch embedding and the
-# merger fsdp only (tensor over a fused q|k|v output would split across the three).
+# Qwen2.5-VL: the decoder's and the vision blocks' attention and SwiGLU MLP tensor-parallel, the token embedding
+# split over the vocabulary; the vision attention's fused qkv, the patch embedding and the merger fsdp only (tensor
+# over a fused q|k|v output would split across the three). The untied lm_head is vocabulary-parallel over every
+# model axis (`constrain_logits`): split over its input width, each matmul would all-gather the whole (D, V) kernel
+# and its gradient would come back whole (7B: 2.2 GB f32 each).
 QWEN_VL_PARAM_RULES = (
     (r".*self_attn/(q_proj|k_proj|v_proj)/kernel$", ("embed", "heads")),
     (r".*self_attn/o_proj/kernel$", ("heads", "embed")),
     (r".*mlp/(gate_proj|up_proj)/kernel$", ("embed", "mlp")),
     (r".*mlp/down_proj/kernel$", ("mlp", "embed")),
     (r".*embed_tokens/embedding$", ("vocab", "embed")),
-    (r".*lm_head/kernel$", ("embed", "vocab")),
+    (r".*lm_head/kernel$", (None, "head_vocab")),
 ) + _FSDP_TAIL
 BATCH_AXES = ("data", "fsdp")
 LOGICAL_RULES = (
@@ -60,6 +62,7 @@ LOGICAL_RULES = (
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("vocab", "tensor"),
+    ("head_vocab", ("tensor", "fsdp")),
     ("batch", BATCH_AXES),
 )
 PARAM_RULES = {"default": DEFAULT_PARAM_RULES, "mmdit": MMDIT_PARAM_RULES, "qwen_vl": QWEN_VL_PARAM_RULES}
@@ -123,6 +126,21 @@ def constrain_batch(x):
   if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
     return x
   return jax.lax.with_sharding_constraint(x, P(axes))
+
+
+def constrain_logits(x):
+  """Logits (..., V) of a vocabulary-parallel head: the vocabulary split as its kernel (tensor x fsdp), the rows over
+  data, so the head gathers the hidden states (small) rather than its kernel, and softmax reductions over V become
+  all-reduces of one number a position; unchanged without a mesh or where the axes do not divide V."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not set(AXES) <= set(mesh.axis_names):
+    return x
+  vocab = tuple(a for a in ("tensor", "fsdp") if mesh.shape[a] > 1)
+  size = math.prod(mesh.shape[a] for a in vocab)
+  if not vocab or x.shape[-1] % size:
+    return x
+  rows = "data" if mesh.shape["data"] > 1 and x.shape[0] % mesh.shape["data"] == 0 else None
+  return jax.lax.with_sharding_constraint(x, P(rows, *(None,) * (x.ndim - 2), vocab))
 
 
 def split_rows(x, n: int, rows_per_item: int = 1):

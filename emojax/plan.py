@@ -75,6 +75,11 @@ def parse_bytes(text: str) -> int:
 
 
 F32 = jnp.float32
+# XLA:CPU computes bf16 dots in f32, and its while-loop-invariant code motion hoists the f32 converts of a scan's
+# bf16 inputs (the stacked layer weights, the saved activations) out of the loop: it stores whole f32 copies of
+# them, which a TPU or GPU, doing the arithmetic in bf16, never makes. Without that pass the plan shows the bf16
+# buffers; it also stops other hoisting, so read such a plan as a lower bound beside the default one.
+BF16_NATIVE_OPTIONS = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
 
 
 def sds(tree):
@@ -186,10 +191,10 @@ def largest_buffers(hlo_text: str, n: int = 6) -> list[dict]:
           for k, (size, count) in top]
 
 
-def _program(name, lower, args, device_memory, parts: dict, analytic: dict) -> dict:
-  """lower(*args) -> jax Lowered (a jitted function's .lower) compiled and measured."""
+def _program(name, lower, args, target: dict, parts: dict, analytic: dict) -> dict:
+  """lower(*args) -> jax Lowered (a jitted function's .lower) compiled for `target` (`plan`) and measured."""
   t0 = time.perf_counter()
-  compiled = lower(*args).compile()
+  compiled = lower(*args).compile(compiler_options=BF16_NATIVE_OPTIONS if target["bf16_native"] else None)
   seconds = time.perf_counter() - t0
   m = compiled.memory_analysis()
   xla = {"argument_bytes": m.argument_size_in_bytes, "output_bytes": m.output_size_in_bytes,
@@ -197,7 +202,8 @@ def _program(name, lower, args, device_memory, parts: dict, analytic: dict) -> d
          "code_bytes": m.generated_code_size_in_bytes}
   total = xla["argument_bytes"] + xla["output_bytes"] - xla["alias_bytes"] + xla["temp_bytes"]
   return {"program": name, **parts, **{f"xla_{k}": int(v) for k, v in xla.items()}, "total_bytes": int(total),
-          "total_gib": round(total / 2**30, 3), "device_memory_bytes": device_memory, "fits": bool(total <= device_memory),
+          "total_gib": round(total / 2**30, 3), "device_memory_bytes": target["device_memory"],
+          "fits": bool(total <= target["device_memory"]), "bf16_native": target["bf16_native"],
           **analytic, "largest_buffers": largest_buffers(compiled.as_text()), "compile_s": round(seconds, 1)}
 
 
@@ -214,7 +220,7 @@ def _analytic(params, shardings) -> dict:
           "param_count": int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(params)))}
 
 
-def _task_programs(config, task, mesh, batch, scores_of, device_memory, wanted):
+def _task_programs(config, task, mesh, batch, scores_of, target, wanted):
   """rollout and update of a task with experience / score stages, from its abstract host batch."""
   rules = trainer._rules(config)
   state, shardings = trainer._abstract_state(task, jax.random.key(0), mesh, rules)
@@ -232,17 +238,17 @@ def _task_programs(config, task, mesh, batch, scores_of, device_memory, wanted):
     full = {**batch, **experience, **scores_of(experience)}
     if "rollout" in wanted:
       fn = jax.jit(task.experience, in_shardings=(shardings, batch_sh, repl, const_sh), out_shardings=batch_sh)
-      rows.append(_program("rollout", fn.lower, (state, batch, rng, constants), device_memory,
+      rows.append(_program("rollout", fn.lower, (state, batch, rng, constants), target,
                            {**common, "batch_bytes": nbytes(batch, jax.tree.map(lambda _: batch_sh, batch))}, analytic))
     if "update" in wanted:
       fn = jax.jit(task.train_step, in_shardings=(shardings, batch_sh, repl, const_sh),
                    out_shardings=(shardings, repl), donate_argnums=(0,))
-      rows.append(_program("update", fn.lower, (state, full, rng, constants), device_memory,
+      rows.append(_program("update", fn.lower, (state, full, rng, constants), target,
                            {**common, "batch_bytes": nbytes(full, jax.tree.map(lambda _: batch_sh, full))}, analytic))
   return rows
 
 
-def _judge_program(config, mesh, n_images: int, image_side: int, architecture: str, device_memory) -> dict:
+def _judge_program(config, mesh, n_images: int, image_side: int, architecture: str, target) -> dict:
   """The LVLM reward's greedy answering of one batch of rollout images, its weights sharded over the mesh."""
   j = config.rewards.lvlm
   cfg = qwen_config(j.path or ("" if config.model.kind == "sd3" else "asset:lvlm_tiny"), architecture or "qwen25vl_7b")
@@ -269,10 +275,10 @@ def _judge_program(config, mesh, n_images: int, image_side: int, architecture: s
            "batch_bytes": nbytes((ids, ids, px), (batch_sh,) * 3), "images_per_call": b,
            "calls_per_step": -(-n_images // b)}
   with jax.set_mesh(mesh):
-    return _program("judge", lower, (abstract, ids, ids, px, key), device_memory, parts, _analytic(params, shardings))
+    return _program("judge", lower, (abstract, ids, ids, px, key), target, parts, _analytic(params, shardings))
 
 
-def _generator(config, mesh, architecture, device_memory, wanted):
+def _generator(config, mesh, architecture, target, wanted):
   m = config.model
   with config.unlocked():
     config.eval.preference = False  # evaluation is not planned; it would load the preference model
@@ -290,14 +296,13 @@ def _generator(config, mesh, architecture, device_memory, wanted):
            "arousal": jax.ShapeDtypeStruct((n,), F32)}
   host = [k for k in task.reward_weights if reward_registry.is_host(k)]
   scores_of = lambda _: {f"reward/{k}": jax.ShapeDtypeStruct((n,), F32) for k in host}
-  rows = _task_programs(config, task, mesh, batch, scores_of, device_memory, wanted)
+  rows = _task_programs(config, task, mesh, batch, scores_of, target, wanted)
   if "judge" in wanted and "lvlm_emotion" in host:
-    rows.append(_judge_program(config, mesh, n, policy.image_size, architecture if m.kind != "sd3" else "",
-                               device_memory))
+    rows.append(_judge_program(config, mesh, n, policy.image_size, architecture if m.kind != "sd3" else "", target))
   return rows
 
 
-def _lvlm(config, mesh, architecture, device_memory, wanted):
+def _lvlm(config, mesh, architecture, target, wanted):
   cfg = qwen_config(config.model.pretrained or ("" if not config.model.allow_shipped else "asset:lvlm_tiny_sft"),
                     architecture or "qwen25vl_7b")
   task = LVLMGRPO(config, lvlm=(qv.QwenVL(cfg), cfg, qv.param_shapes(cfg), shape_processor(cfg)))
@@ -308,14 +313,15 @@ def _lvlm(config, mesh, architecture, device_memory, wanted):
            "pixel_values": jax.ShapeDtypeStruct((n, *pixels.shape), F32)}
   keys = ["rewards", "task", *task._reward_keys]
   scores_of = lambda _: {k: jax.ShapeDtypeStruct((n * g,), F32) for k in keys}
-  return _task_programs(config, task, mesh, batch, scores_of, device_memory, wanted)
+  return _task_programs(config, task, mesh, batch, scores_of, target, wanted)
 
 
 PROGRAMS = {"generator_grpo": ("rollout", "update", "judge"), "lvlm_grpo": ("rollout", "update")}
 
 
-def plan(config, *, device_memory: int, architecture: str = "", programs=()) -> list[dict]:
-  """One dict per program of the job for config.mesh (the mesh's devices must exist: simulated ones will do)."""
+def plan(config, *, device_memory: int, architecture: str = "", programs=(), bf16_native: bool = False) -> list[dict]:
+  """One dict per program of the job for config.mesh (the mesh's devices must exist: simulated ones will do);
+  bf16_native: compile with BF16_NATIVE_OPTIONS."""
   known = PROGRAMS.get(config.task)
   if known is None:
     raise ValueError(f"emojax.plan plans {' and '.join(PROGRAMS)} configs, not {config.task!r}")
@@ -324,7 +330,8 @@ def plan(config, *, device_memory: int, architecture: str = "", programs=()) -> 
     raise ValueError(f"--programs: {unknown} are not programs of {config.task} ({', '.join(known)})")
   mesh = parallel.mesh_from_config(config.mesh)
   build = _generator if config.task == "generator_grpo" else _lvlm
-  return build(config, mesh, architecture, device_memory, tuple(programs or known))
+  return build(config, mesh, architecture, {"device_memory": device_memory, "bf16_native": bool(bf16_native)},
+               tuple(programs or known))
 
 
 def _define_flags() -> None:
@@ -336,6 +343,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("architecture", "", "Model preset when the config names no directory "
                       "(default: sd35m for an SD3 generator, qwen25vl_7b for an LVLM and its judge).")
   flags.DEFINE_list("programs", [], "Programs to plan (default: all of the job's).")
+  flags.DEFINE_bool("bf16_native", False, "Compile as for a chip with bf16 arithmetic (BF16_NATIVE_OPTIONS): a lower "
+                    "bound where XLA:CPU's f32 copies of bf16 loop inputs dominate.")
 
 
 def main(argv):
@@ -350,7 +359,8 @@ def main(argv):
     config.mesh.num_devices = math.prod(mesh.values())
     for k, v in mesh.items():
       config.mesh[k] = v
-  for row in plan(config, device_memory=memory, architecture=f.architecture, programs=f.programs):
+  for row in plan(config, device_memory=memory, architecture=f.architecture, programs=f.programs,
+                  bf16_native=f.bf16_native):
     print(json.dumps(row), flush=True)
 
 

@@ -158,3 +158,41 @@ def test_choose_nucleus():
   with pytest.raises(ValueError, match="top_p in"):
     S.sample(None, None, None, None, max_new_tokens=1, eos_ids=(), pad_id=0, top_p=1.5)
 
+
+
+def test_chunked_vocab_parallel_logprobs_equal_the_whole_head():
+  """An untied head: log-probs scored 4 answer tokens at a time (3 chunks for T=10, the last padded) equal the
+  whole head's, with their gradients; on fsdp=8 the head's kernel splits its vocabulary and the sharded scorer
+  equals the unsharded one."""
+  from emojax import parallel
+  import dataclasses
+  config = dataclasses.replace(qv.PRESETS["tiny"], tie_word_embeddings=False, vocab_size=264)
+  model, params = qv.QwenVL(config), random_params(config, seed=3)
+  _, _, batch = setup()
+  rng = np.random.default_rng(0)
+  tokens = jnp.asarray(rng.integers(0, config.vocab_size, (6, T)), jnp.int32)
+  mask = jnp.asarray(np.arange(T)[None] < rng.integers(3, T + 1, (6, 1)), jnp.int32)
+  grid = qv.static_grid(batch["image_grid_thw"])
+  weights = jnp.asarray(rng.standard_normal((6, T)), jnp.float32)
+
+  def loss(p, chunk):
+    lp = S.completion_logprobs(model, p, batch["input_ids"], batch["attention_mask"], batch["pixel_values"], tokens,
+                               mask, grid, 0.7, chunk)
+    return jnp.sum(lp * weights), lp
+
+  grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  (_, whole), g_whole = grad(params, 0)
+  (_, chunked), g_chunked = grad(params, 4)
+  np.testing.assert_allclose(chunked, whole, atol=1e-5)
+  assert np.abs(np.asarray(whole)[np.asarray(mask) > 0]).min() > 0  # real log-probs, not the masked zeros
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5 * max(1.0, float(np.abs(b).max()))),
+               g_chunked, g_whole)
+
+  mesh = parallel.make_mesh(1, 8, 1)
+  shard = parallel.param_shardings(params, mesh, parallel.QWEN_VL_PARAM_RULES)
+  assert shard["lm_head"]["kernel"].spec == jax.sharding.PartitionSpec(None, "fsdp")  # 264 / 8 vocab rows each
+  with jax.set_mesh(mesh):
+    (_, sharded), g_sharded = grad(jax.device_put(params, shard), 4)
+  np.testing.assert_allclose(sharded, whole, rtol=5e-5, atol=1e-4)  # reassociated sums, |log-prob| ~ 10
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, float(np.abs(b).max()))),
+               g_sharded, g_whole)

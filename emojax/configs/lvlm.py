@@ -53,6 +53,8 @@ def fields() -> cu.Fields:
     "decoder layers as one lax.scan in training forwards (compiled once; LoRA adapters stacked alike)")
   f("model.attention", "auto", cu.OneOf(*cu.ATTENTIONS),
     "the vision blocks' and decoder layers' attention kernel (auto: by backend and length; docs/attention.md)")
+  f("model.logprob_chunk", 0, cu.Int(0),
+    "answer tokens per lm_head chunk when scoring (0: the whole answer at once; bounds the logits' memory)")
   f("model.dtype", "float32", cu.OneOf("float32", "bfloat16"),
     "compute dtype of sampling and scoring, and storage of the frozen groups; trainable params, optimizer, "
     "log-probs and loss stay float32")
@@ -124,6 +126,7 @@ def qwen25vl_7b(c):
   c.total_steps, c.checkpoint_every, c.eval_every = 500, 50, 50
   c.model.pretrained, c.model.allow_shipped = "", False
   c.model.dtype, c.model.remat, c.model.scan_layers = "bfloat16", "full", True  # 28 decoder layers compiled once
+  c.model.logprob_chunk = 64  # 64 answer tokens' 152k-wide logits at a time
   c.images_per_step, c.group_size, c.grad_accum = 64, 8, 16
   c.temperature, c.max_prompt_len, c.max_new_tokens = 1.0, 512, 512
   c.clip_eps, c.kl_beta = 0.2, 0.04

@@ -33,13 +33,39 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emojax import parallel
 from emojax.models import qwen_vl as qv
 
 
 def _head(m: qv.QwenVL, h):
-  """lm_head on decoder hidden states, in fp32."""
-  logits = m.language_model.attend(h) if m.config.tie_word_embeddings else m.lm_head(h)
-  return logits.astype(jnp.float32)
+  """lm_head on decoder hidden states, in fp32; an untied head's logits vocabulary-parallel as its kernel."""
+  if m.config.tie_word_embeddings:
+    return m.language_model.attend(h).astype(jnp.float32)
+  return parallel.constrain_logits(m.lm_head(h)).astype(jnp.float32)
+
+
+def head_logprobs(model: qv.QwenVL, params, h, tokens, temperature: float = 1.0, chunk: int = 0):
+  """log_softmax(lm_head(h) / T) at `tokens`: (N, T, D) final hidden states -> (N, T) fp32. With 0 < chunk < T the
+  positions are scored `chunk` at a time in a rematerialised lax.scan, so only one chunk's (N, chunk, V) logits
+  exist at once, in the backward too (the 7B's vocabulary is 152k). The token's logit is a one-hot sum, not a
+  gather, so a vocabulary-parallel head reduces it like the softmax: one number a position crosses devices."""
+  def score(h, tok):
+    logits = tempered(model.apply({"params": params}, h, method=_head), temperature)
+    shifted = logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True))  # as jax.nn.log_softmax, bit for bit
+    picked = jnp.sum(shifted * jax.nn.one_hot(tok, logits.shape[-1], dtype=logits.dtype), -1)
+    return picked - jnp.log(jnp.sum(jnp.exp(shifted), -1))
+
+  n, t = tokens.shape
+  if not 0 < chunk < t:
+    return score(h, tokens)
+  steps = -(-t // chunk)
+  pad = steps * chunk - t
+  h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
+  tokens = jnp.pad(tokens, ((0, 0), (0, pad)))
+  split = lambda a: jnp.moveaxis(a.reshape(n, steps, chunk, *a.shape[2:]), 1, 0)
+  body = jax.checkpoint(lambda _, x: (None, parallel.constrain_batch(score(*x))))
+  out = jax.lax.scan(body, None, (split(h), split(tokens)))[1]  # (steps, N, chunk)
+  return parallel.constrain_batch(jnp.moveaxis(out, 0, 1).reshape(n, steps * chunk)[:, :t])
 
 
 def image_features(model: qv.QwenVL, params, pixel_values, grid):
@@ -172,8 +198,9 @@ def sample(model: qv.QwenVL, params, batch: dict, key, *, max_new_tokens: int, e
 
 
 def completion_logprobs(model: qv.QwenVL, params, input_ids, attention_mask, pixel_values, tokens, mask, grid,
-                        temperature: float = 1.0):
-  """Traceable core of `token_logprobs` (call it inside a jitted loss; grid and temperature static)."""
+                        temperature: float = 1.0, chunk: int = 0):
+  """Traceable core of `token_logprobs` (call it inside a jitted loss; grid, temperature and chunk static; chunk:
+  `head_logprobs`)."""
   b, l = input_ids.shape
   g = tokens.shape[0] // b
   if g * b != tokens.shape[0]:
@@ -188,10 +215,9 @@ def completion_logprobs(model: qv.QwenVL, params, input_ids, attention_mask, pix
     x = jnp.concatenate([rep(x), m.language_model.embed(tokens)], 1)
     pos = jnp.concatenate([rep(pos, 1), _gen_positions(prompt_mask, mask, rep(deltas))], 2)
     h, _ = m.language_model(x, pos, jnp.concatenate([prompt_mask, mask.astype(prompt_mask.dtype)], 1))
-    return _head(m, h[:, l - 1:-1])  # position i predicts token i + 1: logits of the T completion tokens
+    return h[:, l - 1:-1]  # position i predicts token i + 1: the states scoring the T completion tokens
 
-  logits = tempered(model.apply({"params": params}, method=fn), temperature)
-  lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), tokens[..., None], -1)[..., 0]
+  lp = head_logprobs(model, params, model.apply({"params": params}, method=fn), tokens, temperature, chunk)
   return jnp.where(mask > 0, lp, 0.0)
 
 
@@ -213,12 +239,13 @@ def target_logits(model: qv.QwenVL, params, batch: dict, grid) -> jax.Array:
   return model.apply({"params": params}, method=fn).astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "grid", "temperature"))
-def _token_logprobs(model, params, input_ids, attention_mask, pixel_values, tokens, mask, *, grid, temperature):
-  return completion_logprobs(model, params, input_ids, attention_mask, pixel_values, tokens, mask, grid, temperature)
+@functools.partial(jax.jit, static_argnames=("model", "grid", "temperature", "chunk"))
+def _token_logprobs(model, params, input_ids, attention_mask, pixel_values, tokens, mask, *, grid, temperature, chunk):
+  return completion_logprobs(model, params, input_ids, attention_mask, pixel_values, tokens, mask, grid, temperature,
+                             chunk)
 
 
-def token_logprobs(model: qv.QwenVL, params, batch: dict, tokens, mask, temperature: float = 1.0):
+def token_logprobs(model: qv.QwenVL, params, batch: dict, tokens, mask, temperature: float = 1.0, chunk: int = 0):
   """Per-token log-probs (N, T) at `temperature` of completions `tokens` (N = B * G rows, as `sample`
   returns them) given the prompts of `batch`, in one uncached forward over prompt + completion;
   0 where mask is 0. The training-time scorer: equals sample's logprobs (same temperature) where
@@ -227,4 +254,5 @@ def token_logprobs(model: qv.QwenVL, params, batch: dict, tokens, mask, temperat
     raise ValueError(f"log-probs need a positive temperature, got {temperature}")
   return _token_logprobs(model, params, batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
                          jnp.asarray(tokens, jnp.int32), jnp.asarray(mask, jnp.int32),
-                         grid=qv.static_grid(batch["image_grid_thw"]), temperature=float(temperature))
+                         grid=qv.static_grid(batch["image_grid_thw"]), temperature=float(temperature),
+                         chunk=int(chunk))

@@ -47,7 +47,8 @@ def scan(layer: nn.Module, layer_params: list, layer_adapters: list, carry, call
   the batch axes: without that, XLA:CPU's propagation through the loop replicated the activations on every device
   and all-reduced the dots (the sd35m update: f32[48,1024,6144] per device where the rows a device owns are 6)."""
   stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)
-  xs = (stack(layer_params), None if layer_adapters[0] is None else stack(layer_adapters))
+  xs = (stack(_matmul_weights_in(layer_params, getattr(layer, "dtype", None))),
+        None if layer_adapters[0] is None else stack(layer_adapters))
 
   def body(carry, x):
     params, adapters = x
@@ -58,3 +59,17 @@ def scan(layer: nn.Module, layer_params: list, layer_adapters: list, carry, call
   if remat != "none":
     body = jax.checkpoint(body, policy=POLICIES[remat])
   return jax.lax.scan(body, carry, xs)[0]
+
+
+def _matmul_weights_in(layer_params: list, dtype) -> list:
+  """Kernels and embeddings cast to the layer's compute dtype before they are stacked, as nn.Dense would cast them
+  inside the layer anyway (same numbers): the stack and its per-step slices are then half the bytes of f32 ones."""
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    return layer_params
+
+  def narrow(path, x):
+    name = str(getattr(path[-1], "key", ""))
+    wider = jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits > jnp.finfo(dtype).bits
+    return x.astype(dtype) if wider and name in ("kernel", "embedding") else x
+
+  return [jax.tree_util.tree_map_with_path(narrow, p) for p in layer_params]

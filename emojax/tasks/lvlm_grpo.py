@@ -144,10 +144,12 @@ class LVLMGRPO:
     return trainer.pretrained_state(self._pretrained, self.tx, self.frozen, shardings)
 
   def constants(self):
-    """The k3 KL's reference: the SFT judge's trainable groups (its frozen ones are the state's own)."""
+    """The k3 KL's reference: the SFT judge's trainable groups (its frozen ones are the state's own), stored in
+    model.dtype like the frozen groups."""
     if self.config.kl_beta <= 0:  # no reference forward at all
       return {}
-    return {"ref_trainable": optim.partition(self._pretrained, self.frozen)[0]}
+    trainable = optim.partition(self._pretrained, self.frozen)[0]  # only read by a forward: the compute dtype
+    return {"ref_trainable": optim.frozen_in(trainable, trainable, self.config.model.dtype)}
 
   # ------------------------------------------------------------------------------------------ step
 
@@ -175,7 +177,8 @@ class LVLMGRPO:
     p = self._prompts(prompts)
     with self._adapted(params) as base:
       return sampling.completion_logprobs(self.model, base, p["input_ids"], p["attention_mask"], p["pixel_values"],
-                                          tokens, mask, p["image_grid_thw"], self.config.temperature)
+                                          tokens, mask, p["image_grid_thw"], self.config.temperature,
+                                          self.config.model.logprob_chunk)
 
   def experience(self, state, batch, rng, constants):
     """G sampled answers per image. `sampling.sample` is itself a jit with static model/grid/sizes; called
