@@ -129,8 +129,8 @@ def test_map_rows_equals_the_whole_batch_and_moves_no_rows_between_devices():
   want = jax.jit(fn)(x, y)
   chunked = jax.jit(lambda a, b: parallel.map_rows(fn, 4, a, b))
   got = chunked(x, y)
-  for k in want:
-    np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=1e-6, atol=1e-6)
+  for k in want:  # a part's matmul has other shapes, so XLA:CPU may sum in another order (seen: 1.2e-5 at |y| ~ 14)
+    np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=1e-5, atol=5e-5)
   hlo = chunked.lower(x, y).compile().as_text()
   assert not any(op in hlo for op in ("all-to-all", "all-gather", "collective-permute", "all-reduce")), \
       "map_rows moved rows between devices"
