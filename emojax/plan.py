@@ -6,11 +6,14 @@ rewards.lvlm.path when they name a directory, else from the preset architecture 
 the job runs are lowered and compiled ahead of time for the mesh on simulated CPU devices, and each prints one
 JSON line: per-device bytes of the parameters, the LoRA adapters, the optimizer state, the constants (the KL
 reference, the VAE) and the batch, from their shardings; XLA's figures (memory_analysis: arguments, outputs,
-aliased donations, temporaries); their total against --device_memory and whether it fits; and the analytic
-parameter bytes (global and per device) beside XLA's argument figure.
+aliased donations, temporaries); their total against --device_memory and whether it fits; the analytic
+parameter bytes (global and per device) beside XLA's argument figure, and for an SD3 update its stored activations
+and largest attention transient by arithmetic (`plan_analytic`); and `largest_buffers`, XLA's largest arrays.
 
 Programs. generator_grpo: rollout (the SDE sampler and the decode), update (the train step), judge (the LVLM
-reward's greedy answers to a batch of rollout images, its weights sharded over the same mesh by the Qwen rules).
+reward's greedy answers to a batch of rollout images, its weights sharded over the same mesh by the Qwen rules),
+pickscore (PickScore's image tower on one batch, on the default device), and device: not a program but the
+default device's peak over them all, with everything that stays resident between them (`plan_resident`).
 lvlm_grpo: rollout (G sampled answers per image with the KV cache), update.
 
 How. A job is built as it trains, except that its models' weights are ShapeDtypeStructs: an SD3 generator's
@@ -37,7 +40,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from emojax import cli, optim, parallel, trainer
+from emojax import cli, optim, parallel, plan_analytic, plan_resident, trainer
 from emojax.io import assets
 from emojax.lvlm import processor as proc_lib
 from emojax.lvlm import sampling
@@ -249,8 +252,11 @@ def _task_programs(config, task, mesh, batch, scores_of, target, wanted):
 
 
 def _judge_program(config, mesh, n_images: int, image_side: int, architecture: str, target) -> dict:
-  """The LVLM reward's greedy answering of one batch of rollout images, its weights sharded over the mesh."""
+  """The LVLM reward's greedy answering of one batch of rollout images, its weights sharded over the mesh
+  (rewards.lvlm.mesh = "train") or whole on the default device ("replicated")."""
   j = config.rewards.lvlm
+  if j.get("mesh", "replicated") == "replicated":
+    mesh = parallel.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   cfg = qwen_config(j.path or ("" if config.model.kind == "sd3" else "asset:lvlm_tiny"), architecture or "qwen25vl_7b")
   model = qv.QwenVL(cfg, dtype=jnp.dtype(j.dtype))
   params = qv.param_shapes(cfg)
@@ -297,8 +303,19 @@ def _generator(config, mesh, architecture, target, wanted):
   host = [k for k in task.reward_weights if reward_registry.is_host(k)]
   scores_of = lambda _: {f"reward/{k}": jax.ShapeDtypeStruct((n,), F32) for k in host}
   rows = _task_programs(config, task, mesh, batch, scores_of, target, wanted)
+  if m.kind == "sd3":  # the update's activations by arithmetic, beside XLA's figures
+    for row in rows:
+      if row["program"] == "update":
+        row.update(plan_analytic.sd3_update(config, policy, dict(mesh.shape)))
   if "judge" in wanted and "lvlm_emotion" in host:
     rows.append(_judge_program(config, mesh, n, policy.image_size, architecture if m.kind != "sd3" else "", target))
+  if "pickscore" in wanted and "pickscore" in host:
+    program = lambda name, lower, args, parts, analytic: _program(name, lower, args, target,
+                                                                  {**parts, "mesh": "default device"}, analytic)
+    rows.append(plan_resident.pickscore_program(config, program))
+  if "device" in wanted:
+    text = plan_resident.text_encoders(m.pretrained) if m.kind == "sd3" else None
+    rows.append(plan_resident.device_row(rows, target, text))
   return rows
 
 
@@ -316,7 +333,7 @@ def _lvlm(config, mesh, architecture, target, wanted):
   return _task_programs(config, task, mesh, batch, scores_of, target, wanted)
 
 
-PROGRAMS = {"generator_grpo": ("rollout", "update", "judge"), "lvlm_grpo": ("rollout", "update")}
+PROGRAMS = {"generator_grpo": ("rollout", "update", "judge", "pickscore", "device"), "lvlm_grpo": ("rollout", "update")}
 
 
 def plan(config, *, device_memory: int, architecture: str = "", programs=(), bf16_native: bool = False) -> list[dict]:
@@ -328,6 +345,8 @@ def plan(config, *, device_memory: int, architecture: str = "", programs=(), bf1
   unknown = sorted(set(programs) - set(known))
   if unknown:
     raise ValueError(f"--programs: {unknown} are not programs of {config.task} ({', '.join(known)})")
+  if "device" in programs:  # the device's peak is over every program
+    programs = known
   mesh = parallel.mesh_from_config(config.mesh)
   build = _generator if config.task == "generator_grpo" else _lvlm
   return build(config, mesh, architecture, {"device_memory": device_memory, "bf16_native": bool(bf16_native)},

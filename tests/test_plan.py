@@ -125,3 +125,26 @@ def test_largest_buffers_name_the_attention_logits():
   assert top[0]["array"] == "f32[4,512,512]" and top[0]["bytes"] == 4 * 512 * 512 * 4
   assert top[0]["source"].startswith("test_plan.py:")
   assert [b["bytes"] for b in top] == sorted((b["bytes"] for b in top), reverse=True)
+
+
+def test_device_row_adds_what_stays_resident():
+  """The tiny job on one device with its judge and PickScore: the device's peak over the programs is each program's
+  total plus the weights the others keep resident, PickScore's counted as the reward loads them."""
+  from configs import generator
+  from emojax.io import assets
+  from emojax.rewards import clip_scores
+  c = generator.get_config()
+  with c.unlocked():
+    c.mesh.num_devices = 1
+  rows = {r["program"]: r for r in plan.plan(c, device_memory=2**40, programs=("device",))}
+  assert set(rows) == {"rollout", "update", "judge", "pickscore", "device"}
+  scorer = clip_scores.ClipScorer.from_pretrained(assets.asset_dir(clip_scores.SHIPPED_PREFERENCE))
+  loaded = sum(x.nbytes for x in jax.tree.leaves(scorer.params))
+  device, update = rows["device"], rows["update"]
+  assert device["resident_bytes"]["pickscore"] == loaded
+  policy = update["params_bytes"] + update["lora_bytes"] + update["opt_state_bytes"] + update["constants_bytes"]
+  assert device["resident_bytes"] == {"policy": policy, "judge": rows["judge"]["params_bytes"], "pickscore": loaded}
+  peaks = device["peak_bytes_by_program"]
+  assert peaks["judge"] == rows["judge"]["total_bytes"] + policy + loaded
+  assert peaks["update"] == update["total_bytes"] + rows["judge"]["params_bytes"] + loaded
+  assert device["total_bytes"] == max(peaks.values()) and "text_encode" not in peaks  # tiny: text encoder in params

@@ -12,6 +12,7 @@ PRESETS = {
     "default": "the main job: the tiny generator's V-A embedding trained by GRPO",
     "smoke": "a few tiny steps, seconds, for tests",
     "sd35m": "SD3.5-Medium with LoRA on a pod, Flow-GRPO's public setting with EmoFeedback2's rewards",
+    "sd35m_1gpu": "sd35m on one 80 GB GPU: Flow-GRPO's one-GPU setting (8 images a group), judge on the same device",
 }
 
 
@@ -127,6 +128,8 @@ def get_config(arg=None):
     c.rewards.lvlm.batch_size = 8
   elif preset == "sd35m":
     sd35m(c)
+  elif preset == "sd35m_1gpu":
+    sd35m_1gpu(c)
   return c
 
 
@@ -153,3 +156,14 @@ def sd35m(c):
   c.rewards.pickscore.iqa_pair = ("Good photo.", "Bad photo.")
   c.eval.num_prompts, c.eval.num_steps = 8, 40
   c.optim = cu.optimizer(lr=3e-4, grad_clip=1.0)
+
+
+def sd35m_1gpu(c):
+  """sd35m on one device, as Flow-GRPO's one-GPU SD3.5-M recipe: groups of 8 images, 8 images a forward and a
+  train micro-batch, gradients accumulated over 4 micro-batches (32 images an update: 4 prompts a step). The 7B
+  judge and PickScore share the device with the policy; the text encoders run from host memory."""
+  sd35m(c)
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor, c.mesh.num_devices = 1, 1, 1, 1
+  c.rl.prompts_per_step, c.rl.group_size, c.rl.grad_accum = 4, 8, 4
+  c.rl.rollout_chunks, c.rl.decode_chunks = 4, 8  # 8 rows a forward (16 with CFG), 4 images a decode
+  c.rewards.lvlm.mesh = "replicated"  # one device: the judge's whole weights beside the policy
