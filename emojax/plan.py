@@ -81,7 +81,8 @@ F32 = jnp.float32
 # XLA:CPU computes bf16 dots in f32, and its while-loop-invariant code motion hoists the f32 converts of a scan's
 # bf16 inputs (the stacked layer weights, the saved activations) out of the loop: it stores whole f32 copies of
 # them, which a TPU or GPU, doing the arithmetic in bf16, never makes. Without that pass the plan shows the bf16
-# buffers; it also stops other hoisting, so read such a plan as a lower bound beside the default one.
+# buffers, but it also stops hoisting that saves memory elsewhere: read such a plan beside the default one, not as a
+# bound (docs/memory.md has both; the sd35m_1gpu update plans larger without the pass).
 BF16_NATIVE_OPTIONS = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
 
 
@@ -362,8 +363,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("architecture", "", "Model preset when the config names no directory "
                       "(default: sd35m for an SD3 generator, qwen25vl_7b for an LVLM and its judge).")
   flags.DEFINE_list("programs", [], "Programs to plan (default: all of the job's).")
-  flags.DEFINE_bool("bf16_native", False, "Compile as for a chip with bf16 arithmetic (BF16_NATIVE_OPTIONS): a lower "
-                    "bound where XLA:CPU's f32 copies of bf16 loop inputs dominate.")
+  flags.DEFINE_bool("bf16_native", False, "Compile without XLA:CPU's f32 copies of bf16 loop inputs "
+                    "(BF16_NATIVE_OPTIONS), as a chip with bf16 arithmetic would not make them; a second opinion.")
 
 
 def main(argv):
