@@ -54,7 +54,7 @@ def fields() -> cu.Fields:
   f("model.attention", "auto", cu.OneOf(*cu.ATTENTIONS),
     "the vision blocks' and decoder layers' attention kernel (auto: by backend and length; docs/attention.md)")
   f("model.logprob_chunk", 0, cu.Int(0),
-    "answer tokens per lm_head chunk when scoring (0: the whole answer at once; bounds the logits' memory)")
+    "answer tokens per lm_head chunk when scoring, bounding the logits' memory (0 or >= max_new_tokens: all at once)")
   f("model.dtype", "float32", cu.OneOf("float32", "bfloat16"),
     "compute dtype of sampling and scoring, and storage of the frozen groups; trainable params, optimizer, "
     "log-probs and loss stay float32")
