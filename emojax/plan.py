@@ -7,13 +7,14 @@ the job runs are lowered and compiled ahead of time for the mesh on simulated CP
 JSON line: per-device bytes of the parameters, the LoRA adapters, the optimizer state, the constants (the KL
 reference, the VAE) and the batch, from their shardings; XLA's figures (memory_analysis: arguments, outputs,
 aliased donations, temporaries); their total against --device_memory and whether it fits; the analytic
-parameter bytes (global and per device) beside XLA's argument figure, and for an SD3 update its stored activations
-and largest attention transient by arithmetic (`plan_analytic`); and `largest_buffers`, XLA's largest arrays.
+parameter bytes (global and per device) beside XLA's argument figure, and for an SD3 update its stored
+activations and largest attention transient by arithmetic (`emojax.planning.activations`); and `largest_buffers`,
+XLA's largest arrays.
 
 Programs. generator_grpo: rollout (the SDE sampler and the decode), update (the train step), judge (the LVLM
 reward's greedy answers to a batch of rollout images, its weights sharded over the same mesh by the Qwen rules),
 pickscore (PickScore's image tower on one batch, on the default device), and device: not a program but the
-default device's peak over them all, with everything that stays resident between them (`plan_resident`).
+default device's peak over them all, with everything that stays resident between them (`emojax.planning.resident`).
 lvlm_grpo: rollout (G sampled answers per image with the KV cache), update.
 
 How. A job is built as it trains, except that its models' weights are ShapeDtypeStructs: an SD3 generator's
@@ -40,13 +41,14 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from emojax import cli, optim, parallel, plan_analytic, plan_resident, trainer
+from emojax import cli, optim, parallel, trainer
 from emojax.io import assets
 from emojax.lvlm import processor as proc_lib
 from emojax.lvlm import sampling
 from emojax.models import lora as lora_lib
 from emojax.models import mmdit
 from emojax.models import qwen_vl as qv
+from emojax.planning import activations, resident
 from emojax.pipelines import policy as policy_lib
 from emojax.rewards import registry as reward_registry
 from emojax.tasks.generator_grpo import GeneratorGRPO
@@ -307,16 +309,16 @@ def _generator(config, mesh, architecture, target, wanted):
   if m.kind == "sd3":  # the update's activations by arithmetic, beside XLA's figures
     for row in rows:
       if row["program"] == "update":
-        row.update(plan_analytic.sd3_update(config, policy, dict(mesh.shape)))
+        row.update(activations.sd3_update(config, policy, dict(mesh.shape)))
   if "judge" in wanted and "lvlm_emotion" in host:
     rows.append(_judge_program(config, mesh, n, policy.image_size, architecture if m.kind != "sd3" else "", target))
   if "pickscore" in wanted and "pickscore" in host:
     program = lambda name, lower, args, parts, analytic: _program(name, lower, args, target,
                                                                   {**parts, "mesh": "default device"}, analytic)
-    rows.append(plan_resident.pickscore_program(config, program))
+    rows.append(resident.pickscore_program(config, program))
   if "device" in wanted:
-    text = plan_resident.text_encoders(m.pretrained) if m.kind == "sd3" else None
-    rows.append(plan_resident.device_row(rows, target, text))
+    text = resident.text_encoders(m.pretrained) if m.kind == "sd3" else None
+    rows.append(resident.device_row(rows, target, text))
   return rows
 
 

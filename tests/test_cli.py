@@ -19,7 +19,7 @@ def _train(*args, workdir):
 
 @pytest.mark.parametrize("args, message", [
     (["--config=configs/generator.py", "--config.rl.no_such_field=1"], "unknown config field rl.no_such_field"),
-    (["--config=configs/generator.py:bogus"], "unknown preset 'bogus' for generator; use default, smoke or sd35m"),
+    (["--config=configs/generator.py:bogus"], "unknown preset 'bogus' for generator; use default, smoke, sd35m or sd35m_1gpu"),
     (["--config=configs/lvlm.py", "--config.rewards.weights.format=-1"],
      "config field rewards.weights.format=-1.0 is out of range: it must be a number >= 0"),
     (["--config=configs/generator.py", "--config.model.pretrained=/nonexistent/gen"], "/nonexistent/gen does not exist"),

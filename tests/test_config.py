@@ -35,7 +35,7 @@ def test_the_defaults_are_the_declared_ones(module):
 
 
 def test_unknown_preset_names_the_known_ones():
-  with pytest.raises(ValueError, match=r"^unknown preset 'bogus' for generator; use default, smoke or sd35m$"):
+  with pytest.raises(ValueError, match=r"^unknown preset 'bogus' for generator; use default, smoke, sd35m or sd35m_1gpu$"):
     generator.get_config("bogus")
 
 

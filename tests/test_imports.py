@@ -35,6 +35,7 @@ LAYERS = {  # core package -> the only other emojax packages (or modules) it may
                        "emojax.models", "emojax.optim", "emojax.parallel"),
     "emojax.pipelines": ("emojax.data", "emojax.diffusion", "emojax.emotion", "emojax.io", "emojax.lvlm",
                          "emojax.models"),
+    "emojax.planning": ("emojax.io", "emojax.models", "emojax.rewards"),
     "emojax.evaluation": ("emojax.data", "emojax.emotion", "emojax.io", "emojax.parallel", "emojax.pipelines",
                           "emojax.rewards"),
 }
