@@ -32,20 +32,26 @@ def make_rollout(model, sigmas, method, with_logprob, noise_level):
   return fn
 
 
-def make_torch_rollout(config, params, x_init, ctx, pooled, sigmas, noise_level, dtype_name):
-  """The same SDE rollout (with log-prob) with diffusers/PyTorch, as a no-argument callable."""
+def torch_transformer(config, params):
+  """diffusers' SD3Transformer2DModel of `config` holding emojax `params` (via to_diffusers_state_dict), fp32."""
   import torch
   from diffusers import SD3Transformer2DModel
   from diffusers.utils import logging as diffusers_logging
 
   diffusers_logging.set_verbosity_error()
-
-  tdt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
   model = SD3Transformer2DModel(**config.to_dict())
   state = {k: torch.from_numpy(np.array(v)) for k, v in mmdit.to_diffusers_state_dict(
       jax.tree.map(lambda w: np.asarray(w, np.float32), params)).items()}
   model.load_state_dict(state, strict=True)
-  model = model.to(tdt).eval()
+  return model
+
+
+def make_torch_rollout(config, params, x_init, ctx, pooled, sigmas, noise_level, dtype_name):
+  """The same SDE rollout (with log-prob) with diffusers/PyTorch, as a no-argument callable."""
+  import torch
+
+  tdt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+  model = torch_transformer(config, params).to(tdt).eval()
   x0 = torch.from_numpy(np.array(x_init)).permute(0, 3, 1, 2).contiguous()  # NCHW fp32
   ctx_t = torch.from_numpy(np.array(ctx, np.float32)).to(tdt)
   pooled_t = torch.from_numpy(np.array(pooled, np.float32)).to(tdt)
