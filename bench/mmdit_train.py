@@ -29,10 +29,7 @@ gradients together, `grad_max_rel_diff` the worst tensor's (and its name); `gflo
 `xla_ops` (convert / transpose / copy / while counts over the optimised HLO, fused computations included);
 `attention_resolved` = what --attention=auto picks for the joint and the dual attention at this length.
 
---dot_accum=f32 is an experiment, not emojax as it is: it patches `emojax.models.mmdit._dense` in this process so
-that every Dense runs bf16 x bf16 -> f32 dots (forward, and a custom VJP whose two dots are alike) and rounds the
-result to bf16. XLA:CPU upcasts a bf16 -> bf16 dot to f32 x f32, but runs bf16 x bf16 -> f32 as a YNNPACK bf16
-kernel (AMX / avx512_bf16 where the CPU has them); attention and the patch conv are untouched.
+In bf16 every Dense of the MMDiT runs emojax.models.dense's bf16 x bf16 -> f32 dots (forward and backward).
 """
 import argparse
 import collections
@@ -85,43 +82,6 @@ def resolved_attention(config, impl: str, context_len: int) -> dict:
   n_img = (config.sample_size // config.patch_size) ** 2
   pick = lambda n: "xla" if n < attention_lib.AUTO_MIN_TOKENS["cpu"] else "blockwise"  # cpu: no splash / cudnn
   return {"joint": pick(n_img + context_len), "dual": pick(n_img) if config.dual_attention_layers else None}
-
-
-@jax.custom_vjp
-def _mm_f32acc(x, w):
-  """x (..., K) @ w (K, N) as a bf16 x bf16 -> f32 dot, result in x's dtype; the VJP's two dots alike."""
-  return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())),
-                             preferred_element_type=jnp.float32).astype(x.dtype)
-
-
-def _mm_f32acc_fwd(x, w):
-  return _mm_f32acc(x, w), (x, w)
-
-
-def _mm_f32acc_bwd(res, g):
-  x, w = res
-  g = g.astype(x.dtype)
-  dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-  lead = tuple(range(x.ndim - 1))  # contract every leading dim: (B, T, K) x (B, T, N) goes to YNN, (B*T, K) does not
-  dw = jax.lax.dot_general(x, g, ((lead, lead), ((), ())), preferred_element_type=jnp.float32)
-  return dx.astype(x.dtype), dw.astype(w.dtype)
-
-
-_mm_f32acc.defvjp(_mm_f32acc_fwd, _mm_f32acc_bwd)
-
-
-def _dot_general_f32acc(lhs, rhs, dims, precision=None, **kw):
-  if lhs.dtype == rhs.dtype == jnp.bfloat16 and rhs.ndim == 2 and dims == (((lhs.ndim - 1,), (0,)), ((), ())):
-    return _mm_f32acc(lhs, rhs)
-  return jax.lax.dot_general(lhs, rhs, dims, precision=precision, **kw)
-
-
-def patch_dense_f32acc():
-  """--dot_accum=f32 (an experiment, this process only): every MMDiT Dense runs its forward dot and both backward
-  dots as bf16 x bf16 -> f32 (then rounds to bf16), instead of the bf16 -> bf16 dots XLA:CPU upcasts to f32."""
-  import flax.linen as nn
-  mmdit._dense = lambda m, features, name: nn.Dense(features, dtype=m.dtype, param_dtype=m.param_dtype, name=name,
-                                                    dot_general=_dot_general_f32acc)
 
 
 def emojax_fns(model, dtype):
@@ -201,8 +161,6 @@ def main():
                  help="emojax's attention implementation (MMDiT(attention=...))")
   p.add_argument("--remat", default="none", choices=remat_lib.NAMES, help="emojax joint-block remat")
   p.add_argument("--forward", action="store_true", help="also time the forward alone on both sides")
-  p.add_argument("--dot_accum", default="default", choices=("default", "f32"),
-                 help="f32: experiment, patches emojax's MMDiT Dense layers to bf16 x bf16 -> f32 dots (bf16 only)")
   p.add_argument("--torch_threads", default="2,1", help="comma list of torch.set_num_threads values (2 -> "
                  "unsuffixed keys, others _<n>thr); empty: emojax only")
   p.add_argument("--warmup", type=int, default=1, help="untimed rounds")
@@ -212,8 +170,6 @@ def main():
 
   config = config_of(a)
   dtype = common.DTYPES[a.dtype]
-  if a.dot_accum == "f32":
-    patch_dense_f32acc()
   model = mmdit.MMDiT(config, dtype=dtype, param_dtype=jnp.float32, remat=a.remat, attention=a.attention)
   k_params, k_in, k_w = jax.random.split(jax.random.key(a.seed), 3)
   params = common.random_params(config, k_params)
@@ -226,7 +182,6 @@ def main():
   rec = {"bench": "mmdit_train", "dtype": a.dtype, "batch": a.batch, "layers": a.layers, "width": config.inner_dim,
          "image_tokens": (a.latent // a.patch) ** 2, "context_len": a.context_len,
          "pos_embed_max_size": a.pos_embed_max_size, "attention": a.attention, "remat": a.remat,
-         "dot_accum": a.dot_accum,
          "attention_resolved": resolved_attention(config, a.attention, a.context_len),
          "params_m": common.num_params(trainable) / 1e6}
   args = (trainable, table, x, ctx, pooled, t)

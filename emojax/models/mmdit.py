@@ -26,6 +26,7 @@ from flax import traverse_util
 from emojax import parallel
 from emojax.io import hf_weights
 from emojax.models import attention as attention_lib
+from emojax.models import dense as dense_lib
 from emojax.models import lora as lora_lib
 from emojax.models import remat as remat_lib
 from emojax.models.config_fields import known_fields
@@ -138,7 +139,7 @@ def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
 
 
 def _dense(m: nn.Module, features: int, name: str) -> nn.Dense:
-  return nn.Dense(features, dtype=m.dtype, param_dtype=m.param_dtype, name=name)
+  return dense_lib.Dense(features, dtype=m.dtype, param_dtype=m.param_dtype, name=name)
 
 
 class PatchEmbed(nn.Module):
