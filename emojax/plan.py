@@ -48,8 +48,9 @@ from emojax.lvlm import sampling
 from emojax.models import lora as lora_lib
 from emojax.models import mmdit
 from emojax.models import qwen_vl as qv
-from emojax.planning import activations, resident
 from emojax.pipelines import policy as policy_lib
+from emojax.planning import activations, resident
+from emojax.planning.resident import nbytes
 from emojax.rewards import registry as reward_registry
 from emojax.tasks.generator_grpo import GeneratorGRPO
 from emojax.tasks.lvlm_grpo import LVLMGRPO
@@ -91,15 +92,6 @@ BF16_NATIVE_OPTIONS = {"xla_disable_hlo_passes": "while-loop-invariant-code-moti
 def sds(tree):
   """Arrays (host or device) and ShapeDtypeStructs -> ShapeDtypeStructs."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
-
-
-def nbytes(tree, shardings=None) -> int:
-  """Bytes of a tree of shapes: global, or per device under `shardings` (each leaf's shard)."""
-  leaves = jax.tree.leaves(tree)
-  if shardings is None:
-    return int(sum(np.prod(x.shape, dtype=np.int64) * np.dtype(x.dtype).itemsize for x in leaves))
-  return int(sum(np.prod(s.shard_shape(x.shape), dtype=np.int64) * np.dtype(x.dtype).itemsize
-                 for x, s in zip(leaves, jax.tree.leaves(shardings))))
 
 
 def _read_json(path):
@@ -313,8 +305,9 @@ def _generator(config, mesh, architecture, target, wanted):
   if "judge" in wanted and "lvlm_emotion" in host:
     rows.append(_judge_program(config, mesh, n, policy.image_size, architecture if m.kind != "sd3" else "", target))
   if "pickscore" in wanted and "pickscore" in host:
-    program = lambda name, lower, args, parts, analytic: _program(name, lower, args, target,
-                                                                  {**parts, "mesh": "default device"}, analytic)
+    program = lambda name, lower, args, parts, params: _program(name, lower, args, target,
+                                                                {**parts, "mesh": "default device"},
+                                                                _analytic(params, None))
     rows.append(resident.pickscore_program(config, program))
   if "device" in wanted:
     text = resident.text_encoders(m.pretrained) if m.kind == "sd3" else None

@@ -31,6 +31,7 @@ IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "splash")
 BACKEND_IMPLEMENTATIONS = {"cpu": ("auto", "xla", "blockwise"), "gpu": ("auto", "xla", "blockwise", "cudnn"),
                            "tpu": ("auto", "xla", "blockwise", "splash")}
 # sqrt(Tq * S) from which auto leaves xla. cpu: bench/attention.py (docs/attention.md); gpu/tpu: not measured.
+CHUNK = 256  # blockwise's default key (and query) chunk
 AUTO_MIN_TOKENS = {"cpu": 1024, "gpu": 1024, "tpu": 1024}
 _SENTINEL = np.iinfo(np.int32).min  # segment id of padding keys on the splash path
 _SPLASH_BLOCK = 128
@@ -38,7 +39,7 @@ _SPLASH_BLOCK = 128
 
 def dot_product_attention(q, k, v, *, bias=None, mask=None, causal: bool = False, q_offset=0, key_mask=None,
                           segment_ids=None, scale: float | None = None, implementation: str = "auto",
-                          chunk_size: int = 256, q_chunk_size: int | None = None, interpret: bool = False):
+                          chunk_size: int = CHUNK, q_chunk_size: int | None = None, interpret: bool = False):
   """q [B, T, H, D], k/v [B, S, K, D] -> [B, T, H, D] in q's dtype; see the module docstring."""
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation={implementation!r}: expected one of {', '.join(IMPLEMENTATIONS)}")
@@ -198,7 +199,7 @@ class _Static(NamedTuple):
 
 
 def blockwise(q, k, v, *, bias=None, mask=None, causal=False, q_offset=0, key_mask=None, segs=None,
-              scale=None, chunk_size=256, q_chunk_size=None):
+              scale=None, chunk_size=CHUNK, q_chunk_size=None):
   """Flash-style attention in plain JAX; arguments as dot_product_attention (segs: a (q, kv) ids pair)."""
   b, tq, h, d = q.shape
   s, kh = k.shape[1], k.shape[2]

@@ -15,9 +15,6 @@ import numpy as np
 
 from emojax.models import attention as attention_lib
 
-CHUNK = 256  # attention.dot_product_attention's default key chunk
-
-
 def sd3_update(config, policy, mesh_shape: dict) -> dict:
   r, m = config.rl, config.model
   tc = policy.transformer.config
@@ -31,7 +28,7 @@ def sd3_update(config, policy, mesh_shape: dict) -> dict:
   impl = m.attention
   if impl == "auto":
     impl = "xla" if tokens * tokens < attention_lib.AUTO_MIN_TOKENS["cpu"] ** 2 else "blockwise"
-  keys = tokens if impl == "xla" else min(CHUNK, tokens)
+  keys = tokens if impl == "xla" else min(attention_lib.CHUNK, tokens)
   heads = tc.num_attention_heads // max(1, mesh_shape["tensor"])
   return {"analytic_rows_per_device": rows, "analytic_tokens": tokens, "analytic_stored_activation_bytes": stored,
           "analytic_attention_impl": impl, "analytic_attention_bytes": rows * heads * tokens * keys * 4}

@@ -10,7 +10,6 @@ row reports their host bytes and their largest single weight, what an encode hol
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 
@@ -51,8 +50,13 @@ def _config_json(directory: str, fallback: dict) -> dict:
   return fallback
 
 
-def _bytes(tree) -> int:
-  return int(sum(np.prod(x.shape, dtype=np.int64) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+def nbytes(tree, shardings=None) -> int:
+  """Bytes of a tree of shapes: global, or per device under `shardings` (each leaf's shard)."""
+  leaves = jax.tree.leaves(tree)
+  if shardings is None:
+    return int(sum(np.prod(x.shape, dtype=np.int64) * np.dtype(x.dtype).itemsize for x in leaves))
+  return int(sum(np.prod(s.shard_shape(x.shape), dtype=np.int64) * np.dtype(x.dtype).itemsize
+                 for x, s in zip(leaves, jax.tree.leaves(shardings))))
 
 
 def pickscore_config(c) -> clip_lib.CLIPConfig:
@@ -68,7 +72,7 @@ def pickscore_config(c) -> clip_lib.CLIPConfig:
 
 def pickscore_program(c, program) -> dict:
   """PickScore's image tower on one rewards.pickscore.batch_size batch, its float32 weights on the default device
-  (as `clip_scores.ClipScorer` runs it); `program` is plan._program bound to a target."""
+  (as `clip_scores.ClipScorer` runs it); program(name, lower, args, parts, params) compiles and measures it."""
   config = pickscore_config(c)
   model = clip_lib.CLIP(config)
   params = clip_lib.param_shapes(config)
@@ -76,11 +80,9 @@ def pickscore_program(c, program) -> dict:
   pixels = jax.ShapeDtypeStruct((int(c.rewards.pickscore.batch_size), v.image_size, v.image_size, v.num_channels),
                                 jnp.float32)
   fn = jax.jit(lambda p, px: model.apply({"params": p}, px, method=clip_lib.CLIP.image_embeds))
-  parts = {"config_task": c.task, "params_bytes": _bytes(params), "lora_bytes": 0, "opt_state_bytes": 0,
-           "constants_bytes": 0, "batch_bytes": _bytes(pixels)}
-  analytic = {"analytic_param_bytes": _bytes(params), "analytic_param_bytes_per_device": _bytes(params),
-              "param_count": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))}
-  return program("pickscore", fn.lower, (params, pixels), parts, analytic)
+  parts = {"config_task": c.task, "params_bytes": nbytes(params), "lora_bytes": 0, "opt_state_bytes": 0,
+           "constants_bytes": 0, "batch_bytes": nbytes(pixels)}
+  return program("pickscore", fn.lower, (params, pixels), parts, params)
 
 
 def text_encoders(pretrained: str) -> dict:
@@ -91,8 +93,8 @@ def text_encoders(pretrained: str) -> dict:
     shapes = (t5_lib.param_shapes(t5_lib.T5Config.from_hf_dict(d)) if name == "text_encoder_3"
               else te.param_shapes(te.TextEncoderConfig.from_hf_dict(d)))
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), shapes)
-    host[name] = _bytes(shapes)
-    largest = max(largest, max(_bytes(x) for x in jax.tree.leaves(shapes)))
+    host[name] = nbytes(shapes)
+    largest = max(largest, max(nbytes(x) for x in jax.tree.leaves(shapes)))
   return {"host_bytes": host, "largest_weight_bytes": largest}
 
 
